@@ -1,0 +1,61 @@
+"""Argument dataclasses. Field names are the reference script's flags, so a user's command line works.
+
+    args = DataArguments(dataset_name="HuggingFaceFW/fineweb", dataset_config_name="CC-MAIN-2024-10")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+class ConfigError(ValueError):
+    """A mistake a user can make in the arguments; the message names the flag and what to do."""
+
+
+@dataclass
+class DataArguments:
+    """Where the text comes from and how it becomes token blocks."""
+
+    dataset_name: Optional[str] = field(default=None, metadata={"help": (
+        "Hub id (HuggingFaceFW/fineweb), local dataset repository, directory, glob, file, http(s)://, "
+        "s3:// or gs:// URL; several separated by commas.")})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Config of the dataset (e.g. CC-MAIN-2024-10)."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on, when the dataset has it."})
+    dataset_text_field: str = field(default="text", metadata={"help": "Column holding the document text."})
+    dataset_max_seq_length: Optional[int] = field(default=None, metadata={"help": (
+        "Tokens per sample when not grouping (documents longer are truncated, shorter are padded); "
+        "defaults to the block size.")})
+    dataset_num_proc: Optional[int] = field(default=None, metadata={"help": "Processes for non-streaming preprocessing."})
+    dataset_group_text: bool = field(default=True, metadata={"help": (
+        "Concatenate documents (EOS between them) and cut into blocks of dataset_block_size, carrying "
+        "the remainder over; false: one padded sample per document.")})
+    dataset_group_text_validation: bool = field(default=True, metadata={"help": "Group the evaluation data too."})
+    dataset_block_size: Optional[int] = field(default=None, metadata={"help": (
+        "Tokens per block; default min(1024, tokenizer.model_max_length, model positions).")})
+    dataset_streaming: bool = field(default=True, metadata={"help": "Stream the data while training instead of materializing it first."})
+    tokenized_dataset_save_dir: Optional[str] = field(default=None, metadata={"help": "Save the tokenized blocks here."})
+    tokenized_dataset_load_dir: Optional[str] = field(default=None, metadata={"help": "Train from blocks saved by tokenized_dataset_save_dir."})
+    # lmstream's own knobs
+    dataset_shuffle: bool = field(default=True, metadata={"help": "Permute shards per epoch and documents within a window (from the seed)."})
+    dataset_shuffle_buffer: int = field(default=1000, metadata={"help": "Documents per shuffle window (memory: about this many documents)."})
+    dataset_holdout_fraction: float = field(default=0.0, metadata={"help": (
+        "Fraction of documents (chosen by a hash of their text) held out of training for evaluation, "
+        "when the dataset has no evaluation split. 0 disables.")})
+    dataset_text_sample_by: str = field(default="document", metadata={"help": "Plain-text files: 'document' (one file), 'paragraph' or 'line' per sample."})
+    dataset_tokenize_batch_size: int = field(default=256, metadata={"help": "Documents per tokenizer call."})
+    dataset_cycle: bool = field(default=True, metadata={"help": "Start the next epoch (new shuffle) when the training stream ends."})
+
+    def __post_init__(self):
+        if self.dataset_block_size is not None and self.dataset_block_size < 2:
+            raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at least 2 tokens per block.")
+        if self.dataset_max_seq_length is not None and self.dataset_max_seq_length < 2:
+            raise ConfigError(f"dataset_max_seq_length={self.dataset_max_seq_length} is too small: use at least 2.")
+        if self.dataset_shuffle_buffer < 1:
+            raise ConfigError(f"dataset_shuffle_buffer={self.dataset_shuffle_buffer} must be at least 1.")
+        if not 0.0 <= self.dataset_holdout_fraction < 1.0:
+            raise ConfigError(f"dataset_holdout_fraction={self.dataset_holdout_fraction} must be in [0, 1).")
+        if self.dataset_text_sample_by not in ("document", "paragraph", "line"):
+            raise ConfigError(f"dataset_text_sample_by={self.dataset_text_sample_by!r} must be 'document', 'paragraph' or 'line'.")
+        if self.dataset_tokenize_batch_size < 1:
+            raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")

@@ -1,0 +1,258 @@
+"""Documents: read shards piece by piece (Parquet row groups), split between ranks and workers,
+hold out an evaluation set, skip empty texts, and shuffle within bounded windows, resumably.
+
+    plan = plan_pieces(shards, "text")          # once, in the main process
+    stream = DocumentStream(plan, args, seed, slot=0, n_slots=1)
+    for window in stream.windows(stream.start()): window.docs
+
+A *piece* is a Parquet row group or a whole JSON Lines / text file. Each epoch the shards are
+permuted from (seed, epoch), their pieces listed in that order, and piece k goes to slot
+k % n_slots (slot = rank * workers + worker), so ranks and workers read disjoint data and none
+decodes rows it does not keep. With fewer pieces than slots, pieces are split by row stride.
+Documents are taken in windows of `dataset_shuffle_buffer`, each permuted by an RNG seeded with
+(seed, epoch, slot, window index): a window can be re-read from its start position and
+re-permuted identically, which is what makes resume exact and cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ConfigError, DataArguments
+from .sources import Shard, open_binary
+
+
+@dataclass(frozen=True)
+class Piece:
+    shard: int            # index into plan.shards
+    row_group: int        # Parquet row group, or -1 for a whole file
+    num_rows: int | None  # rows in the piece when known (Parquet)
+    stride: int = 1       # keep rows with index % stride == offset (only when pieces < slots)
+    offset: int = 0
+
+
+@dataclass
+class Plan:
+    """Shards, their pieces, and Parquet footers (read once, reused by every reader)."""
+    shards: list[Shard]
+    pieces: list[Piece]
+    footers: dict  # shard index -> pyarrow FileMetaData
+
+
+@dataclass(frozen=True)
+class Window:
+    """Up to `dataset_shuffle_buffer` documents of one slot, already permuted."""
+    epoch: int
+    index: int                  # window number within the epoch
+    start: tuple[int, int]      # (piece number in the slot's list, row) where reading began
+    next: tuple[int, int]       # where the next window begins
+    docs: list[str]
+    nbytes: list[int]           # UTF-8 bytes of each document
+    last: bool                  # the slot's epoch ends with this window
+
+
+def _read_footer(shard: Shard, text_field: str):
+    import pyarrow.parquet as pq
+    try:
+        with open_binary(shard.url) as f:
+            meta = pq.ParquetFile(f).metadata
+    except FileNotFoundError:
+        raise ConfigError(f"Shard '{shard.url}' does not exist: check dataset_name.") from None
+    except Exception as err:
+        raise ConfigError(f"Shard '{shard.url}' is not a valid Parquet file ({type(err).__name__}: {err}).") from None
+    names = meta.schema.to_arrow_schema().names
+    if text_field not in names:
+        raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(names)}): "
+                          "set dataset_text_field to one of them.")
+    return meta
+
+
+def plan_pieces(shards: list[Shard], text_field: str, threads: int = 16) -> Plan:
+    """List the pieces of all shards, reading Parquet footers in parallel."""
+    parquet = [i for i, s in enumerate(shards) if s.format == "parquet"]
+    with ThreadPoolExecutor(max(1, min(threads, len(parquet)))) as pool:
+        metas = dict(zip(parquet, pool.map(lambda i: _read_footer(shards[i], text_field), parquet)))
+    pieces = []
+    for i, shard in enumerate(shards):
+        if i in metas:
+            pieces += [Piece(i, g, metas[i].row_group(g).num_rows) for g in range(metas[i].num_row_groups)]
+        else:
+            pieces.append(Piece(i, -1, None))
+    return Plan(shards, pieces, metas)
+
+
+def _holdout_bucket(text: str) -> float:
+    """A stable number in [0, 1) from the document text, identical on every machine."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little") / 2**64
+
+
+class DocumentStream:
+    """One slot's documents, epoch after epoch, as resumable shuffle windows."""
+
+    def __init__(self, plan: Plan, args: DataArguments, seed: int, slot: int, n_slots: int,
+                 split: str = "train", shuffle: bool = True):
+        self.plan, self.args, self.seed = plan, args, seed
+        self.slot, self.n_slots = slot, n_slots
+        self.split = split              # "train": drop held-out docs; "holdout": keep only them; "all"
+        self.shuffle = shuffle and args.dataset_shuffle
+        self.window_size = args.dataset_shuffle_buffer if self.shuffle else 1024
+        # counters of what was read (the packer counts what was emitted)
+        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "read_seconds": 0.0}
+
+    def slot_pieces(self, epoch: int) -> list[Piece]:
+        """The pieces this slot reads in `epoch`, in order."""
+        order = list(range(len(self.plan.shards)))
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(order)).tolist()
+        by_shard: dict[int, list[Piece]] = {}
+        for p in self.plan.pieces:
+            by_shard.setdefault(p.shard, []).append(p)
+        pieces = [p for s in order for p in by_shard.get(s, [])]
+        if 0 < len(pieces) < self.n_slots:
+            stride = -(-self.n_slots // len(pieces))
+            pieces = [Piece(p.shard, p.row_group, p.num_rows, stride, r) for p in pieces for r in range(stride)]
+        return pieces[self.slot::self.n_slots]
+
+    # -- reading rows ---------------------------------------------------------------------------
+    def _piece_rows(self, piece: Piece, skip: int):
+        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8)."""
+        shard = self.plan.shards[piece.shard]
+        if shard.format == "parquet":
+            rows = self._parquet_rows(shard, piece, skip)
+        else:   # compressed streams cannot seek: re-read up to the row
+            rows = itertools.islice(self._line_rows(shard), skip, None)
+        for i, (text, bad) in enumerate(rows, skip):
+            if piece.stride > 1 and i % piece.stride != piece.offset:
+                yield i, None, False   # another slot's row: advance the position, emit nothing
+                continue
+            yield i, text, bad
+
+    def _parquet_rows(self, shard: Shard, piece: Piece, skip: int):
+        import pyarrow.parquet as pq
+        t0 = time.perf_counter()
+        try:
+            with open_binary(shard.url) as f:
+                table = pq.ParquetFile(f, metadata=self.plan.footers[piece.shard]).read_row_group(
+                    piece.row_group, columns=[self.args.dataset_text_field])
+        except Exception as err:
+            raise ConfigError(f"Could not read row group {piece.row_group} of shard '{shard.url}' "
+                              f"({type(err).__name__}: {err}).") from None
+        texts = table.column(0).slice(skip).to_pylist()
+        self.stats["read_seconds"] += time.perf_counter() - t0
+        return ((t, False) for t in texts)
+
+    def _line_rows(self, shard: Shard):
+        raw = _decompressed_lines(shard.url)
+        if shard.format == "json":
+            return _json_texts(raw, shard.url, self.args.dataset_text_field)
+        return _text_samples(raw, self.args.dataset_text_sample_by)
+
+    def _rows(self, pieces: list[Piece], start: tuple[int, int]):
+        """(position after the row, text) for every kept row from `start` to the end of the epoch."""
+        p0, r0 = start
+        for pi in range(p0, len(pieces)):
+            for i, text, bad in self._piece_rows(pieces[pi], r0 if pi == p0 else 0):
+                yield (pi, i + 1), text, bad
+        yield (len(pieces), 0), StopIteration, False
+
+    # -- windows --------------------------------------------------------------------------------
+    def windows(self, epoch: int, index: int, start: tuple[int, int], count: bool = True):
+        """Windows of `epoch` from window `index` (beginning at `start`) to the epoch's end."""
+        pieces = self.slot_pieces(epoch)
+        rows = self._rows(pieces, start)
+        frac, split = self.args.dataset_holdout_fraction, self.split
+        while True:
+            docs, pos, last = [], start, False
+            stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0}
+            for pos, text, bad in rows:
+                if text is StopIteration:
+                    last = True
+                    break
+                if text is None:
+                    continue
+                stats["rows_read"] += 1
+                stats["docs_invalid_utf8"] += bad
+                if not isinstance(text, str):
+                    text = str(text)
+                if not text.strip():
+                    stats["docs_empty"] += 1
+                    continue
+                if frac > 0 and split != "all" and (_holdout_bucket(text) < frac) != (split == "holdout"):
+                    stats["docs_heldout"] += split == "train"
+                    continue
+                docs.append(text)
+                if len(docs) == self.window_size:
+                    break
+            if count:   # a window re-read on resume was already counted
+                for k, v in stats.items():
+                    self.stats[k] += v
+            count = True
+            if self.shuffle and len(docs) > 1:
+                perm = np.random.default_rng([self.seed, epoch, self.slot, index]).permutation(len(docs))
+                docs = [docs[k] for k in perm]
+            nbytes = [len(d.encode("utf-8")) for d in docs]
+            yield Window(epoch, index, start, pos, docs, nbytes, last)
+            if last:
+                return
+            start, index = pos, index + 1
+
+
+def _decompressed_lines(url: str):
+    """Binary lines of a (possibly .gz/.zst/.bz2/.xz compressed) file, streamed."""
+    import fsspec
+    from fsspec.utils import infer_compression
+    comp = infer_compression(url)
+    if comp == "zstd" or url.endswith(".zst"):
+        import zstandard
+        with open_binary(url) as f:
+            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
+        return
+    with fsspec.open(url, "rb", compression=comp) as f:
+        yield from f
+
+
+def _decode(line: bytes) -> tuple[str, bool]:
+    try:
+        return line.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return line.decode("utf-8", "replace"), True
+
+
+def _json_texts(lines, url: str, field: str):
+    for n, line in enumerate(lines, 1):
+        text, bad = _decode(line)
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"Line {n} of '{url}' is not valid JSON ({err}): fix or remove the shard.") from None
+        if not isinstance(row, dict) or field not in row:
+            cols = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise ConfigError(f"Line {n} of '{url}' has no field '{field}' (fields: {cols}): "
+                              "set dataset_text_field to one of them.")
+        yield row[field], bad
+
+
+def _text_samples(lines, sample_by: str):
+    if sample_by == "line":
+        for line in lines:
+            yield _decode(line.rstrip(b"\r\n"))
+        return
+    buf: list[bytes] = []
+    for line in lines:
+        if sample_by == "paragraph" and not line.strip():
+            if buf:
+                yield _decode(b"".join(buf))
+            buf = []
+            continue
+        buf.append(line)
+    if buf:
+        yield _decode(b"".join(buf))

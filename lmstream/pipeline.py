@@ -1,0 +1,282 @@
+"""The pipeline: documents -> tokens -> blocks as a torch IterableDataset with exact, O(1) resume.
+
+    blocks = build_pipeline(args, tokenizer, seed=0)
+    for b in blocks: b["input_ids"], b["labels"]
+    state = blocks.state_dict(); fresh = build_pipeline(args, tokenizer, seed=0); fresh.load_state_dict(state)
+
+The state is a position, not a replay log: (epoch, shuffle window and where it starts in the slot's
+pieces, document within the window, token within the document) plus counters. Resuming re-reads one
+window (at most one row group more) and re-tokenizes the documents from that position onwards.
+With DataLoader workers use `build_loader` (torchdata's StatefulDataLoader): each worker is a slot
+with its own state, and the loader's state_dict holds them all.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from .config import ConfigError, DataArguments
+from .documents import DocumentStream, Plan, plan_pieces
+from .packing import BlockPacker, pad_document
+from .sources import resolve_shards
+from .tokenize import Encoder, build_encoder
+
+STATE_VERSION = 1
+_COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_truncated", "tokenize_seconds")
+
+
+def resolve_block_size(args: DataArguments, tokenizer, max_positions: int | None = None) -> int:
+    """dataset_block_size, or min(1024, tokenizer.model_max_length, model positions); checked."""
+    limit = max_positions or None
+    if args.dataset_block_size is None:
+        size = min(1024, getattr(tokenizer, "model_max_length", 1024) or 1024, limit or 1024)
+    else:
+        size = args.dataset_block_size
+    if limit and size > limit:
+        raise ConfigError(f"dataset_block_size={size} is larger than the model's {limit} positions: "
+                          f"use dataset_block_size <= {limit}.")
+    return size
+
+
+class StreamingBlocks(torch.utils.data.IterableDataset):
+    """Blocks (or padded documents) of one rank, resumable via state_dict/load_state_dict."""
+
+    def __init__(self, plan: Plan, args: DataArguments, encoder: Encoder, block_size: int, seed: int,
+                 rank: int, world_size: int, split: str = "train", max_samples: int | None = None):
+        self.plan, self.args, self.encoder = plan, args, encoder
+        self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size
+        self.split = split                  # "train", "holdout" (held-out docs of train) or "all" (an eval split)
+        self.training = split == "train"
+        self.cycle = self.training and args.dataset_cycle
+        self.max_samples = max_samples      # samples per epoch over all ranks and workers
+        self.max_len = args.dataset_max_seq_length or block_size
+        self.settings = self._settings()
+        # Variables for checkpointing
+        self._state: dict | None = None     # position after the last sample yielded (or loaded)
+
+    def _settings(self) -> dict:
+        names = [os.path.basename(s.url) for s in self.plan.shards]
+        a = self.args
+        return {"shards": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16], "num_shards": len(names),
+                "text_field": a.dataset_text_field, "split": self.split, "block_size": self.block_size,
+                "group_text": a.dataset_group_text, "max_len": self.max_len, "seed": self.seed,
+                "shuffle": a.dataset_shuffle, "shuffle_buffer": a.dataset_shuffle_buffer,
+                "holdout": a.dataset_holdout_fraction, "sample_by": a.dataset_text_sample_by,
+                "max_samples": self.max_samples, "vocab_size": self.encoder.vocab_size, "eos": self.encoder.eos}
+
+    # -- topology -------------------------------------------------------------------------------
+    def _slot(self) -> tuple[int, int, int]:
+        info = torch.utils.data.get_worker_info()
+        workers, wid = (info.num_workers, info.id) if info else (1, 0)
+        return self.rank * workers + wid, self.world_size * workers, workers
+
+    def _initial(self, slot: int, n_slots: int, workers: int) -> dict:
+        return {"version": STATE_VERSION, "settings": self.settings, "rank": self.rank, "world_size": self.world_size,
+                "workers": workers, "slot": slot, "n_slots": n_slots, "epoch": 0, "window": 0, "start": [0, 0],
+                "doc": 0, "token": 0, "samples_in_epoch": 0, "stats": dict.fromkeys(_COUNTERS, 0)}
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where this rank's (or this worker's) stream stands, JSON-serializable."""
+        if self._state is None:
+            self._state = self._initial(*self._slot())
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly after the last sample of the run that saved `state`."""
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"The data state has version {state.get('version')}, this lmstream reads {STATE_VERSION}.")
+        diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]]
+        if diff:
+            saved = {k: state["settings"].get(k) for k in diff}
+            now = {k: self.settings[k] for k in diff}
+            raise ConfigError(f"The data state was saved with other data settings ({saved} then, {now} now): "
+                              "resume with the same dataset arguments, seed and tokenizer, or start a new run.")
+        if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
+            raise ConfigError(f"The data state belongs to rank {state['rank']} of {state['world_size']}, not rank "
+                              f"{self.rank} of {self.world_size}: resume with the same number of processes.")
+        self._state = copy.deepcopy(state)
+
+    @property
+    def stats(self) -> dict:
+        """Counters of what this stream produced so far (see `merge_stats` for loaders)."""
+        return self.state_dict()["stats"]
+
+    # -- iteration ------------------------------------------------------------------------------
+    def __iter__(self):
+        slot, n_slots, workers = self._slot()
+        state = self._state
+        if state is None or state["n_slots"] != n_slots or state["slot"] != slot:
+            if state is not None and state["stats"]["blocks"] + state["stats"]["docs"] > 0:
+                raise ConfigError(f"The data state was saved with {state['workers']} DataLoader worker(s) per rank, "
+                                  f"this run has {workers}: resume with dataloader_num_workers={state['workers']}.")
+            state = self._initial(slot, n_slots, workers)
+        for sample, state in self._generate(state):
+            self._state = state
+            if sample is not None:
+                yield sample
+
+    def _cap(self, state) -> int | None:
+        if self.max_samples is None:
+            return None
+        n, s = self.max_samples, state["slot"]
+        return n // state["n_slots"] + (s < n % state["n_slots"])
+
+    def _generate(self, state: dict):
+        stream = DocumentStream(self.plan, self.args, self.seed, state["slot"], state["n_slots"],
+                                split=self.split, shuffle=self.training)
+        stats = dict(state["stats"])
+        for k in stream.stats:
+            stream.stats[k] = stats.get(k, 0)
+        epoch, widx, start = state["epoch"], state["window"], tuple(state["start"])
+        doc0, tok0, in_epoch = state["doc"], state["token"], state["samples_in_epoch"]
+        resumed, cap = in_epoch > 0, self._cap(state)   # only saved states have yielded samples
+        last = state
+        base = {k: state[k] for k in ("version", "settings", "rank", "world_size", "workers", "slot", "n_slots")}
+        while True:
+            packer = BlockPacker(self.block_size)
+            if cap is None or in_epoch < cap:
+                for window in stream.windows(epoch, widx, start, count=not resumed):
+                    for sample, (win, j), off, nd, nb in self._samples(window, doc0, tok0, packer, stats):
+                        in_epoch += 1
+                        stats["docs"] += nd
+                        stats["bytes"] += nb
+                        stats.update(stream.stats)
+                        pos = {"epoch": win.epoch, "window": win.index, "start": list(win.start), "doc": j,
+                               "token": off, "samples_in_epoch": in_epoch, "stats": dict(stats)}
+                        last = {**base, **pos}
+                        yield sample, last
+                        if cap is not None and in_epoch >= cap:
+                            break
+                    else:
+                        doc0 = tok0 = 0
+                        resumed = False
+                        continue
+                    break
+            stats["tokens_dropped"] += packer.drop_remainder()
+            if in_epoch == 0:
+                raise ConfigError(self._empty_message(state))
+            if not self.cycle:   # publish the final counters (dropped remainder, last reads)
+                stats.update(stream.stats)
+                yield None, {**last, "stats": dict(stats)}
+                return
+            epoch, widx, start, doc0, tok0, in_epoch, resumed = epoch + 1, 0, (0, 0), 0, 0, 0, False
+
+    def _empty_message(self, state) -> str:
+        where = f"rank {self.rank}" + (f", worker {state['slot'] % state['workers']}" if state["workers"] > 1 else "")
+        return (f"Dataset '{self.args.dataset_name}' gave {where} no complete block of {self.block_size} tokens in an "
+                f"epoch ({len(self.plan.pieces)} piece(s) for {state['n_slots']} reader(s)): use more data, a smaller "
+                "dataset_block_size, or fewer workers/processes.")
+
+    def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict):
+        """(sample, next document ref, token offset, docs completed, bytes completed) for one window."""
+        B = self.args.dataset_tokenize_batch_size
+        for b0 in range(doc0, len(window.docs), B):
+            docs = window.docs[b0:b0 + B]
+            t0 = time.perf_counter()
+            ids, lens = self.encoder.encode(docs)
+            stats["tokenize_seconds"] += time.perf_counter() - t0
+            if b0 == doc0 and tok0:   # resuming inside a document: its first tok0 tokens were emitted
+                ids, lens = ids[tok0:], lens.copy()
+                lens[0] -= tok0
+                packer.first_off = tok0
+            refs = [(window, j) for j in range(b0, b0 + len(docs))]
+            if self.args.dataset_group_text:
+                for block, ref, off, nd, nb in packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs):
+                    stats["tokens"] += len(block)
+                    stats["blocks"] += 1
+                    t = torch.from_numpy(block.astype(np.int64))
+                    yield {"input_ids": t, "labels": t.clone()}, ref, off, nd, nb
+            else:
+                yield from self._padded(ids, lens, window, b0, stats)
+
+    def _padded(self, ids, lens, window, b0, stats):
+        pad = self.encoder.tokenizer.pad_token_id
+        pad = self.encoder.eos if pad is None else pad
+        ends = np.cumsum(lens)
+        for i, n in enumerate(lens):
+            input_ids, labels, mask, cut = pad_document(ids[ends[i] - n:ends[i]], self.max_len, pad)
+            stats["tokens"] += int(n) - cut
+            stats["tokens_truncated"] += cut
+            stats["blocks"] += 1
+            j = b0 + i
+            yield ({"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+                    "attention_mask": torch.from_numpy(mask)}, (window, j + 1), 0, 1, window.nbytes[j])
+
+
+def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
+                   world_size: int | None = None, split: str = "train", max_positions: int | None = None,
+                   max_samples: int | None = None, plan: Plan | None = None) -> StreamingBlocks:
+    """The streaming dataset of blocks for `rank` of `world_size` (default: RANK/WORLD_SIZE env).
+
+    Args:
+        args: the dataset arguments (dataset_name, dataset_block_size, ...).
+        tokenizer: a Hugging Face tokenizer with an eos_token.
+        seed: fixes shard order and shuffle windows; same seed, same order, on any machine.
+        split: "train", or "eval": the test split if the dataset has one, else the held-out documents.
+        max_positions: the model's positions, to check the block size against.
+        max_samples: samples per epoch over all ranks (max_train_samples / max_eval_samples).
+        plan: shards and pieces already resolved (shared by train and eval pipelines).
+    """
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world_size {world_size}.")
+    block_size = resolve_block_size(args, tokenizer, max_positions)
+    mode = "train"
+    if split == "eval":
+        if args.dataset_holdout_fraction > 0:
+            mode = "holdout"
+        else:
+            plan = plan_pieces(resolve_shards(args.dataset_name, args.dataset_config_name, args.dataset_test_split),
+                               args.dataset_text_field)
+            mode = "all"
+    elif split != "train":
+        raise ConfigError(f"split must be 'train' or 'eval', not {split!r}.")
+    if plan is None:
+        plan = plan_pieces(resolve_shards(args.dataset_name, args.dataset_config_name, args.dataset_train_split),
+                           args.dataset_text_field)
+    return StreamingBlocks(plan, args, build_encoder(tokenizer), block_size, seed, rank, world_size, mode, max_samples)
+
+
+def build_loader(dataset: StreamingBlocks, batch_size: int, num_workers: int = 0, **kwargs):
+    """A StatefulDataLoader over `dataset`: its state_dict holds every worker's data position."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    if batch_size < 1:
+        raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
+    if num_workers > 0:
+        kwargs.setdefault("prefetch_factor", 4)
+        kwargs.setdefault("persistent_workers", False)
+    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+
+
+def merge_stats(loader_state: dict) -> dict:
+    """Sum the counters of every worker found in a StatefulDataLoader state_dict."""
+    total: dict = {}
+    for st in _find_states(loader_state):
+        for k, v in st["stats"].items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
+def _find_states(obj):
+    if isinstance(obj, dict):
+        if obj.get("version") == STATE_VERSION and "settings" in obj and "stats" in obj:
+            yield obj
+            return
+        for v in obj.values():
+            yield from _find_states(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _find_states(v)
+
+
+def to_json(state) -> str:
+    """Serialize a pipeline or loader state (plain JSON: ints, floats, strings)."""
+    return json.dumps(state)

@@ -1,0 +1,122 @@
+"""Resolve `dataset_name` into shards: files that are read as they stream, never downloaded whole.
+
+    shards = resolve_shards("HuggingFaceFW/fineweb", "CC-MAIN-2024-10", "train")
+
+Accepted, alone or several separated by commas: a hub id; a local dataset repository (README.md
+with YAML `configs:`); a local directory, glob or file of Parquet, JSON Lines (plain, .gz, .zst) or
+plain text; http(s):// URLs; s3://, gs://, hf:// URLs or globs through fsspec.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import os
+import re
+from dataclasses import dataclass
+
+from .config import ConfigError
+
+_COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
+_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json",
+            ".txt": "text", ".text": "text", ".md": "text"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_REMOTE = ("http://", "https://", "s3://", "gs://", "gcs://", "hf://")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One file of the dataset."""
+    url: str      # local path or fsspec URL
+    format: str   # "parquet" | "json" | "text"
+
+
+def shard_format(url: str) -> str | None:
+    """The format of a file from its name ("parquet", "json", "text"), or None if unknown."""
+    name = url.split("?", 1)[0].lower()
+    for comp in _COMPRESSIONS:
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+    return _FORMATS.get(os.path.splitext(name)[1])
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _shards_from_files(files: list[str], origin: str) -> list[Shard]:
+    known = [f for f in files if shard_format(f)]
+    if not known:
+        raise ConfigError(f"No Parquet, JSON Lines or text file matches dataset_name '{origin}' "
+                          f"(found {len(files)} other file(s)): check the path or pattern.")
+    return [Shard(f, shard_format(f)) for f in known]
+
+
+def _from_builder(name: str, config: str | None, split: str) -> list[Shard]:
+    """Files of a hub dataset or a local dataset repository, as `datasets` resolves them."""
+    import datasets
+
+    local = os.path.isdir(name)
+    try:
+        builder = datasets.load_dataset_builder(name, config)
+    except ValueError as err:   # unknown config: datasets lists the available ones
+        raise ConfigError(f"dataset_config_name '{config}' is not a config of dataset '{name}': {err}") from None
+    except Exception as err:  # offline, not found, gated
+        if local:
+            raise ConfigError(f"Could not read the dataset repository '{name}': {err}") from None
+        raise ConfigError(
+            f"Could not reach dataset '{name}' on the Hugging Face Hub ({type(err).__name__}: {err}); "
+            "if you are offline or the name is misspelled, pass a local directory, file, glob or URL as dataset_name."
+        ) from None
+    files = builder.config.data_files or {}
+    if split not in files:
+        raise ConfigError(f"Dataset '{name}' (config {config}) has no split '{split}'; its splits are "
+                          f"{sorted(files)}: set dataset_train_split/dataset_test_split accordingly.")
+    return _shards_from_files(list(files[split]), name)
+
+
+def _resolve_one(entry: str, config: str | None, split: str) -> list[Shard]:
+    if entry.startswith(_REMOTE):
+        if _is_glob(entry) and not entry.startswith(("http://", "https://")):
+            import fsspec
+            fs, _, paths = fsspec.get_fs_token_paths(entry)
+            proto = entry.split("://", 1)[0]
+            files = sorted(f"{proto}://{p}" for p in paths)
+            if not files:
+                raise ConfigError(f"No file matches dataset_name '{entry}': check the pattern.")
+            return _shards_from_files(files, entry)
+        if not shard_format(entry):
+            raise ConfigError(f"Cannot tell the format of '{entry}': name it .parquet, .jsonl[.gz|.zst] or .txt.")
+        return [Shard(entry, shard_format(entry))]
+    if os.path.isdir(entry):
+        if os.path.isfile(os.path.join(entry, "README.md")) or config:
+            return _from_builder(entry, config, split)
+        files = sorted(f for f in _glob.glob(os.path.join(entry, "**", "*"), recursive=True) if os.path.isfile(f))
+        return _shards_from_files(files, entry)
+    if _is_glob(entry):
+        files = sorted(f for f in _glob.glob(entry, recursive=True) if os.path.isfile(f))
+        if not files:
+            raise ConfigError(f"No file matches dataset_name '{entry}': check the pattern.")
+        return _shards_from_files(files, entry)
+    if os.path.isfile(entry):
+        return _shards_from_files([entry], entry)
+    if not _HUB_ID.match(entry):
+        raise ConfigError(f"No file or directory '{entry}' (dataset_name): check the path.")
+    return _from_builder(entry, config, split)   # a hub id
+
+
+def resolve_shards(dataset_name: str | None, config: str | None = None, split: str = "train") -> list[Shard]:
+    """All shards of `dataset_name` (comma-separated entries, in the order given)."""
+    if not dataset_name or not dataset_name.strip():
+        raise ConfigError("dataset_name is empty: pass a hub id, a local path or glob, or a URL.")
+    shards: list[Shard] = []
+    for entry in (e.strip() for e in dataset_name.split(",")):
+        if entry:
+            shards.extend(_resolve_one(os.path.expanduser(entry), config, split))
+    return shards
+
+
+def open_binary(url: str, block_size: int = 8 << 20):
+    """A seekable binary file object for a local path or an fsspec URL (read with Range requests)."""
+    if not url.startswith(_REMOTE) and "://" not in url:
+        return open(url, "rb")
+    import fsspec
+    return fsspec.open(url, "rb", block_size=block_size).open()
