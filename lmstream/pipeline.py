@@ -162,9 +162,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             stats["tokens_dropped"] += packer.drop_remainder()
             if in_epoch == 0:
                 raise ConfigError(self._empty_message(state))
-            if not self.cycle:   # publish the final counters (dropped remainder, last reads)
+            if not self.cycle:   # publish the final counters; a new iter() starts the next epoch
                 stats.update(stream.stats)
-                yield None, {**last, "stats": dict(stats)}
+                yield None, {**last, "epoch": epoch + 1, "window": 0, "start": [0, 0], "doc": 0, "token": 0,
+                             "samples_in_epoch": 0, "stats": dict(stats)}
                 return
             epoch, widx, start, doc0, tok0, in_epoch, resumed = epoch + 1, 0, (0, 0), 0, 0, 0, False
 

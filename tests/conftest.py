@@ -4,6 +4,11 @@ import json
 import os
 import random
 
+# Tests never reach the network: the hub libraries must answer from local files or fail at once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
