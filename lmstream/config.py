@@ -59,3 +59,40 @@ class DataArguments:
             raise ConfigError(f"dataset_text_sample_by={self.dataset_text_sample_by!r} must be 'document', 'paragraph' or 'line'.")
         if self.dataset_tokenize_batch_size < 1:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")
+
+
+@dataclass
+class ModelArguments:
+    """Which model and tokenizer to train: pretrained weights, or a config (+ overrides) from scratch."""
+
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": (
+        "Pretrained model (hub id or folder with weights), e.g. openai-community/gpt2. "
+        "Leave unset to train from scratch from config_name.")})
+    config_name: Optional[str] = field(default=None, metadata={"help": "Config (hub id or folder) to build a model from scratch."})
+    tokenizer_name: Optional[str] = field(default=None, metadata={"help": "Tokenizer, if not the model's/config's."})
+    config_overrides: Optional[str] = field(default=None, metadata={"help": (
+        "Overrides for a from-scratch config, e.g. 'n_layer=2,n_embd=64,n_head=2'.")})
+    torch_dtype: Optional[str] = field(default=None, metadata={"help": "Weights dtype: auto, bfloat16, float16, float32."})
+    attn_implementation: Optional[str] = field(default=None, metadata={"help": "Attention kernel: eager, sdpa, flash_attention_2."})
+
+    def __post_init__(self):
+        if self.torch_dtype not in (None, "auto", "bfloat16", "float16", "float32"):
+            raise ConfigError(f"torch_dtype={self.torch_dtype!r} must be auto, bfloat16, float16 or float32.")
+        if self.config_overrides and self.model_name_or_path:
+            raise ConfigError("config_overrides only applies when training from scratch: drop model_name_or_path "
+                              "and pass config_name instead.")
+
+
+@dataclass
+class RunArguments:
+    """The reference script's extra arguments, and lmstream's run options."""
+
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Blocks per epoch used for training (all ranks)."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Blocks used for evaluation (all ranks)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into an output_dir that holds another run."})
+
+    def __post_init__(self):
+        for name in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{name}={v} must be at least 1 (or left unset).")

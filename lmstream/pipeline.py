@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .config import ConfigError, DataArguments
 from .documents import DocumentStream, Plan, plan_pieces
@@ -246,15 +247,44 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
     return StreamingBlocks(plan, args, build_encoder(tokenizer), block_size, seed, rank, world_size, mode, max_samples)
 
 
-def build_loader(dataset: StreamingBlocks, batch_size: int, num_workers: int = 0, **kwargs):
-    """A StatefulDataLoader over `dataset`: its state_dict holds every worker's data position."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
+class _TimedIterator:
+    """Adds the seconds spent waiting for each batch to the loader's `wait_seconds`."""
+
+    def __init__(self, it, loader):
+        self.it, self.loader = it, loader
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.loader.wait_seconds += time.perf_counter() - t0
+
+
+class BlockLoader(StatefulDataLoader):
+    """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
+
+    def __iter__(self):
+        return _TimedIterator(super().__iter__(), self)
+
+
+def build_loader(dataset: StreamingBlocks, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:
+    """A loader over `dataset` whose state_dict holds every worker's data position."""
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
     if num_workers > 0:
         kwargs.setdefault("prefetch_factor", 4)
-        kwargs.setdefault("persistent_workers", False)
-    return StatefulDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+    else:
+        kwargs.pop("prefetch_factor", None)
+        kwargs.pop("persistent_workers", None)
+    return BlockLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
 
 
 def merge_stats(loader_state: dict) -> dict:

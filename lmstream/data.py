@@ -1,0 +1,103 @@
+"""Training and evaluation data for a run: streamed, materialized, or loaded from pre-tokenized blocks.
+
+    train_data, eval_data = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions)
+
+`dataset_streaming true` returns StreamingBlocks (rank-local, resumable). `false` materializes one
+epoch of the very same blocks into a map-style `datasets.Dataset` (the Trainer then shuffles and
+shards it with its sampler). `tokenized_dataset_save_dir` saves those blocks with `save_to_disk`;
+`tokenized_dataset_load_dir` trains from them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from .config import ConfigError, DataArguments, RunArguments
+from .documents import plan_pieces
+from .pipeline import build_pipeline, resolve_block_size
+from .sources import resolve_shards
+
+log = logging.getLogger("lmstream")
+
+
+def _blocks_of_slots(args: DataArguments, tokenizer, seed: int, block_size: int, slots: list[int], n_slots: int):
+    """One epoch of blocks from the given slots (used by datasets' from_generator, one process per slot)."""
+    import dataclasses
+    one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
+    for slot in slots:
+        ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots)
+        for sample in ds:
+            yield {k: v.numpy() for k, v in sample.items()}
+
+
+def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None):
+    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (torch format)."""
+    import datasets
+    block_size = resolve_block_size(args, tokenizer, max_positions)
+    n = max(1, args.dataset_num_proc or 1)
+    # a fresh cache: datasets' fingerprint sees the arguments, not the files' contents
+    ds = datasets.Dataset.from_generator(
+        _blocks_of_slots, num_proc=n if n > 1 else None, cache_dir=tempfile.mkdtemp(prefix="lmstream-blocks-"),
+        gen_kwargs={"args": args, "tokenizer": tokenizer, "seed": seed, "block_size": block_size,
+                    "slots": list(range(n)), "n_slots": n})
+    return ds
+
+
+def save_blocks(ds, folder: str) -> None:
+    """Write materialized blocks to `folder`, refusing to overwrite another dataset."""
+    if os.path.isdir(folder) and os.listdir(folder):
+        raise ConfigError(f"tokenized_dataset_save_dir '{folder}' is not empty: choose a new folder "
+                          "(nothing was overwritten).")
+    ds.save_to_disk(folder)
+    log.info("saved %d blocks to %s", len(ds), folder)
+
+
+def load_blocks(folder: str, block_size: int | None):
+    import datasets
+    if not os.path.isdir(folder):
+        raise ConfigError(f"tokenized_dataset_load_dir '{folder}' does not exist: run `python -m lmstream.prepare` first.")
+    try:
+        ds = datasets.load_from_disk(folder)
+    except Exception as err:
+        raise ConfigError(f"tokenized_dataset_load_dir '{folder}' holds no saved dataset ({err}).") from None
+    if "input_ids" not in ds.column_names:
+        raise ConfigError(f"tokenized_dataset_load_dir '{folder}' has no 'input_ids' column (columns: {ds.column_names}).")
+    width = len(ds[0]["input_ids"])
+    if block_size is not None and width != block_size:
+        raise ConfigError(f"tokenized_dataset_load_dir '{folder}' holds blocks of {width} tokens, but "
+                          f"dataset_block_size={block_size}: pass dataset_block_size {width} or prepare again.")
+    return ds
+
+
+def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int, rank: int, world_size: int,
+                   max_positions: int | None, do_eval: bool):
+    """(train, eval) datasets for this rank; eval is None unless requested."""
+    if args.tokenized_dataset_load_dir:
+        train = load_blocks(args.tokenized_dataset_load_dir, args.dataset_block_size).with_format("torch")
+        if run.max_train_samples:
+            train = train.select(range(min(run.max_train_samples, len(train))))
+        eval_ds = None
+        if do_eval:
+            eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, None)
+        return train, eval_ds
+    if not args.dataset_streaming:
+        train = materialize(args, tokenizer, seed, max_positions).with_format("torch")
+        if run.max_train_samples:
+            train = train.select(range(min(run.max_train_samples, len(train))))
+        plan = None
+    else:
+        plan = plan_pieces(resolve_shards(args.dataset_name, args.dataset_config_name, args.dataset_train_split),
+                           args.dataset_text_field)
+        train = build_pipeline(args, tokenizer, seed=seed, rank=rank, world_size=world_size,
+                               max_positions=max_positions, max_samples=run.max_train_samples, plan=plan)
+    eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, plan) if do_eval else None
+    return train, eval_ds
+
+
+def _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, plan):
+    import dataclasses
+    eval_args = dataclasses.replace(args, dataset_group_text=args.dataset_group_text_validation)
+    return build_pipeline(eval_args, tokenizer, seed=seed, rank=rank, world_size=world_size, split="eval",
+                          max_positions=max_positions, max_samples=run.max_eval_samples,
+                          plan=plan if args.dataset_holdout_fraction > 0 else None)

@@ -1,0 +1,53 @@
+"""Pre-tokenize: run the pipeline once and save its blocks, for runs that train from disk.
+
+    python -m lmstream.prepare --dataset_name DATA --config_name MODEL_OR_CONFIG \\
+        --tokenized_dataset_save_dir blocks/ [--dataset_block_size 1024 --dataset_num_proc 8]
+    python -m lmstream.train ... --tokenized_dataset_load_dir blocks/
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from transformers import AutoConfig, AutoTokenizer
+
+from .config import ConfigError
+from .data import materialize, save_blocks
+from .train import parse_args
+
+log = logging.getLogger("lmstream")
+
+
+def prepare(model_args, data_args, training_args) -> int:
+    """Tokenize and pack one epoch into `tokenized_dataset_save_dir`; return the number of blocks."""
+    if not data_args.tokenized_dataset_save_dir:
+        raise ConfigError("Pass --tokenized_dataset_save_dir FOLDER: where the blocks are written.")
+    source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
+    if source is None:
+        raise ConfigError("Pass model_name_or_path, config_name or tokenizer_name: the tokenizer to use.")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config_source = model_args.model_name_or_path or model_args.config_name
+    positions = None
+    if config_source:
+        config = AutoConfig.from_pretrained(config_source)
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    ds = materialize(data_args, tokenizer, seed, positions)
+    save_blocks(ds, data_args.tokenized_dataset_save_dir)
+    return len(ds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        model_args, data_args, _, training_args = parse_args(argv)
+        n = prepare(model_args, data_args, training_args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{n} blocks written to {data_args.tokenized_dataset_save_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The training job: the reference script's command line, streaming data, exact resume.
+
+    python -m lmstream.train --dataset_streaming true --do_train --dataset_name HuggingFaceFW/fineweb \\
+        --dataset_config_name CC-MAIN-2024-10 --model_name_or_path openai-community/gpt2 --max_steps 2500 ...
+    python -m lmstream.train params.yaml          # the same keys in a YAML or JSON file
+    torchrun --nproc_per_node 8 -m lmstream.train ...
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from transformers import HfArgumentParser, TrainingArguments, default_data_collator, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import ConfigError, DataArguments, ModelArguments, RunArguments
+from .data import build_datasets
+from .models import load_model_and_tokenizer
+from .pipeline import StreamingBlocks
+from .training import StreamingTrainer, read_data_state
+
+log = logging.getLogger("lmstream")
+ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
+
+
+def parse_args(argv: list[str] | None = None):
+    """(model, data, run, training) arguments from flags or from one YAML/JSON file; unknown names fail."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        argv = file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
+    parser = HfArgumentParser(ARG_CLASSES)
+    parsed = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if parsed[-1]:
+        raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m lmstream.train --help`.")
+    explicit = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    model_args, data_args, run_args, training_args = parsed[:-1]
+    if "report_to" not in explicit:   # like the reference: W&B when a key is set, else no remote tracking
+        training_args.report_to = ["wandb"] if os.environ.get("WANDB_API_KEY") else []
+    return model_args, data_args, run_args, training_args
+
+
+def file_to_argv(path: str) -> list[str]:
+    """The flags a YAML/JSON arguments file stands for (lists become several values, dicts JSON)."""
+    import json
+    import yaml
+    if not os.path.isfile(path):
+        raise ConfigError(f"Arguments file '{path}' does not exist.")
+    with open(path) as f:
+        data = (yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Arguments file '{path}' must hold a mapping of argument names to values.")
+    argv: list[str] = []
+    for key, value in data.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
+    """Refuse to write into a folder that holds another run (nothing is overwritten)."""
+    out = training_args.output_dir
+    if not (training_args.do_train and os.path.isdir(out) and os.listdir(out)):
+        return
+    if resume or run_args.overwrite_output_dir:
+        return
+    raise ConfigError(f"output_dir '{out}' already holds files (another run?): pass --resume_from_checkpoint true to "
+                      "continue it, --overwrite_output_dir true to write over it, or choose an empty output_dir.")
+
+
+def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
+    """resume_from_checkpoint as a folder: a path, or 'true'/'last' for the newest in output_dir."""
+    resume = training_args.resume_from_checkpoint
+    if resume in (None, "", "false", "False", False):
+        return None
+    if str(resume).lower() in ("true", "last"):
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint=true but output_dir '{training_args.output_dir}' has no "
+                              "checkpoint-* folder: pass a checkpoint path, or drop the flag to start anew.")
+        return last
+    if not os.path.isdir(resume):
+        raise ConfigError(f"resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint-N folder or true.")
+    return resume
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments,
+          training_args: TrainingArguments) -> dict:
+    """Train (and evaluate) as the arguments say; return the final metrics."""
+    checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
+    check_output_dir(training_args, run_args, checkpoint)
+    set_seed(training_args.seed)   # before the model exists: a from-scratch init is then reproducible
+    model, tokenizer = load_model_and_tokenizer(model_args)
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    rank, world = training_args.process_index, training_args.world_size
+    seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
+    train_ds, eval_ds = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions, training_args.do_eval)
+    if isinstance(train_ds, StreamingBlocks) and training_args.do_train and training_args.max_steps <= 0:
+        raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N.")
+    data_state = None
+    if checkpoint and isinstance(train_ds, StreamingBlocks):
+        data_state = read_data_state(checkpoint, rank, world)
+        if data_state is None:
+            log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", checkpoint,
+                        "the Trainer will skip the consumed batches by reading and tokenizing them again (slow); "
+                        "pass --ignore_data_skip true to start the data stream from its beginning instead."
+                        if not training_args.ignore_data_skip else
+                        "--ignore_data_skip is set, so the data stream starts again from its beginning "
+                        "(documents already trained on are seen again).")
+        else:
+            training_args.ignore_data_skip = True
+    trainer = StreamingTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                               processing_class=tokenizer, data_collator=default_data_collator, data_state=data_state)
+    metrics: dict = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics.update(result.metrics)
+        metrics.update({f"data_{k}": v for k, v in trainer.data_stats().items()})
+        trainer.save_model()
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    try:
+        train(*parse_args(argv))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

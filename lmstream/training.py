@@ -1,0 +1,147 @@
+"""Training: HF Trainer fed by the streaming pipeline, with the data position in every checkpoint.
+
+    trainer = build_trainer(model, tokenizer, training_args, train_blocks, eval_blocks)
+    trainer.train(resume_from_checkpoint=...)
+
+Each rank builds its own loader over its own part of the stream (no batch dispatching from rank 0,
+no reading everything and keeping every n-th). At every save each rank writes its loader state to
+`checkpoint-N/lmstream_data/rank-R.json`; on resume it is loaded and the Trainer's batch skipping
+(re-reading and re-tokenizing all consumed data) is turned off.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import torch
+from transformers import Trainer, default_data_collator
+
+from .config import ConfigError
+from .pipeline import StreamingBlocks, build_loader, merge_stats
+
+log = logging.getLogger("lmstream")
+DATA_STATE_DIR = "lmstream_data"
+
+
+def data_state_path(checkpoint: str, rank: int) -> str:
+    return os.path.join(checkpoint, DATA_STATE_DIR, f"rank-{rank}.json")
+
+
+def read_data_state(checkpoint: str, rank: int, world_size: int) -> dict | None:
+    """This rank's saved loader state, None if the checkpoint has none; refuses another world size."""
+    folder = os.path.join(checkpoint, DATA_STATE_DIR)
+    if not os.path.isdir(folder):
+        return None
+    saved = sorted(f for f in os.listdir(folder) if f.startswith("rank-") and f.endswith(".json"))
+    if len(saved) != world_size:
+        raise ConfigError(f"Checkpoint '{checkpoint}' holds the data position of {len(saved)} process(es), this run "
+                          f"has {world_size}: resume with the same number of processes.")
+    with open(data_state_path(checkpoint, rank)) as f:
+        return json.load(f)
+
+
+def _atomic_json(path: str, obj) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class StreamingTrainer(Trainer):
+    """A Trainer whose training data is a rank-local StreamingBlocks stream with resumable state."""
+
+    def __init__(self, *args, data_state: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data_state = data_state     # loader state to restore (from the checkpoint being resumed)
+        self.loader = None
+        self._last_log = None            # (time, tokens, wait) at the previous log
+
+    # -- data -----------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        if not isinstance(self.train_dataset, StreamingBlocks):
+            return super().get_train_dataloader()
+        a = self.args
+        self.loader = build_loader(self.train_dataset, self._train_batch_size, a.dataloader_num_workers,
+                                   pin_memory=a.dataloader_pin_memory and torch.cuda.is_available(),
+                                   prefetch_factor=a.dataloader_prefetch_factor or 4,
+                                   persistent_workers=a.dataloader_persistent_workers)
+        if self.data_state is not None:
+            self.loader.load_state_dict(self.data_state)
+        return self.loader
+
+    def _run_epoch(self, *args, **kwargs):
+        # Batches are not skipped (the loader resumed at its saved position), so the Trainer would not
+        # restore the RNG state (dropout): restore it after the first fetch, as the Trainer's own skip
+        # path does, since creating the loader's iterator draws from the global RNG.
+        if (self.data_state is not None and kwargs.get("resume_from_checkpoint")
+                and kwargs.get("epoch") == kwargs.get("epochs_trained")):
+            self._rng_checkpoint = kwargs["resume_from_checkpoint"]
+        return super()._run_epoch(*args, **kwargs)
+
+    def get_batch_samples(self, *args, **kwargs):
+        batches = super().get_batch_samples(*args, **kwargs)
+        if getattr(self, "_rng_checkpoint", None):
+            self._load_rng_state(self._rng_checkpoint)
+            self._rng_checkpoint = None
+        return batches
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.loader is not None:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            _atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
+
+    # -- logging ----------------------------------------------------------------------------------
+    def data_stats(self) -> dict:
+        """Pipeline counters of this rank (documents, tokens, blocks, dropped, ...)."""
+        return merge_stats(self.loader.state_dict()) if self.loader is not None else {}
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if self.loader is not None and "loss" in logs:
+            now, tokens = time.perf_counter(), self.data_stats().get("tokens", 0) * self.args.world_size
+            if self._last_log is not None:
+                t, tok, wait = self._last_log
+                logs["tokens_per_second"] = round((tokens - tok) / max(now - t, 1e-9), 1)
+                logs["data_wait_fraction"] = round((self.loader.wait_seconds - wait) / max(now - t, 1e-9), 5)
+            logs["tokens_seen"] = tokens
+            self._last_log = (now, tokens, self.loader.wait_seconds)
+        super().log(logs, start_time)
+
+    # -- evaluation -------------------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Token-weighted loss and perplexity over this rank's evaluation blocks, summed over ranks.
+
+        Ranks may hold different numbers of blocks: one all_reduce at the end, so no rank waits on
+        a collective another never reaches.
+        """
+        data = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if data is None:
+            raise ConfigError("do_eval needs evaluation data: the dataset has no test split and "
+                              "dataset_holdout_fraction is 0; set one of them.")
+        model, t0 = self.model, time.perf_counter()
+        was_training = model.training
+        model.eval()
+        loader = torch.utils.data.DataLoader(data, batch_size=self.args.per_device_eval_batch_size,
+                                             collate_fn=default_data_collator)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)
+        with torch.no_grad():
+            for batch in loader:
+                batch = {k: v.to(self.args.device) for k, v in batch.items()}
+                n = (batch["labels"][:, 1:] != -100).sum()
+                sums += torch.stack([model(**batch).loss.double() * n, n.double()])
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        model.train(was_training)
+        loss = (sums[0] / sums[1].clamp(min=1)).item()
+        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_perplexity": math.exp(min(loss, 50)),
+                   f"{metric_key_prefix}_tokens": int(sums[1].item()),
+                   f"{metric_key_prefix}_runtime": round(time.perf_counter() - t0, 3)}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -1,0 +1,170 @@
+"""The training job: seed command line, outputs, exact resume, refusals, evaluation, pre-tokenized data."""
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+import lmstream.train as lt
+from lmstream.config import ConfigError
+from lmstream.training import StreamingTrainer
+from conftest import SAMPLE, TINY_MODEL
+
+SEED_FLAGS = ["--dataset_streaming", "true", "--do_train", "--eval_strategy", "no",
+              "--dataset_name", SAMPLE, "--dataset_config_name", "python-docs",
+              "--dataset_group_text", "true", "--dataloader_num_workers", "8", "--max_steps", "2500",
+              "--model_name_or_path", "openai-community/gpt2", "--output_dir", "/output-checkpoint",
+              "--per_device_train_batch_size", "8", "--logging_steps", "50", "--save_steps", "1000"]
+
+
+def _tiny(out, *extra, steps=8, workers=0):
+    return ["--dataset_streaming", "true", "--do_train", "--dataset_name", SAMPLE, "--dataset_config_name", "python-docs",
+            "--config_name", TINY_MODEL, "--output_dir", str(out), "--max_steps", str(steps),
+            "--per_device_train_batch_size", "2", "--dataset_block_size", "64", "--logging_steps", "1",
+            "--save_steps", "4", "--use_cpu", "true", "--dataloader_num_workers", str(workers),
+            "--learning_rate", "1e-3", "--disable_tqdm", "true", "--report_to", "none", *extra]
+
+
+def test_seed_command_line_parses_flag_for_flag(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    m, d, r, t = lt.parse_args(SEED_FLAGS)
+    assert d.dataset_streaming and d.dataset_group_text and t.do_train
+    assert (t.dataloader_num_workers, t.max_steps, t.per_device_train_batch_size) == (8, 2500, 8)
+    assert (t.logging_steps, t.save_steps, t.eval_strategy.value) == (50, 1000, "no")
+    assert m.model_name_or_path == "openai-community/gpt2" and d.dataset_config_name == "python-docs"
+    assert t.report_to == [] or t.report_to == "none" or t.report_to == ["none"]
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    assert lt.parse_args(SEED_FLAGS)[3].report_to == ["wandb"]
+    assert lt.parse_args(SEED_FLAGS + ["--report_to", "tensorboard"])[3].report_to == ["tensorboard"]
+    monkeypatch.delenv("WANDB_API_KEY")
+    # the same keys in YAML
+    import yaml
+    keys = {SEED_FLAGS[i][2:]: SEED_FLAGS[i + 1] for i in range(len(SEED_FLAGS)) if SEED_FLAGS[i].startswith("--")
+            and i + 1 < len(SEED_FLAGS) and not SEED_FLAGS[i + 1].startswith("--")}
+    keys["do_train"] = True
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(keys))
+    m2, d2, r2, t2 = lt.parse_args([str(tmp_path / "p.yaml")])
+    assert (t2.max_steps, d2.dataset_name, t2.do_train) == (2500, SAMPLE, True)
+    with pytest.raises(ConfigError, match="Unknown argument.*--dataset_nmae"):
+        lt.parse_args(SEED_FLAGS + ["--dataset_nmae", "x"])
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**keys, "max_stepz": 3}))
+    with pytest.raises(ConfigError, match="max_stepz"):
+        lt.parse_args([str(tmp_path / "bad.yaml")])
+
+
+class _Record(TrainerCallback):
+    """Stops a run after `stop_at` steps (an interruption); the trainer records each batch."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at = stop_at
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.stop_at and state.global_step >= self.stop_at:
+            control.should_training_stop = True
+
+
+def _run(argv, monkeypatch, stop_at=None):
+    batches = []
+    orig_step = StreamingTrainer.training_step
+
+    def step(self, model, inputs, *a, **k):
+        batches.append(inputs["input_ids"].detach().cpu().clone())
+        return orig_step(self, model, inputs, *a, **k)
+
+    orig_init = StreamingTrainer.__init__
+
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        self.add_callback(_Record(stop_at))
+
+    monkeypatch.setattr(StreamingTrainer, "training_step", step)
+    monkeypatch.setattr(StreamingTrainer, "__init__", init)
+    metrics = lt.train(*lt.parse_args(argv))
+    monkeypatch.undo()
+    return batches, metrics
+
+
+def _no_timings(obj):
+    if isinstance(obj, dict):
+        return {k: _no_timings(v) for k, v in obj.items() if not k.endswith("_seconds")}
+    return [_no_timings(v) for v in obj] if isinstance(obj, list) else obj
+
+
+def _losses(out):
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_sees_identical_batches_and_losses(tmp_path, monkeypatch, workers):
+    straight, _ = _run(_tiny(tmp_path / "a", workers=workers), monkeypatch)
+    first, _ = _run(_tiny(tmp_path / "b", workers=workers), monkeypatch, stop_at=4)
+    assert len(first) == 4
+    second, _ = _run(_tiny(tmp_path / "b", "--resume_from_checkpoint", "true", workers=workers), monkeypatch)
+    assert len(straight) == 8 and len(second) == 4
+    for x, y in zip(straight, first + second):
+        assert torch.equal(x, y)
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert [a[s] for s in range(5, 9)] == [b[s] for s in range(5, 9)]
+    with open(tmp_path / "a" / "checkpoint-8" / "lmstream_data" / "rank-0.json") as f1, \
+            open(tmp_path / "b" / "checkpoint-8" / "lmstream_data" / "rank-0.json") as f2:
+        s1, s2 = json.load(f1), json.load(f2)
+    assert _no_timings(s1) == _no_timings(s2)   # timings differ between runs; positions and counters must not
+
+
+def test_training_writes_a_loadable_model_metrics_and_state(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _, metrics = _run(_tiny(out, "--do_eval", "--dataset_holdout_fraction", "0.1", "--max_eval_samples", "8", steps=4),
+                      monkeypatch)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.n_layer == 2
+    for name in ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json", "tokenizer.json"):
+        assert (out / name).exists(), name
+    assert metrics["eval_perplexity"] > 1 and metrics["eval_tokens"] > 0
+    assert metrics["data_tokens"] == 4 * 2 * 64
+    assert (out / "checkpoint-4" / "lmstream_data" / "rank-0.json").exists()
+    logs = json.load(open(out / "trainer_state.json"))["log_history"]
+    assert any("tokens_per_second" in h and "data_wait_fraction" in h for h in logs)
+
+
+def test_refusals(tmp_path, monkeypatch):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("another run")
+    with pytest.raises(ConfigError, match="already holds files"):
+        lt.train(*lt.parse_args(_tiny(out)))
+    assert (out / "notes.txt").read_text() == "another run"
+    with pytest.raises(ConfigError, match="max_steps must be set"):
+        lt.train(*lt.parse_args(_tiny(tmp_path / "x", steps=-1)))
+    with pytest.raises(ConfigError, match="has no checkpoint"):
+        lt.train(*lt.parse_args(_tiny(tmp_path / "y", "--resume_from_checkpoint", "true")))
+    assert lt.main(_tiny(tmp_path / "z", "--dataset_block_size", "4096")) == 2
+
+
+def test_checkpoint_without_data_state_warns_and_skips(tmp_path, monkeypatch, caplog):
+    import shutil
+    straight, _ = _run(_tiny(tmp_path / "a"), monkeypatch)
+    _run(_tiny(tmp_path / "b"), monkeypatch, stop_at=4)
+    shutil.rmtree(tmp_path / "b" / "checkpoint-4" / "lmstream_data")   # as if saved by another script
+    with caplog.at_level("WARNING", logger="lmstream"):
+        second, _ = _run(_tiny(tmp_path / "b", "--resume_from_checkpoint", str(tmp_path / "b" / "checkpoint-4")),
+                         monkeypatch)
+    assert "holds no lmstream data position" in caplog.text
+    assert all(torch.equal(x, y) for x, y in zip(straight[4:], second))   # the Trainer's skip re-read them
+
+
+def test_pretokenized_save_and_load_and_non_streaming(tmp_path, monkeypatch):
+    import lmstream.prepare as lp
+    blocks = tmp_path / "blocks"
+    assert lp.main(["--dataset_name", SAMPLE, "--dataset_config_name", "python-docs", "--config_name", TINY_MODEL,
+                    "--dataset_block_size", "64", "--tokenized_dataset_save_dir", str(blocks)]) == 0
+    assert lp.main(["--dataset_name", SAMPLE, "--config_name", TINY_MODEL, "--dataset_block_size", "64",
+                    "--tokenized_dataset_save_dir", str(blocks)]) == 2   # not overwritten
+    _, m = _run(_tiny(tmp_path / "r1", "--tokenized_dataset_load_dir", str(blocks), steps=3), monkeypatch)
+    assert m["train_loss"] > 0
+    _, m = _run(_tiny(tmp_path / "r2", "--dataset_streaming", "false", "--max_train_samples", "40", steps=3), monkeypatch)
+    assert m["train_loss"] > 0
+    with pytest.raises(ConfigError, match="holds blocks of 64 tokens"):
+        lt.train(*lt.parse_args(_tiny(tmp_path / "r3", "--tokenized_dataset_load_dir", str(blocks),
+                                      "--dataset_block_size", "32")))
