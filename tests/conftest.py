@@ -72,3 +72,10 @@ def parquet_dir(tmp_path):
     docs = make_docs(300, seed=1, empty_every=25)
     write_parquet(tmp_path / "pq", docs)
     return str(tmp_path / "pq"), docs
+
+
+def no_timings(obj):
+    """A state or metrics tree without its `*_seconds` entries (timings differ between runs)."""
+    if isinstance(obj, dict):
+        return {k: no_timings(v) for k, v in obj.items() if not k.endswith("_seconds")}
+    return [no_timings(v) for v in obj] if isinstance(obj, list) else obj

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 import lmstream.train as lt
 from lmstream.config import ConfigError
 from lmstream.training import StreamingTrainer
-from conftest import SAMPLE, TINY_MODEL
+from conftest import SAMPLE, TINY_MODEL, no_timings
 
 SEED_FLAGS = ["--dataset_streaming", "true", "--do_train", "--eval_strategy", "no",
               "--dataset_name", SAMPLE, "--dataset_config_name", "python-docs",
@@ -85,12 +85,6 @@ def _run(argv, monkeypatch, stop_at=None):
     return batches, metrics
 
 
-def _no_timings(obj):
-    if isinstance(obj, dict):
-        return {k: _no_timings(v) for k, v in obj.items() if not k.endswith("_seconds")}
-    return [_no_timings(v) for v in obj] if isinstance(obj, list) else obj
-
-
 def _losses(out):
     with open(os.path.join(out, "trainer_state.json")) as f:
         return {h["step"]: h["loss"] for h in json.load(f)["log_history"] if "loss" in h}
@@ -110,7 +104,7 @@ def test_resume_sees_identical_batches_and_losses(tmp_path, monkeypatch, workers
     with open(tmp_path / "a" / "checkpoint-8" / "lmstream_data" / "rank-0.json") as f1, \
             open(tmp_path / "b" / "checkpoint-8" / "lmstream_data" / "rank-0.json") as f2:
         s1, s2 = json.load(f1), json.load(f2)
-    assert _no_timings(s1) == _no_timings(s2)   # timings differ between runs; positions and counters must not
+    assert no_timings(s1) == no_timings(s2)   # timings differ between runs; positions and counters must not
 
 
 def test_training_writes_a_loadable_model_metrics_and_state(tmp_path, monkeypatch):
