@@ -14,9 +14,7 @@ import os
 import tempfile
 
 from .config import ConfigError, DataArguments, RunArguments
-from .documents import plan_pieces
-from .pipeline import build_pipeline, resolve_block_size
-from .sources import resolve_shards
+from .pipeline import build_pipeline, plan_dataset, resolve_block_size
 
 log = logging.getLogger("lmstream")
 
@@ -87,8 +85,7 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
             train = train.select(range(min(run.max_train_samples, len(train))))
         plan = None
     else:
-        plan = plan_pieces(resolve_shards(args.dataset_name, args.dataset_config_name, args.dataset_train_split),
-                           args.dataset_text_field)
+        plan = plan_dataset(args)
         train = build_pipeline(args, tokenizer, seed=seed, rank=rank, world_size=world_size,
                                max_positions=max_positions, max_samples=run.max_train_samples, plan=plan)
     eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, plan) if do_eval else None

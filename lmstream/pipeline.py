@@ -212,6 +212,12 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                     "attention_mask": torch.from_numpy(mask)}, (window, j + 1), 0, 1, window.nbytes[j])
 
 
+def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
+    """Resolve `dataset_name` and list the pieces of the split (default dataset_train_split)."""
+    shards = resolve_shards(args.dataset_name, args.dataset_config_name, split or args.dataset_train_split)
+    return plan_pieces(shards, args.dataset_text_field)
+
+
 def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
                    world_size: int | None = None, split: str = "train", max_positions: int | None = None,
                    max_samples: int | None = None, plan: Plan | None = None) -> StreamingBlocks:
@@ -236,14 +242,12 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
         if args.dataset_holdout_fraction > 0:
             mode = "holdout"
         else:
-            plan = plan_pieces(resolve_shards(args.dataset_name, args.dataset_config_name, args.dataset_test_split),
-                               args.dataset_text_field)
+            plan = plan_dataset(args, args.dataset_test_split)
             mode = "all"
     elif split != "train":
         raise ConfigError(f"split must be 'train' or 'eval', not {split!r}.")
     if plan is None:
-        plan = plan_pieces(resolve_shards(args.dataset_name, args.dataset_config_name, args.dataset_train_split),
-                           args.dataset_text_field)
+        plan = plan_dataset(args)
     return StreamingBlocks(plan, args, build_encoder(tokenizer), block_size, seed, rank, world_size, mode, max_samples)
 
 

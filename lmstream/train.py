@@ -69,7 +69,9 @@ def file_to_argv(path: str) -> list[str]:
 def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
     """Refuse to write into a folder that holds another run (nothing is overwritten)."""
     out = training_args.output_dir
-    if not (training_args.do_train and os.path.isdir(out) and os.listdir(out)):
+    # executed notebooks (the run's report, written by papermill as it starts) don't make it another run
+    held = [f for f in os.listdir(out) if not f.endswith(".ipynb")] if os.path.isdir(out) else []
+    if not (training_args.do_train and held):
         return
     if resume or run_args.overwrite_output_dir:
         return

@@ -1,0 +1,153 @@
+"""The training notebook as a job: its parameters become the training arguments, validated here.
+
+    job = job_from_parameters(globals())      # in 03_training.ipynb, right after the parameters cell
+    metrics = run_job(job)
+
+papermill only *warns* about parameters the notebook does not declare; `job_from_parameters` rejects
+them, and the module's argument parser checks every value, so a typo fails with one sentence.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+from dataclasses import dataclass, field
+
+from .config import ConfigError, DataArguments
+from .models import SAMPLE_DATASET, TINY_MODEL
+
+# names IPython puts in a notebook's namespace, besides those starting with "_"
+_IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+# parameters of the notebook that are not training arguments
+NOTEBOOK_ONLY = {"num_processes", "extra_args", "sample_prompt", "sample_max_new_tokens"}
+
+
+@dataclass
+class Job:
+    """A training run described by the notebook's parameters."""
+    params: dict                                  # every declared parameter and its value
+    argv: list[str] = field(default_factory=list) # the equivalent command line of `python -m lmstream.train`
+    num_processes: int = 1
+
+    @property
+    def output_dir(self) -> str:
+        return self.params["output_dir"]
+
+    def arguments(self):
+        """(model, data, run, training) argument dataclasses, as the command line would give them."""
+        from .train import parse_args
+        return parse_args(self.argv)
+
+
+def _argv(params: dict) -> list[str]:
+    argv: list[str] = []
+    for key, value in params.items():
+        if key in NOTEBOOK_ONLY or value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def notebook_parameters(namespace: dict) -> dict:
+    """The parameters a notebook declared (annotated names of its `parameters` cell) with their values.
+
+    Names papermill injected that the notebook does not declare are rejected; an unset dataset or
+    model (None) becomes the embedded default: the bundled sample dataset and a tiny GPT-2 config.
+    """
+    declared = list(namespace.get("__annotations__", {}))
+    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in declared
+                     and k not in _IPYTHON_NAMES and not callable(v) and not isinstance(v, types.ModuleType))
+    if unknown:
+        raise ConfigError(f"Unknown notebook parameter(s) {', '.join(unknown)}: the parameters are "
+                          f"{', '.join(declared)}.")
+    params = {k: namespace[k] for k in declared}
+    if "dataset_name" in params and params["dataset_name"] is None:
+        params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, "python-docs"
+    if "config_name" in params and params.get("model_name_or_path") is None and params["config_name"] is None:
+        params["config_name"] = TINY_MODEL
+    if "tokenizer_name" in params and params["tokenizer_name"] is None and "config_name" not in params:
+        params["tokenizer_name"] = TINY_MODEL
+    return params
+
+
+def data_arguments(params: dict) -> DataArguments:
+    """DataArguments from the parameters that are its fields."""
+    names = {f.name for f in dataclasses.fields(DataArguments)}
+    return DataArguments(**{k: v for k, v in params.items() if k in names})
+
+
+def job_from_parameters(namespace: dict) -> Job:
+    """Validate the training notebook's parameters and turn them into the job's command line."""
+    params = notebook_parameters(namespace)
+    extra = params.get("extra_args") or {}
+    if not isinstance(extra, dict):
+        raise ConfigError(f"extra_args must be a mapping of argument names to values, not {type(extra).__name__}.")
+    clash = sorted(set(extra) & set(params))
+    if clash:
+        raise ConfigError(f"extra_args repeats notebook parameter(s) {', '.join(clash)}: set them directly.")
+    n = params.get("num_processes", 1)
+    if not isinstance(n, int) or n < 1:
+        raise ConfigError(f"num_processes={n!r} must be a positive integer.")
+    job = Job(params, _argv({**params, **extra}), n)
+    job.arguments()   # parse now: unknown extra_args and bad values fail before anything runs
+    return job
+
+
+def _train_argv(argv: list[str]) -> dict:
+    from .train import parse_args, train
+    return train(*parse_args(argv))
+
+
+def run_job(job: Job) -> dict:
+    """Train; with num_processes > 1, one process per GPU via accelerate's notebook_launcher."""
+    if job.params.get("disable_tqdm"):   # keep the report free of inner progress bars too
+        import datasets
+        import transformers
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    if job.num_processes > 1:
+        from accelerate import notebook_launcher
+        notebook_launcher(_train_argv, (job.argv,), num_processes=job.num_processes)
+        return read_metrics(job.output_dir)
+    return _train_argv(job.argv)
+
+
+def read_metrics(output_dir: str) -> dict:
+    """The metrics a finished run wrote (all_results.json)."""
+    path = os.path.join(output_dir, "all_results.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def arguments_table(job: Job):
+    """The arguments this job sets, as a DataFrame (for the report)."""
+    import pandas as pd
+    named = {a[2:] for a in job.argv if a.startswith("--")}
+    rows = [(type(obj).__name__, f.name, repr(getattr(obj, f.name))[:80])
+            for obj in job.arguments() for f in dataclasses.fields(obj) if f.name in named]
+    return pd.DataFrame(rows, columns=["group", "argument", "value"])
+
+
+def generate_sample(model_dir: str, prompt: str, max_new_tokens: int = 40, seed: int = 0) -> str:
+    """A short continuation of `prompt` by the trained model (sampled with a fixed seed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    torch.manual_seed(seed)
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=True, top_k=50,
+                             pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0], skip_special_tokens=False)

@@ -1,0 +1,94 @@
+"""The notebooks, executed headless by papermill on tiny parameters, and the console entry point."""
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import papermill as pm
+import pytest
+from transformers import AutoModelForCausalLM
+
+from conftest import SAMPLE, TINY_MODEL
+
+NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+TINY_TRAIN = {"max_steps": 6, "dataset_block_size": 64, "per_device_train_batch_size": 2,
+              "per_device_eval_batch_size": 2, "eval_steps": 3, "save_steps": 3, "logging_steps": 1,
+              "dataloader_num_workers": 0, "max_eval_samples": 8, "sample_max_new_tokens": 8}
+
+
+def _run(name, out, **params):
+    return pm.execute_notebook(os.path.join(NOTEBOOKS, name), str(out), parameters=params,
+                               kernel_name="python3", progress_bar=False, cwd=str(os.path.dirname(out)))
+
+
+def _text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            parts.append(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("name", ["01_streaming.ipynb", "02_grouping.ipynb", "03_training.ipynb"])
+def test_committed_without_outputs_with_python3_kernel_and_parameters_cell(name):
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert not any("!pip" in c.source or "notebook_login" in c.source for c in code)
+    params = pm.inspect_notebook(os.path.join(NOTEBOOKS, name))
+    assert params and all(p["help"] for p in params.values())   # every parameter documented
+
+
+def test_streaming_notebook(tmp_path):
+    nb = _run("01_streaming.ipynb", tmp_path / "01.ipynb", output_dir=str(tmp_path), measure_documents=40)
+    text = _text(nb)
+    assert "4 shards, 12 pieces" in text and "documents/s" in text and "rank" in text
+    assert (tmp_path / "document_lengths.png").stat().st_size > 5000
+
+
+def test_grouping_notebook(tmp_path):
+    nb = _run("02_grouping.ipynb", tmp_path / "02.ipynb", output_dir=str(tmp_path), num_documents=40)
+    text = _text(nb)
+    assert "⟨EOS⟩" in text and "lmstream (pack, carry over)" in text
+    assert (tmp_path / "kept_tokens.png").exists()
+
+
+def test_training_notebook_is_the_job(tmp_path):
+    out = tmp_path / "run"
+    nb = _run("03_training.ipynb", tmp_path / "report.ipynb", output_dir=str(out), **TINY_TRAIN)
+    with open(out / "all_results.json") as f:
+        metrics = json.load(f)
+    assert metrics["eval_perplexity"] > 1 and metrics["train_loss"] > 0
+    assert (out / "training_curves.png").stat().st_size > 10000
+    assert AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+    assert nb.metadata["papermill"]["parameters"]["max_steps"] == 6   # parameters recorded in the report
+    assert "perplexity" in _text(nb)
+
+
+def test_bad_parameters_fail_with_the_modules_message(tmp_path):
+    with pytest.raises(pm.PapermillExecutionError, match="Unknown notebook parameter.*max_stepz"):
+        _run("03_training.ipynb", tmp_path / "r1.ipynb", output_dir=str(tmp_path / "a"), max_stepz=3)
+    with pytest.raises(pm.PapermillExecutionError, match="torch_dtype='float8'"):
+        _run("03_training.ipynb", tmp_path / "r2.ipynb", output_dir=str(tmp_path / "b"), torch_dtype="float8")
+    with pytest.raises(pm.PapermillExecutionError, match="Unknown argument.*--bogus_flag"):
+        _run("03_training.ipynb", tmp_path / "r3.ipynb", output_dir=str(tmp_path / "c"), extra_args={"bogus_flag": 1})
+
+
+def test_console_entry_point_takes_the_seed_flags(tmp_path):
+    out = tmp_path / "output-checkpoint"
+    flags = ["--dataset_streaming", "true", "--do_train", "--eval_strategy", "no", "--dataset_name", SAMPLE,
+             "--dataset_config_name", "python-docs", "--dataset_group_text", "true", "--dataloader_num_workers", "2",
+             "--max_steps", "4", "--config_name", TINY_MODEL, "--output_dir", str(out),
+             "--per_device_train_batch_size", "2", "--logging_steps", "2", "--save_steps", "2",
+             "--dataset_block_size", "64", "--use_cpu", "true"]
+    proc = subprocess.run([sys.executable, "-m", "lmstream.cli", *flags], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = nbformat.read(out / "report.ipynb", as_version=4)
+    assert report.metadata["papermill"]["parameters"]["dataloader_num_workers"] == 2
+    assert (out / "checkpoint-4" / "lmstream_data" / "rank-0.json").exists()
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+    bad = subprocess.run([sys.executable, "-m", "lmstream.cli", *flags, "--max_stepz", "3"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "max_stepz" in bad.stderr
