@@ -136,3 +136,11 @@ def test_eval_split_uses_holdout_documents(parquet_dir, tokenizer):
     decode = lambda ds: {p.split(" ")[0] for b in ds for p in tokenizer.decode(b["input_ids"]).split("<|endoftext|>")}
     assert not {d for d in decode(train) & decode(held) if d.startswith("doc-") and len(d) == 9}
     assert len(list(held)) > 0
+
+
+def test_tokenizer_batches_bound_documents_and_bytes():
+    from lmstream.pipeline import _batches
+    nbytes = [10, 10, 600, 10, 10, 10, 10]
+    assert list(_batches(nbytes, 0, max_docs=3, max_bytes=100)) == [(0, 2), (2, 3), (3, 6), (6, 7)]
+    assert list(_batches(nbytes, 5, max_docs=3, max_bytes=100)) == [(5, 7)]
+    assert list(_batches([], 0, 3, 100)) == []

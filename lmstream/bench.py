@@ -1,0 +1,218 @@
+"""Side-by-side benchmarks, each in one run, reported as ratios (this machine is noisy).
+
+    python -m lmstream.bench pipeline --dataset DIR --config NAME --tokenizer PATH
+    python -m lmstream.bench resume   --dataset DIR --config NAME --tokenizer PATH
+    python -m lmstream.bench train    --dataset DIR --config NAME --tokenizer PATH
+    python -m lmstream.bench all --quick          # the bundled sample, tiny sizes (what CI runs)
+
+Each prints a table and writes a JSON and a PNG chart into --out (default bench-results/).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import os
+import time
+
+import numpy as np
+
+from .config import DataArguments
+from .models import SAMPLE_DATASET, TINY_MODEL
+from .pipeline import build_loader, build_pipeline, plan_dataset
+from .tokenize import build_encoder
+
+
+def _texts(args: DataArguments) -> list[str]:
+    from .documents import DocumentStream
+    stream = DocumentStream(plan_dataset(args), args, 0, 0, 1, shuffle=False)
+    return [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _lmstream_epoch(args, tokenizer, batch: int, workers: int) -> int:
+    ds = build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)
+    return sum(int(b["input_ids"].numel()) for b in build_loader(ds, batch, workers))
+
+
+def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, workers: int) -> int:
+    """The reference script's pipeline: datasets streaming, map(tokenize, truncation), map(group_texts)."""
+    import datasets
+    import torch
+    files = [s.url for s in plan_dataset(args).shards]
+    stream = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
+    cols = list(stream.features or [args.dataset_text_field])
+    tok = stream.map(lambda ex: tokenizer(ex[args.dataset_text_field], truncation=True, max_length=block),
+                     batched=True, remove_columns=cols)
+
+    def group_texts(examples):   # as in the HF examples: concatenate, drop each batch's remainder
+        concat = {k: list(itertools.chain(*examples[k])) for k in examples}
+        total = len(concat["input_ids"]) // block * block
+        out = {k: [t[i:i + block] for i in range(0, total, block)] for k, t in concat.items()}
+        out["labels"] = out["input_ids"].copy()
+        return out
+    grouped = tok.map(group_texts, batched=True)
+    loader = torch.utils.data.DataLoader(grouped.with_format("torch"), batch_size=batch, num_workers=workers)
+    return sum(int(b["input_ids"].numel()) for b in loader)
+
+
+def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int) -> dict:
+    texts = _texts(args)
+    corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
+    _, hf_s = _timed(lambda: tokenizer(texts, verbose=False))
+    enc = build_encoder(tokenizer)
+    tk = enc.tiktoken
+    _, tk_s = _timed(lambda: tk.encode_batch(texts, allowed_special="all", num_threads=workers or 1)) if tk else (None, None)
+    args = dataclasses.replace(args, dataset_block_size=block)
+    lm_tokens, lm_s = _timed(lambda: _lmstream_epoch(args, tokenizer, batch, workers))
+    hf_args = dataclasses.replace(args)
+    ref_tokens, ref_s = _timed(lambda: reference_pipeline(hf_args, tokenizer, block, batch, workers))
+    r = {"corpus_tokens": corpus_tokens, "documents": len(texts),
+         "hf_tokenizer_tok_s": corpus_tokens / hf_s, "tiktoken_tok_s": corpus_tokens / tk_s if tk_s else None,
+         "lmstream_tok_s": lm_tokens / lm_s, "lmstream_kept": lm_tokens / corpus_tokens,
+         "reference_tok_s": ref_tokens / ref_s, "reference_kept": ref_tokens / corpus_tokens,
+         "reference_corpus_tok_s": corpus_tokens / ref_s, "lmstream_corpus_tok_s": corpus_tokens / lm_s}
+    r["ratio_vs_hf_bound"] = r["lmstream_tok_s"] / r["hf_tokenizer_tok_s"]
+    r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]            # tokens delivered to training
+    r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]   # corpus processed
+    r["tiktoken_vs_hf"] = (r["tiktoken_tok_s"] or 0) / r["hf_tokenizer_tok_s"]
+    return r
+
+
+def _first_batch_after(args, tokenizer, batch: int, workers: int, k: int, exact: bool) -> float:
+    """Seconds from a fresh loader to the first batch after k consumed batches (lmstream state or skip)."""
+    from accelerate import skip_first_batches
+    run = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    it = iter(run)
+    for _ in range(k):
+        next(it)
+    state = run.state_dict()
+    del it
+    t0 = time.perf_counter()
+    fresh = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    if exact:
+        fresh.load_state_dict(state)
+        next(iter(fresh))
+    else:
+        next(iter(skip_first_batches(fresh, k)))
+    return time.perf_counter() - t0
+
+
+def bench_resume(args, tokenizer, block: int, batch: int, workers: int, early: int, late: int,
+                 repeats: int = 3) -> dict:
+    args = dataclasses.replace(args, dataset_block_size=block)
+    r = {}
+    for name, k in (("early", early), ("late", late)):   # median of 3: worker start-up is noisy
+        for kind, exact in (("lmstream", True), ("trainer_skip", False)):
+            r[f"{kind}_{name}_s"] = float(np.median([_first_batch_after(args, tokenizer, batch, workers, k, exact)
+                                                     for _ in range(repeats)]))
+    r.update(early_batches=early, late_batches=late,
+             lmstream_late_over_early=r["lmstream_late_s"] / r["lmstream_early_s"],
+             skip_over_lmstream_late=r["trainer_skip_late_s"] / r["lmstream_late_s"],
+             skip_over_lmstream_early=r["trainer_skip_early_s"] / r["lmstream_early_s"])
+    return r
+
+
+def bench_train(args, model_dir: str, block: int, batch: int, workers: int, steps: int, out: str) -> dict:
+    import resource
+    import shutil
+
+    import psutil
+    from transformers import TrainerCallback
+    from .train import parse_args, train
+    rss = []
+
+    class Rss(TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            rss.append(psutil.Process().memory_info().rss)
+    folder = os.path.join(out, "train-run")
+    shutil.rmtree(folder, ignore_errors=True)
+    argv = ["--do_train", "--dataset_name", args.dataset_name, "--config_name", model_dir, "--output_dir", folder,
+            "--max_steps", str(steps), "--per_device_train_batch_size", str(batch), "--dataset_block_size", str(block),
+            "--dataloader_num_workers", str(workers), "--logging_steps", str(max(1, steps // 10)), "--save_steps",
+            str(steps * 10), "--use_cpu", "true", "--disable_tqdm", "true", "--report_to", "none"]
+    if args.dataset_config_name:
+        argv += ["--dataset_config_name", args.dataset_config_name]
+    from . import training
+    orig = training.StreamingTrainer.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        self.add_callback(Rss())
+    training.StreamingTrainer.__init__ = init
+    try:
+        train(*parse_args(argv))
+    finally:
+        training.StreamingTrainer.__init__ = orig
+    with open(os.path.join(folder, "trainer_state.json")) as f:
+        hist = [h for h in json.load(f)["log_history"] if "data_wait_fraction" in h]
+    early = rss[len(rss) // 10] if rss else 0
+    return {"steps": steps, "tokens_per_second": float(np.median([h["tokens_per_second"] for h in hist])),
+            "data_wait_fraction": float(np.mean([h["data_wait_fraction"] for h in hist])),
+            "rss_early_MB": early / 1e6, "rss_end_MB": rss[-1] / 1e6 if rss else 0,
+            "rss_end_over_early": rss[-1] / early if early else None,
+            "peak_rss_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
+
+
+def _chart(results: dict, path: str) -> None:
+    from .plots import bars
+    p = results.get("pipeline")
+    if p:
+        bars({"reference": p["reference_tok_s"], "lmstream": p["lmstream_tok_s"], "HF tokenizer bound": p["hf_tokenizer_tok_s"],
+              "tiktoken bound": p["tiktoken_tok_s"] or 0}, "pipeline throughput (tokens/s)", "tokens/s", path)
+    r = results.get("resume")
+    if r:
+        bars({"lmstream early": r["lmstream_early_s"], "lmstream late": r["lmstream_late_s"],
+              "Trainer skip early": r["trainer_skip_early_s"], "Trainer skip late": r["trainer_skip_late_s"]},
+             "time to first batch after resume (s)", "seconds", path.replace(".png", "-resume.png"), fmt="{:.2f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["pipeline", "resume", "train", "all"])
+    ap.add_argument("--dataset", default=SAMPLE_DATASET)
+    ap.add_argument("--config", default=None)
+    ap.add_argument("--tokenizer", default=TINY_MODEL)
+    ap.add_argument("--model", default=TINY_MODEL, help="config folder of the model trained by `train`")
+    ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--early", type=int, default=5)
+    ap.add_argument("--late", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--train-block", type=int, default=256)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes on the bundled sample (a smoke run)")
+    ap.add_argument("--out", default="bench-results")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.block, a.batch, a.early, a.late, a.steps, a.train_block = 128, 4, 2, 20, 6, 64
+    from transformers import AutoTokenizer
+    config = a.config or ("python-docs" if a.dataset == SAMPLE_DATASET else None)
+    args = DataArguments(dataset_name=a.dataset, dataset_config_name=config)
+    tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
+    os.makedirs(a.out, exist_ok=True)
+    results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "settings": vars(a)}
+    if a.what in ("pipeline", "all"):
+        results["pipeline"] = bench_pipeline(args, tokenizer, a.block, a.batch, a.workers)
+    if a.what in ("resume", "all"):
+        results["resume"] = bench_resume(args, tokenizer, a.block, a.batch, a.workers, a.early, a.late,
+                                         1 if a.quick else 3)
+    if a.what in ("train", "all"):
+        results["train"] = bench_train(args, a.model, a.train_block, max(1, a.batch // 2), a.workers, a.steps, a.out)
+    with open(os.path.join(a.out, f"{a.what}.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    _chart(results, os.path.join(a.out, f"{a.what}.png"))
+    for section in ("pipeline", "resume", "train"):
+        for k, v in (results.get(section) or {}).items():
+            print(f"{section:9s} {k:28s} {v:,.3f}" if isinstance(v, float) else f"{section:9s} {k:28s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
