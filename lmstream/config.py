@@ -45,6 +45,11 @@ class DataArguments:
     dataset_text_sample_by: str = field(default="document", metadata={"help": "Plain-text files: 'document' (one file), 'paragraph' or 'line' per sample."})
     dataset_tokenize_batch_size: int = field(default=256, metadata={"help": "Documents per tokenizer call."})
     dataset_cycle: bool = field(default=True, metadata={"help": "Start the next epoch (new shuffle) when the training stream ends."})
+    dataset_max_retries: int = field(default=8, metadata={"help": "Attempts per remote read before giving up (transient faults)."})
+    dataset_retry_backoff: float = field(default=1.0, metadata={"help": "Seconds before the first retry; doubles each retry (with jitter)."})
+    dataset_read_timeout: float = field(default=60.0, metadata={"help": "Seconds a remote read may stall before it is retried."})
+    dataset_skip_bad_shards: bool = field(default=False, metadata={"help": (
+        "Skip (with a warning, counted) shards that cannot be read at all, instead of failing.")})
 
     def __post_init__(self):
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
@@ -57,8 +62,14 @@ class DataArguments:
             raise ConfigError(f"dataset_holdout_fraction={self.dataset_holdout_fraction} must be in [0, 1).")
         if self.dataset_text_sample_by not in ("document", "paragraph", "line"):
             raise ConfigError(f"dataset_text_sample_by={self.dataset_text_sample_by!r} must be 'document', 'paragraph' or 'line'.")
+        if self.dataset_max_retries < 1:
+            raise ConfigError(f"dataset_max_retries={self.dataset_max_retries} must be at least 1.")
         if self.dataset_tokenize_batch_size < 1:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")
+
+    def retry_policy(self):
+        from .retry import RetryPolicy
+        return RetryPolicy(self.dataset_max_retries, self.dataset_retry_backoff, read_timeout=self.dataset_read_timeout)
 
 
 @dataclass

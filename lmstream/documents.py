@@ -19,14 +19,18 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import ConfigError, DataArguments
+from .retry import RetryPolicy, Unreadable, is_transient, on_fault, with_retries
 from .sources import Shard, open_binary
+
+log = logging.getLogger("lmstream")
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,8 @@ class Plan:
     shards: list[Shard]
     pieces: list[Piece]
     footers: dict  # shard index -> pyarrow FileMetaData
+    skipped: list = field(default_factory=list)  # URLs of unreadable shards left out (dataset_skip_bad_shards)
+    stats: dict = field(default_factory=dict)    # retries while planning
 
 
 @dataclass(frozen=True)
@@ -58,15 +64,21 @@ class Window:
     last: bool                  # the slot's epoch ends with this window
 
 
-def _read_footer(shard: Shard, text_field: str):
+def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict):
     import pyarrow.parquet as pq
+
+    def read():
+        with open_binary(shard.url, timeout=policy.read_timeout) as f:
+            return pq.ParquetFile(f).metadata
     try:
-        with open_binary(shard.url) as f:
-            meta = pq.ParquetFile(f).metadata
-    except FileNotFoundError:
-        raise ConfigError(f"Shard '{shard.url}' does not exist: check dataset_name.") from None
-    except Exception as err:
-        raise ConfigError(f"Shard '{shard.url}' is not a valid Parquet file ({type(err).__name__}: {err}).") from None
+        meta = with_retries(read, shard.url, policy, "read the Parquet footer of", stats)
+    except Unreadable as err:
+        if isinstance(err.cause, FileNotFoundError) and not is_transient(err.cause):
+            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
+        if err.cause is not None and not is_transient(err.cause):
+            raise Unreadable(f"Shard '{shard.url}' is not a valid Parquet file "
+                             f"({type(err.cause).__name__}: {err.cause}).", err.cause) from None
+        raise
     names = meta.schema.to_arrow_schema().names
     if text_field not in names:
         raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(names)}): "
@@ -74,18 +86,37 @@ def _read_footer(shard: Shard, text_field: str):
     return meta
 
 
-def plan_pieces(shards: list[Shard], text_field: str, threads: int = 16) -> Plan:
-    """List the pieces of all shards, reading Parquet footers in parallel."""
+def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None = None,
+                skip_bad: bool = False, threads: int = 16) -> Plan:
+    """List the pieces of all shards, reading Parquet footers in parallel.
+
+    With `skip_bad`, a shard whose footer cannot be read is left out with a warning (counted in
+    `plan.skipped`); otherwise the first such shard fails the plan with its reason.
+    """
+    policy, stats = policy or RetryPolicy(), {"retries": 0}
     parquet = [i for i, s in enumerate(shards) if s.format == "parquet"]
+
+    def footer(i):
+        try:
+            return _read_footer(shards[i], text_field, policy, stats)
+        except Unreadable as err:
+            if not skip_bad:
+                raise
+            log.warning("skipping shard %s: %s", shards[i].url, err)
+            return None
     with ThreadPoolExecutor(max(1, min(threads, len(parquet)))) as pool:
-        metas = dict(zip(parquet, pool.map(lambda i: _read_footer(shards[i], text_field), parquet)))
+        metas = dict(zip(parquet, pool.map(footer, parquet)))
+    skipped = [shards[i].url for i, m in metas.items() if m is None]
+    keep = [i for i in range(len(shards)) if metas.get(i, True) is not None]
+    kept = [shards[i] for i in keep]
+    metas = {keep.index(i): m for i, m in metas.items() if m is not None}
     pieces = []
-    for i, shard in enumerate(shards):
+    for i, shard in enumerate(kept):
         if i in metas:
             pieces += [Piece(i, g, metas[i].row_group(g).num_rows) for g in range(metas[i].num_row_groups)]
         else:
             pieces.append(Piece(i, -1, None))
-    return Plan(shards, pieces, metas)
+    return Plan(kept, pieces, metas, skipped, stats)
 
 
 def _holdout_bucket(text: str) -> float:
@@ -104,7 +135,9 @@ class DocumentStream:
         self.shuffle = shuffle and args.dataset_shuffle
         self.window_size = args.dataset_shuffle_buffer if self.shuffle else 1024
         # counters of what was read (the packer counts what was emitted)
-        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "read_seconds": 0.0}
+        self.policy = args.retry_policy()
+        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "retries": 0,
+                      "shards_skipped": 0, "read_seconds": 0.0}
 
     def slot_pieces(self, epoch: int) -> list[Piece]:
         """The pieces this slot reads in `epoch`, in order."""
@@ -124,32 +157,54 @@ class DocumentStream:
     def _piece_rows(self, piece: Piece, skip: int):
         """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8)."""
         shard = self.plan.shards[piece.shard]
-        if shard.format == "parquet":
-            rows = self._parquet_rows(shard, piece, skip)
-        else:   # compressed streams cannot seek: re-read up to the row
-            rows = itertools.islice(self._line_rows(shard), skip, None)
-        for i, (text, bad) in enumerate(rows, skip):
-            if piece.stride > 1 and i % piece.stride != piece.offset:
-                yield i, None, False   # another slot's row: advance the position, emit nothing
-                continue
-            yield i, text, bad
+        try:
+            if shard.format == "parquet":
+                rows = self._parquet_rows(shard, piece, skip)
+            else:   # compressed streams cannot seek: re-read up to the row
+                rows = self._line_rows(shard, skip)
+            for i, (text, bad) in enumerate(rows, skip):
+                if piece.stride > 1 and i % piece.stride != piece.offset:
+                    yield i, None, False   # another slot's row: advance the position, emit nothing
+                    continue
+                yield i, text, bad
+        except Unreadable as err:
+            if not self.args.dataset_skip_bad_shards:
+                raise
+            log.warning("skipping the rest of shard %s: %s", shard.url, err)
+            self.stats["shards_skipped"] += 1
 
     def _parquet_rows(self, shard: Shard, piece: Piece, skip: int):
         import pyarrow.parquet as pq
         t0 = time.perf_counter()
-        try:
-            with open_binary(shard.url) as f:
-                table = pq.ParquetFile(f, metadata=self.plan.footers[piece.shard]).read_row_group(
+
+        def read():   # a whole row group, or nothing: a retry starts it over
+            with open_binary(shard.url, timeout=self.policy.read_timeout) as f:
+                return pq.ParquetFile(f, metadata=self.plan.footers[piece.shard]).read_row_group(
                     piece.row_group, columns=[self.args.dataset_text_field])
-        except Exception as err:
-            raise ConfigError(f"Could not read row group {piece.row_group} of shard '{shard.url}' "
-                              f"({type(err).__name__}: {err}).") from None
+        table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of", self.stats)
         texts = table.column(0).slice(skip).to_pylist()
         self.stats["read_seconds"] += time.perf_counter() - t0
         return ((t, False) for t in texts)
 
-    def _line_rows(self, shard: Shard):
-        raw = _decompressed_lines(shard.url)
+    def _line_rows(self, shard: Shard, skip: int):
+        """Rows of a line-based file from row `skip`; after a transient fault, re-open and skip what was delivered."""
+        delivered, attempt = skip, 0
+        while True:
+            attempt += 1
+            try:
+                for row in itertools.islice(self._parse_lines(shard), delivered, None):
+                    delivered += 1
+                    yield row
+                return
+            except ConfigError as err:
+                if not isinstance(err, Unreadable):
+                    raise        # bad content (not JSON, missing field): no retry helps
+                on_fault(err, shard.url, self.policy, attempt, "read", self.stats)
+            except Exception as err:  # noqa: BLE001 - on_fault retries transient faults, reports the rest
+                on_fault(err, shard.url, self.policy, attempt, "read", self.stats)
+
+    def _parse_lines(self, shard: Shard):
+        raw = _decompressed_lines(shard.url, self.policy.read_timeout)
         if shard.format == "json":
             return _json_texts(raw, shard.url, self.args.dataset_text_field)
         return _text_samples(raw, self.args.dataset_text_sample_by)
@@ -204,18 +259,20 @@ class DocumentStream:
             start, index = pos, index + 1
 
 
-def _decompressed_lines(url: str):
+def _decompressed_lines(url: str, timeout: float | None = None):
     """Binary lines of a (possibly .gz/.zst/.bz2/.xz compressed) file, streamed."""
-    import fsspec
+    from fsspec.compression import compr
     from fsspec.utils import infer_compression
-    comp = infer_compression(url)
-    if comp == "zstd" or url.endswith(".zst"):
-        import zstandard
-        with open_binary(url) as f:
-            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
-        return
-    with fsspec.open(url, "rb", compression=comp) as f:
-        yield from f
+    comp = "zstd" if url.endswith(".zst") else infer_compression(url)
+    with open_binary(url, timeout=timeout) as raw:
+        if comp is None:
+            yield from raw
+        elif comp == "zstd":
+            import zstandard
+            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        else:
+            with compr[comp](raw, mode="rb") as f:
+                yield from f
 
 
 def _decode(line: bytes) -> tuple[str, bool]:

@@ -228,7 +228,7 @@ def _batches(nbytes: list[int], start: int, max_docs: int, max_bytes: int = TOKE
 def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
     """Resolve `dataset_name` and list the pieces of the split (default dataset_train_split)."""
     shards = resolve_shards(args.dataset_name, args.dataset_config_name, split or args.dataset_train_split)
-    return plan_pieces(shards, args.dataset_text_field)
+    return plan_pieces(shards, args.dataset_text_field, args.retry_policy(), args.dataset_skip_bad_shards)
 
 
 def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,

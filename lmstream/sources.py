@@ -114,9 +114,16 @@ def resolve_shards(dataset_name: str | None, config: str | None = None, split: s
     return shards
 
 
-def open_binary(url: str, block_size: int = 8 << 20):
-    """A seekable binary file object for a local path or an fsspec URL (read with Range requests)."""
+def open_binary(url: str, block_size: int = 8 << 20, timeout: float | None = None):
+    """A seekable binary file object for a local path or an fsspec URL (read with Range requests).
+
+    `timeout` bounds a stalled HTTP connection (seconds), so that a stall becomes a retryable fault.
+    """
     if not url.startswith(_REMOTE) and "://" not in url:
         return open(url, "rb")
     import fsspec
-    return fsspec.open(url, "rb", block_size=block_size).open()
+    options = {}
+    if url.startswith(("http://", "https://")) and timeout:
+        import aiohttp
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)}
+    return fsspec.open(url, "rb", block_size=block_size, **options).open()

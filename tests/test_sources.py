@@ -61,7 +61,7 @@ def test_http_requests_use_ranges_not_whole_files(tmp_path):
     server = FileServer(str(tmp_path / "srv"))
     with server as url:
         assert _docs(f"{url}/{os.path.basename(paths[0])}") == docs
-    gets = [r for cmd, _, r in server.httpd.requests if cmd == "GET"]
+    gets = [r for cmd, _, r, _ in server.httpd.requests if cmd == "GET"]
     assert gets and all(r and r.startswith("bytes=") for r in gets)
 
 

@@ -1,0 +1,118 @@
+"""Retries for remote reads: transient faults (reset, timeout, truncated body, 5xx, 429) are retried
+with exponential backoff and jitter, honouring Retry-After; permanent ones (404, 403, not a valid file)
+fail at once with one sentence naming the URL.
+
+    table = with_retries(lambda: read_row_group(url, 3), url, policy)
+
+A retried read starts over from its beginning (a Parquet row group, or a line-based file skipping the rows
+already delivered), so the stream continues with exactly the next document.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from .config import ConfigError
+
+log = logging.getLogger("lmstream")
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_PERMANENT_STATUS = {400, 401, 403, 404, 405, 410, 416}
+_TRANSIENT_WORDS = ("reset", "timed out", "timeout", "payload", "disconnect", "connection", "broken pipe",
+                    "temporarily", "not completed", "truncated", "unexpected end", "eof", "incomplete")
+
+
+@dataclass
+class RetryPolicy:
+    max_attempts: int = 8        # tries per read, the first included
+    backoff: float = 1.0         # seconds before the first retry; doubles each time
+    max_backoff: float = 60.0    # cap on one wait
+    read_timeout: float = 60.0   # seconds a remote read may stall before it counts as a fault
+
+
+class Unreadable(ConfigError):
+    """A shard that cannot be read (permanently, or after all retries); `cause` is the last error."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+
+def _own_status(e: BaseException) -> int | None:
+    status = getattr(e, "status", None) or getattr(e, "status_code", None) or getattr(e, "code", None)
+    return status if isinstance(status, int) and 100 <= status < 600 else None
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def retry_after(err: BaseException) -> float | None:
+    """Seconds asked by a Retry-After header, if the error carries one."""
+    for e in _chain(err):
+        headers = getattr(e, "headers", None)
+        value = headers.get("Retry-After") if headers is not None else None
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+_TRANSIENT_TYPES = ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError", "ClientOSError",
+                    "ServerTimeoutError", "FSTimeoutError", "IncompleteRead", "ProtocolError", "ReadTimeoutError",
+                    "ContentLengthError")
+
+
+def is_transient(err: BaseException) -> bool:
+    """True for faults worth retrying: connection trouble, timeouts, truncated bodies, 5xx and 429.
+
+    fsspec reports any failed HTTP HEAD as FileNotFoundError; its cause (a 503, a reset) decides.
+    """
+    chain = list(_chain(err))
+    if any(type(e).__name__ in _TRANSIENT_TYPES or isinstance(e, (ConnectionError, TimeoutError)) for e in chain):
+        return True
+    statuses = [s for s in (_own_status(e) for e in chain) if s is not None]
+    if any(s in _TRANSIENT_STATUS for s in statuses):
+        return True
+    if statuses or any(isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)) for e in chain):
+        return False
+    text = " ".join(str(e).lower() for e in chain)
+    return any(w in text for w in _TRANSIENT_WORDS) and "magic bytes" not in text
+
+
+def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, what: str,
+             stats: dict | None = None) -> None:
+    """After failed attempt `attempt`: sleep before the next one, or raise Unreadable if there is none."""
+    if isinstance(err, Unreadable):
+        raise err
+    if not is_transient(err):
+        raise Unreadable(f"Could not {what} '{url}': {type(err).__name__}: {err}", err) from None
+    if attempt >= policy.max_attempts:
+        raise Unreadable(f"Gave up on '{url}' after {attempt} attempts ({what}); last error "
+                         f"{type(err).__name__}: {err}. Raise dataset_max_retries or check the store.", err) from None
+    wait = retry_after(err)
+    if wait is None:
+        wait = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+    if stats is not None:
+        stats["retries"] = stats.get("retries", 0) + 1
+    log.warning("%s %s failed (%s: %s); retry %d/%d in %.1f s", what, url, type(err).__name__,
+                str(err)[:200], attempt, policy.max_attempts - 1, wait)
+    time.sleep(wait)
+
+
+def with_retries(fn, url: str, policy: RetryPolicy, what: str = "read", stats: dict | None = None):
+    """fn() retried on transient faults; raises Unreadable with the URL and the last error otherwise."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as err:  # noqa: BLE001 - on_fault classifies it
+            on_fault(err, url, policy, attempt, what, stats)
