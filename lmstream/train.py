@@ -12,13 +12,12 @@ import os
 import sys
 
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
 from .pipeline import StreamingBlocks
-from .training import StreamingTrainer, read_data_state
+from .training import StreamingTrainer, is_cut_short, last_complete_checkpoint, read_data_state
 
 log = logging.getLogger("lmstream")
 ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -85,13 +84,16 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
     if resume in (None, "", "false", "False", False):
         return None
     if str(resume).lower() in ("true", "last"):
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        last = last_complete_checkpoint(training_args.output_dir)
         if last is None:
             raise ConfigError(f"resume_from_checkpoint=true but output_dir '{training_args.output_dir}' has no "
                               "checkpoint-* folder: pass a checkpoint path, or drop the flag to start anew.")
         return last
     if not os.path.isdir(resume):
         raise ConfigError(f"resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint-N folder or true.")
+    if is_cut_short(resume):
+        raise ConfigError(f"Checkpoint '{resume}' is incomplete (its save was interrupted): resume from an earlier "
+                          "checkpoint, or pass --resume_from_checkpoint true to take the newest complete one.")
     return resume
 
 

@@ -24,6 +24,39 @@ from .pipeline import StreamingBlocks, build_loader, merge_stats
 
 log = logging.getLogger("lmstream")
 DATA_STATE_DIR = "lmstream_data"
+COMPLETE = "lmstream_complete.json"   # written last: a checkpoint without it was cut short (killed mid-save)
+
+
+def is_complete(checkpoint: str) -> bool:
+    return os.path.isfile(os.path.join(checkpoint, COMPLETE))
+
+
+def is_cut_short(checkpoint: str) -> bool:
+    """An lmstream checkpoint whose save did not finish (no marker, while lmstream wrote it or its siblings)."""
+    if is_complete(checkpoint):
+        return False
+    parent = os.path.dirname(os.path.abspath(checkpoint))
+    siblings = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("checkpoint-")]
+    return os.path.isdir(os.path.join(checkpoint, DATA_STATE_DIR)) or any(is_complete(p) for p in siblings)
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-N of output_dir whose save finished; None if there is none.
+
+    Folders from other scripts (no lmstream marker in any checkpoint) are taken as complete.
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    found = []
+    for name in os.listdir(output_dir):
+        path = os.path.join(output_dir, name)
+        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isdir(path):
+            found.append((int(name[11:]), path))
+    found.sort()
+    if not any(is_complete(p) for _, p in found):
+        return found[-1][1] if found else None
+    done = [p for _, p in found if is_complete(p)]
+    return done[-1]
 
 
 def data_state_path(checkpoint: str, rank: int) -> str:
@@ -92,10 +125,17 @@ class StreamingTrainer(Trainer):
         return batches
 
     def _save_checkpoint(self, model, trial):
+        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        marker = os.path.join(folder, COMPLETE)
+        if self.args.should_save and os.path.exists(marker):
+            os.remove(marker)   # rewriting this step's checkpoint: incomplete until the end
         super()._save_checkpoint(model, trial)
         if self.loader is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
             _atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()   # every rank's files are on disk before the checkpoint counts
+        if self.args.should_save:
+            _atomic_json(marker, {"step": self.state.global_step, "world_size": self.args.world_size})
 
     # -- logging ----------------------------------------------------------------------------------
     def data_stats(self) -> dict:

@@ -162,3 +162,40 @@ def test_pretokenized_save_and_load_and_non_streaming(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="holds blocks of 64 tokens"):
         lt.train(*lt.parse_args(_tiny(tmp_path / "r3", "--tokenized_dataset_load_dir", str(blocks),
                                       "--dataset_block_size", "32")))
+
+
+def _train_cmd(out, *extra):
+    import sys
+    return [sys.executable, "-m", "lmstream.train", *_tiny(out, "--save_steps", "2", *extra, steps=10)]
+
+
+def test_killed_runs_resume_from_the_last_complete_checkpoint(tmp_path):
+    """SIGKILL during training (twice, at different points), and a save cut short: the resumed run
+    ends with the same losses as one that was never interrupted."""
+    import signal
+    import subprocess
+    import time
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_train_cmd(tmp_path / "straight"), check=True, capture_output=True, env=env, timeout=300)
+    out = tmp_path / "killed"
+    for wait_for in ("checkpoint-2", "checkpoint-6"):
+        proc = subprocess.Popen(_train_cmd(out, *(["--resume_from_checkpoint", "true"] if out.exists() else [])),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.time() + 240
+        while not (out / wait_for / "lmstream_complete.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # a save cut short: the newest checkpoint lacks its completion marker and a file is half written
+    newest = max((p for p in out.iterdir() if p.name.startswith("checkpoint-")), key=lambda p: int(p.name[11:]))
+    (newest / "lmstream_complete.json").unlink(missing_ok=True)
+    (newest / "optimizer.pt").write_bytes(b"\0" * 10)
+    with pytest.raises(ConfigError, match="is incomplete"):
+        lt.resolve_checkpoint(lt.parse_args(_tiny(out, "--resume_from_checkpoint", str(newest)))[3])
+    assert lt.last_complete_checkpoint(str(out)) != str(newest)
+    done = subprocess.run(_train_cmd(out, "--resume_from_checkpoint", "true"), capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = _losses(tmp_path / "straight"), _losses(out)
+    assert [a[s] for s in range(1, 11)] == [b[s] for s in range(1, 11)]
