@@ -100,6 +100,9 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
 def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments,
           training_args: TrainingArguments) -> dict:
     """Train (and evaluate) as the arguments say; return the final metrics."""
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(training_args, name) < 1:
+            raise ConfigError(f"{name}={getattr(training_args, name)} must be at least 1.")
     checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
     check_output_dir(training_args, run_args, checkpoint)
     set_seed(training_args.seed)   # before the model exists: a from-scratch init is then reproducible
