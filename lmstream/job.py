@@ -40,23 +40,6 @@ class Job:
         return parse_args(self.argv)
 
 
-def _argv(params: dict) -> list[str]:
-    argv: list[str] = []
-    for key, value in params.items():
-        if key in NOTEBOOK_ONLY or value is None:
-            continue
-        argv.append(f"--{key}")
-        if isinstance(value, bool):
-            argv.append(str(value).lower())
-        elif isinstance(value, (list, tuple)):
-            argv.extend(str(v) for v in value)
-        elif isinstance(value, dict):
-            argv.append(json.dumps(value))
-        else:
-            argv.append(str(value))
-    return argv
-
-
 def notebook_parameters(namespace: dict) -> dict:
     """The parameters a notebook declared (annotated names of its `parameters` cell) with their values.
 
@@ -97,7 +80,8 @@ def job_from_parameters(namespace: dict) -> Job:
     n = params.get("num_processes", 1)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"num_processes={n!r} must be a positive integer.")
-    job = Job(params, _argv({**params, **extra}), n)
+    from .train import mapping_to_argv
+    job = Job(params, mapping_to_argv({**params, **extra}, skip=NOTEBOOK_ONLY), n)
     job.arguments()   # parse now: unknown extra_args and bad values fail before anything runs
     return job
 

@@ -49,9 +49,15 @@ def file_to_argv(path: str) -> list[str]:
         data = (yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"Arguments file '{path}' must hold a mapping of argument names to values.")
+    return mapping_to_argv(data)
+
+
+def mapping_to_argv(data: dict, skip=()) -> list[str]:
+    """Flags for a mapping of argument names to values (None left out, lists as several values, dicts as JSON)."""
+    import json
     argv: list[str] = []
     for key, value in data.items():
-        if value is None:
+        if key in skip or value is None:
             continue
         argv.append(f"--{key}")
         if isinstance(value, bool):
