@@ -48,6 +48,8 @@ class DataArguments:
     dataset_max_retries: int = field(default=8, metadata={"help": "Attempts per remote read before giving up (transient faults)."})
     dataset_retry_backoff: float = field(default=1.0, metadata={"help": "Seconds before the first retry; doubles each retry (with jitter)."})
     dataset_read_timeout: float = field(default=60.0, metadata={"help": "Seconds a remote read may stall before it is retried."})
+    dataset_readahead_bytes: int = field(default=256 << 20, metadata={"help": (
+        "Upcoming Parquet row groups fetched in the background per reader, in bytes (uncompressed); 0 disables.")})
     dataset_skip_bad_shards: bool = field(default=False, metadata={"help": (
         "Skip (with a warning, counted) shards that cannot be read at all, instead of failing.")})
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import ConfigError, DataArguments
+from .readahead import ReadAhead
 from .retry import RetryPolicy, Unreadable, is_transient, on_fault, with_retries
 from .sources import Shard, open_binary
 
@@ -137,7 +138,7 @@ class DocumentStream:
         # counters of what was read (the packer counts what was emitted)
         self.policy = args.retry_policy()
         self.stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "retries": 0,
-                      "shards_skipped": 0, "read_seconds": 0.0}
+                      "shards_skipped": 0, "read_seconds": 0.0, "read_wait_seconds": 0.0}
 
     def slot_pieces(self, epoch: int) -> list[Piece]:
         """The pieces this slot reads in `epoch`, in order."""
@@ -154,12 +155,13 @@ class DocumentStream:
         return pieces[self.slot::self.n_slots]
 
     # -- reading rows ---------------------------------------------------------------------------
-    def _piece_rows(self, piece: Piece, skip: int):
+    def _piece_rows(self, piece: Piece, skip: int, ahead: ReadAhead, k: int, pieces: list[Piece]):
         """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8)."""
         shard = self.plan.shards[piece.shard]
         try:
             if shard.format == "parquet":
-                rows = self._parquet_rows(shard, piece, skip)
+                texts = ahead.take(k, pieces).column(0).slice(skip).to_pylist()
+                rows = ((t, False) for t in texts)
             else:   # compressed streams cannot seek: re-read up to the row
                 rows = self._line_rows(shard, skip)
             for i, (text, bad) in enumerate(rows, skip):
@@ -173,18 +175,24 @@ class DocumentStream:
             log.warning("skipping the rest of shard %s: %s", shard.url, err)
             self.stats["shards_skipped"] += 1
 
-    def _parquet_rows(self, shard: Shard, piece: Piece, skip: int):
+    def _read_row_group(self, piece: Piece):
+        """A whole row group's text column (retried as a whole: a retry starts it over). Thread-safe."""
         import pyarrow.parquet as pq
+        shard = self.plan.shards[piece.shard]
         t0 = time.perf_counter()
 
-        def read():   # a whole row group, or nothing: a retry starts it over
+        def read():
             with open_binary(shard.url, timeout=self.policy.read_timeout) as f:
                 return pq.ParquetFile(f, metadata=self.plan.footers[piece.shard]).read_row_group(
                     piece.row_group, columns=[self.args.dataset_text_field])
         table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of", self.stats)
-        texts = table.column(0).slice(skip).to_pylist()
         self.stats["read_seconds"] += time.perf_counter() - t0
-        return ((t, False) for t in texts)
+        return table
+
+    def _piece_bytes(self, piece: Piece) -> int:
+        """Uncompressed size of a Parquet piece from its footer (-1: not a Parquet piece, not read ahead)."""
+        meta = self.plan.footers.get(piece.shard)
+        return meta.row_group(piece.row_group).total_byte_size if meta is not None and piece.row_group >= 0 else -1
 
     def _line_rows(self, shard: Shard, skip: int):
         """Rows of a line-based file from row `skip`; after a transient fault, re-open and skip what was delivered."""
@@ -212,10 +220,15 @@ class DocumentStream:
     def _rows(self, pieces: list[Piece], start: tuple[int, int]):
         """(position after the row, text) for every kept row from `start` to the end of the epoch."""
         p0, r0 = start
-        for pi in range(p0, len(pieces)):
-            for i, text, bad in self._piece_rows(pieces[pi], r0 if pi == p0 else 0):
-                yield (pi, i + 1), text, bad
-        yield (len(pieces), 0), StopIteration, False
+        ahead = ReadAhead(self._read_row_group, self._piece_bytes, self.args.dataset_readahead_bytes)
+        try:
+            for pi in range(p0, len(pieces)):
+                for i, text, bad in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi, pieces):
+                    yield (pi, i + 1), text, bad
+            yield (len(pieces), 0), StopIteration, False
+        finally:
+            self.stats["read_wait_seconds"] += ahead.wait_seconds
+            ahead.close()
 
     # -- windows --------------------------------------------------------------------------------
     def windows(self, epoch: int, index: int, start: tuple[int, int], count: bool = True):

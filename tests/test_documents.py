@@ -67,3 +67,34 @@ def test_window_can_be_re_read_identically(parquet_dir):
     for w in windows:
         again = next(DocumentStream(plan, args, 0, 1, 3).windows(0, w.index, w.start))
         assert again.docs == w.docs and again.next == w.next
+
+
+def test_read_ahead_fetches_the_next_pieces_within_the_budget():
+    import threading
+    from lmstream.readahead import ReadAhead
+    started, gate = [], threading.Event()
+
+    def read(piece):
+        started.append(piece)
+        if piece > 0:
+            gate.wait(5)
+        return f"table-{piece}"
+    sizes = {0: 10, 1: 10, 2: 10, 3: 10, 4: 10}
+    ahead = ReadAhead(read, sizes.get, budget_bytes=25)
+    pieces = list(range(5))
+    assert ahead.take(0, pieces) == "table-0"
+    assert sorted(ahead.inflight) == [1, 2]          # 20 bytes in flight, a third would exceed 25
+    gate.set()
+    assert [ahead.take(k, pieces) for k in range(1, 5)] == [f"table-{k}" for k in range(1, 5)]
+    assert sorted(started) == pieces                 # each piece read once
+    ahead.close()
+    off = ReadAhead(read, sizes.get, budget_bytes=0)
+    assert off.take(3, pieces) == "table-3" and not off.inflight
+
+
+def test_read_ahead_off_and_on_give_the_same_documents(parquet_dir):
+    path, _ = parquet_dir
+    plan = _plan(path)
+    on, _ = _all_docs(plan, DataArguments(dataset_name=path), 1, 2)
+    off, _ = _all_docs(plan, DataArguments(dataset_name=path, dataset_readahead_bytes=0), 1, 2)
+    assert on == off and on
