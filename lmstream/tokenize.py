@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 # GPT-2's pre-tokenizer split (the regex of the ByteLevel pre-tokenizer)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+CHUNK_CHARS = 1 << 20   # documents longer than this are encoded in pieces (tiktoken path)
+_SAFE_CUT = None
 _SELF_CHECK = ("Hello world! It's 2026: naïve café, 東京, emoji 🤗 and <|endoftext|> inside.\n\n\tdef f(x):  return x**2  "
                "'ll 've 're   spaces   \r\n")
 
@@ -69,6 +71,19 @@ def tiktoken_encoding(tokenizer):
     return enc if enc.encode(_SELF_CHECK, allowed_special="all") == hf else None
 
 
+def _safe_cut(text: str, at: int, window: int = 1 << 16) -> int:
+    """A cut at or after `at` where GPT-2's pre-tokenizer splits anyway: before a single space that
+    follows a non-space and precedes a letter. The end of the text if there is none nearby."""
+    global _SAFE_CUT
+    if at >= len(text):
+        return len(text)
+    if _SAFE_CUT is None:
+        import regex
+        _SAFE_CUT = regex.compile(r"(?<=[^\s]) (?=\p{L})")
+    m = _SAFE_CUT.search(text, at, min(len(text), at + window))
+    return m.start() if m else (len(text) if at + window >= len(text) else _safe_cut(text, at + window, window))
+
+
 class Encoder:
     """Encodes batches of documents into one flat id array plus per-document lengths (EOS included)."""
 
@@ -99,14 +114,40 @@ class Encoder:
         return self.tokenizer(texts, verbose=False)["input_ids"]
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat int32 ids of all documents (EOS after each) and the tokens per document."""
+        if self.tiktoken is not None and any(len(t) > CHUNK_CHARS for t in texts):
+            arrays = [self._encode_long(t) if len(t) > CHUNK_CHARS else self._ids(self.encode_lists([t])[0])
+                      for t in texts]
+            lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+            return np.concatenate(arrays), lengths
         lists = self.encode_lists(texts)
-        eos = self.eos
         for ids in lists:
-            if not ids or ids[-1] != eos:
-                ids.append(eos)
+            self._end(ids)
         lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
         flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(lengths.sum()))
         return flat, lengths
+
+    def _end(self, ids: list[int]) -> list[int]:
+        if not ids or ids[-1] != self.eos:
+            ids.append(self.eos)
+        return ids
+
+    def _ids(self, ids: list[int]) -> np.ndarray:
+        return np.array(self._end(ids), dtype=np.int32)
+
+    def _encode_long(self, text: str) -> np.ndarray:
+        """A very long document in pieces cut where GPT-2's pre-tokenizer cuts anyway (identical ids),
+        each turned into int32 at once: memory stays near 4 bytes a token, not a Python int's 36."""
+        parts, pos = [], 0
+        while pos < len(text):
+            cut = _safe_cut(text, pos + CHUNK_CHARS)
+            ids = self.tiktoken.encode(text[pos:cut], allowed_special="all")
+            parts.append(np.array(ids, dtype=np.int32))
+            pos = cut
+        parts.append(np.array([self.eos], dtype=np.int32))
+        if len(parts) > 1 and len(parts[-2]) and parts[-2][-1] == self.eos:
+            parts.pop()
+        return np.concatenate(parts)
 
 
 def build_encoder(tokenizer, use_tiktoken: bool = True) -> Encoder:

@@ -35,3 +35,16 @@ def test_tokenizer_without_eos_is_refused(tokenizer):
     tok.eos_token = None
     with pytest.raises(ConfigError, match="has no eos_token"):
         build_encoder(tok)
+
+
+def test_long_documents_are_encoded_in_pieces_with_identical_ids(tokenizer, monkeypatch):
+    import lmstream.tokenize as T
+    monkeypatch.setattr(T, "CHUNK_CHARS", 3000)
+    text = " ".join(make_docs(400, seed=4)) + " end\n\n  x  y\tz" + "a" * 70000 + " tail"
+    texts = [text, "short", text[:2500], "ends with eos<|endoftext|>"]
+    enc = build_encoder(tokenizer)
+    ids, lengths = enc.encode(texts)
+    expected = [tokenizer(t, verbose=False)["input_ids"] for t in texts]
+    expected = [e if e[-1] == tokenizer.eos_token_id else e + [tokenizer.eos_token_id] for e in expected]
+    assert lengths.tolist() == [len(e) for e in expected]
+    assert ids.tolist() == [t for e in expected for t in e]
