@@ -126,4 +126,5 @@ def open_binary(url: str, block_size: int = 8 << 20, timeout: float | None = Non
     if url.startswith(("http://", "https://")) and timeout:
         import aiohttp
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)}
-    return fsspec.open(url, "rb", block_size=block_size, **options).open()
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs.open(path, "rb", block_size=block_size)
