@@ -13,3 +13,13 @@ def test_bench_quick_completes_and_reports(tmp_path):
     assert r["pipeline"]["lmstream_kept"] > 0.99 > r["pipeline"]["reference_kept"]
     assert r["resume"]["lmstream_late_s"] > 0 and r["train"]["steps"] == 6
     assert (tmp_path / "all.png").exists() and (tmp_path / "all-resume.png").exists()
+
+
+def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "lmstream.gpucheck", "--cpu-dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["pipeline"]["tokens_per_second"] > 0 and r["synthetic"]["tokens_per_second"] > 0
+    assert 0 <= r["pipeline"]["data_wait_fraction"] < 1 and r["pipeline_over_synthetic"] > 0
