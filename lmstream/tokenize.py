@@ -110,7 +110,8 @@ class Encoder:
 
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
         if self.tiktoken is not None:
-            return self.tiktoken.encode_batch(texts, allowed_special="all", num_threads=1)
+            enc = self.tiktoken   # one call per text: encode_batch's thread pool costs ~15% with one thread
+            return [enc.encode(t, allowed_special="all") for t in texts]
         return self.tokenizer(texts, verbose=False)["input_ids"]
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
