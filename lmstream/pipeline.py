@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 import time
 
@@ -323,8 +322,3 @@ def _find_states(obj):
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from _find_states(v)
-
-
-def to_json(state) -> str:
-    """Serialize a pipeline or loader state (plain JSON: ints, floats, strings)."""
-    return json.dumps(state)
