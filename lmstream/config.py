@@ -20,6 +20,9 @@ class DataArguments:
         "Hub id (HuggingFaceFW/fineweb), local dataset repository, directory, glob, file, http(s)://, "
         "s3:// or gs:// URL; several separated by commas.")})
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Config of the dataset (e.g. CC-MAIN-2024-10)."})
+    dataset_mixture: Optional[str] = field(default=None, metadata={"help": (
+        'Several sources in set proportions, as JSON (a list in YAML): [{"name": ..., "config": ..., "split": ..., '
+        '"text_field": ..., "weight": 0.7, "on_exhausted": "cycle" | "stop"}, ...]; replaces dataset_name.')})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on, when the dataset has it."})
     dataset_text_field: str = field(default="text", metadata={"help": "Column holding the document text."})
@@ -54,6 +57,9 @@ class DataArguments:
         "Skip (with a warning, counted) shards that cannot be read at all, instead of failing.")})
 
     def __post_init__(self):
+        if self.dataset_mixture is not None:
+            from .mixture import parse_mixture
+            parse_mixture(self.dataset_mixture)
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
             raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at least 2 tokens per block.")
         if self.dataset_max_seq_length is not None and self.dataset_max_seq_length < 2:

@@ -80,12 +80,14 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
             eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, None)
         return train, eval_ds
     if not args.dataset_streaming:
+        if args.dataset_mixture:
+            raise ConfigError("dataset_mixture needs dataset_streaming true (or pre-tokenize each source separately).")
         train = materialize(args, tokenizer, seed, max_positions).with_format("torch")
         if run.max_train_samples:
             train = train.select(range(min(run.max_train_samples, len(train))))
         plan = None
     else:
-        plan = plan_dataset(args)
+        plan = None if args.dataset_mixture else plan_dataset(args)
         train = build_pipeline(args, tokenizer, seed=seed, rank=rank, world_size=world_size,
                                max_positions=max_positions, max_samples=run.max_train_samples, plan=plan)
     eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, plan) if do_eval else None

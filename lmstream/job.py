@@ -53,7 +53,7 @@ def notebook_parameters(namespace: dict) -> dict:
         raise ConfigError(f"Unknown notebook parameter(s) {', '.join(unknown)}: the parameters are "
                           f"{', '.join(declared)}.")
     params = {k: namespace[k] for k in declared}
-    if "dataset_name" in params and params["dataset_name"] is None:
+    if "dataset_name" in params and params["dataset_name"] is None and not params.get("dataset_mixture"):
         params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, "python-docs"
     if "config_name" in params and params.get("model_name_or_path") is None and params["config_name"] is None:
         params["config_name"] = TINY_MODEL

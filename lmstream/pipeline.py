@@ -248,6 +248,9 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     if not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is outside world_size {world_size}.")
+    if args.dataset_mixture:
+        from .mixture import build_mixture
+        return build_mixture(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples)
     block_size = resolve_block_size(args, tokenizer, max_positions)
     mode = "train"
     if split == "eval":
@@ -322,3 +325,20 @@ def _find_states(obj):
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from _find_states(v)
+
+
+def stream_epoch(loader_state: dict) -> int:
+    """The epoch the slowest reader (worker, or mixture source) of a loader state is in."""
+    epochs = []
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            if "epoch" in obj and "slot" in obj:
+                epochs.append(obj["epoch"])
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+    walk(loader_state)
+    return min(epochs) if epochs else 0

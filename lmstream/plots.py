@@ -24,11 +24,13 @@ def log_history(output_dir: str) -> list[dict]:
 
 
 def training_curves(output_dir: str, save: bool = True):
-    """Loss (train and eval), learning rate, tokens/s and data-wait fraction over steps."""
+    """Loss (train and eval), learning rate, tokens/s, data-wait fraction and, for a mixture, each
+    source's share of the tokens over steps."""
     hist = log_history(output_dir)
     panels = [("loss", "training loss", "eval_loss"), ("learning_rate", "learning rate", None),
               ("tokens_per_second", "tokens / s (all ranks)", None), ("data_wait_fraction", "data wait / step time", None)]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    sources = sorted({k for h in hist for k in h if k.startswith("mix/")})
+    fig, axes = plt.subplots(1, len(panels) + bool(sources), figsize=(4 * (len(panels) + bool(sources)), 3.4))
     for ax, (key, title, extra) in zip(axes, panels):
         pts = [(h["step"], h[key]) for h in hist if key in h]
         if pts:
@@ -39,6 +41,12 @@ def training_curves(output_dir: str, save: bool = True):
                 ax.plot(*zip(*ev), marker="o", linestyle="--", label=extra)
             ax.legend()
         ax.set_title(title)
+    if sources:
+        for key in sources:
+            axes[-1].plot(*zip(*[(h["step"], h[key]) for h in hist if key in h]), marker=".", label=key[4:][-30:])
+        axes[-1].set_title("share of tokens per source")
+        axes[-1].legend(fontsize=7)
+    for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()

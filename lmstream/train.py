@@ -16,8 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments, default_data_colla
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
-from .pipeline import StreamingBlocks
-from .training import StreamingTrainer, is_cut_short, last_complete_checkpoint, read_data_state
+from .training import StreamingTrainer, is_stream, is_cut_short, last_complete_checkpoint, read_data_state
 
 log = logging.getLogger("lmstream")
 ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -62,6 +61,8 @@ def mapping_to_argv(data: dict, skip=()) -> list[str]:
         argv.append(f"--{key}")
         if isinstance(value, bool):
             argv.append(str(value).lower())
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+            argv.append(json.dumps(value))   # a list of records (dataset_mixture) is one JSON value
         elif isinstance(value, (list, tuple)):
             argv.extend(str(v) for v in value)
         elif isinstance(value, dict):
@@ -117,10 +118,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     rank, world = training_args.process_index, training_args.world_size
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     train_ds, eval_ds = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions, training_args.do_eval)
-    if isinstance(train_ds, StreamingBlocks) and training_args.do_train and training_args.max_steps <= 0:
+    if is_stream(train_ds) and training_args.do_train and training_args.max_steps <= 0:
         raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N.")
     data_state = None
-    if checkpoint and isinstance(train_ds, StreamingBlocks):
+    if checkpoint and is_stream(train_ds):
         data_state = read_data_state(checkpoint, rank, world)
         if data_state is None:
             log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", checkpoint,

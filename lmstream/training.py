@@ -20,7 +20,7 @@ import torch
 from transformers import Trainer, default_data_collator
 
 from .config import ConfigError
-from .pipeline import StreamingBlocks, build_loader, merge_stats
+from .pipeline import StreamingBlocks, build_loader, merge_stats, stream_epoch
 
 log = logging.getLogger("lmstream")
 DATA_STATE_DIR = "lmstream_data"
@@ -57,6 +57,19 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         return found[-1][1] if found else None
     done = [p for _, p in found if is_complete(p)]
     return done[-1]
+
+
+def source_shares(stats: dict) -> dict:
+    """mix/<source>: each mixture source's share of the tokens this rank has trained on so far."""
+    per = {k[len("tokens/"):]: v for k, v in stats.items() if k.startswith("tokens/")}
+    total = sum(per.values())
+    return {f"mix/{name}": round(v / total, 4) for name, v in per.items()} if total else {}
+
+
+def is_stream(ds) -> bool:
+    """A rank-local resumable stream (StreamingBlocks or a mixture of them), not a map-style dataset."""
+    from .mixture import MixtureBlocks
+    return isinstance(ds, (StreamingBlocks, MixtureBlocks))
 
 
 def data_state_path(checkpoint: str, rank: int) -> str:
@@ -97,7 +110,7 @@ class StreamingTrainer(Trainer):
 
     # -- data -----------------------------------------------------------------------------------
     def get_train_dataloader(self):
-        if not isinstance(self.train_dataset, StreamingBlocks):
+        if not is_stream(self.train_dataset):
             return super().get_train_dataloader()
         a = self.args
         self.loader = build_loader(self.train_dataset, self._train_batch_size, a.dataloader_num_workers,
@@ -150,6 +163,8 @@ class StreamingTrainer(Trainer):
                 logs["tokens_per_second"] = round((tokens - tok) / max(now - t, 1e-9), 1)
                 logs["data_wait_fraction"] = round((self.loader.wait_seconds - wait) / max(now - t, 1e-9), 5)
             logs["tokens_seen"] = tokens
+            logs["data_epoch"] = stream_epoch(self.loader.state_dict())
+            logs.update(source_shares(self.data_stats()))
             self._last_log = (now, tokens, self.loader.wait_seconds)
         super().log(logs, start_time)
 

@@ -1,0 +1,146 @@
+"""Weighted mixtures of streams: web text, code, books... in set proportions, resumable exactly.
+
+    args = DataArguments(dataset_mixture='[{"name": "HuggingFaceFW/fineweb", "config": "CC-MAIN-2024-10", "weight": 0.7},'
+                                         ' {"name": "codeparrot/github-code", "weight": 0.3, "on_exhausted": "stop"}]')
+    blocks = build_pipeline(args, tokenizer)      # a MixtureBlocks
+
+Each source is its own StreamingBlocks (own shards, shuffle, packing, held-out set). Block n of a reader
+comes from the source drawn by an RNG seeded with (seed, reader, n), so the sequence is fixed by the seed
+and needs no history to resume: the state is n plus every source's own state. The realised token shares
+converge to the weights (one block = block_size tokens). A source that runs out either starts its next
+epoch ("cycle", the default) or ends the whole mixture ("stop"); both are logged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+import numpy as np
+import torch
+
+from .config import ConfigError, DataArguments
+
+log = logging.getLogger("lmstream")
+SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
+
+
+def parse_mixture(spec) -> list[dict]:
+    """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError as err:
+            raise ConfigError(f"dataset_mixture is not valid JSON ({err}): pass a list like "
+                              '[{"name": "...", "weight": 0.7}, ...].') from None
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError("dataset_mixture must be a non-empty list of sources, each with a name and a weight.")
+    sources = []
+    for i, src in enumerate(spec):
+        if not isinstance(src, dict) or "name" not in src or "weight" not in src:
+            raise ConfigError(f"dataset_mixture source {i} needs a 'name' and a 'weight' (got {src!r}).")
+        unknown = set(src) - SOURCE_KEYS
+        if unknown:
+            raise ConfigError(f"dataset_mixture source {i} has unknown key(s) {sorted(unknown)}; "
+                              f"the keys are {sorted(SOURCE_KEYS)}.")
+        if not isinstance(src["weight"], (int, float)) or src["weight"] <= 0:
+            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): weight must be a positive number.")
+        if src.get("on_exhausted", "cycle") not in ("cycle", "stop"):
+            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): on_exhausted must be 'cycle' or 'stop'.")
+        sources.append({"config": None, "split": "train", "text_field": "text", "on_exhausted": "cycle", **src})
+    return sources
+
+
+def source_arguments(args: DataArguments, src: dict) -> DataArguments:
+    return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"], dataset_config_name=src["config"],
+                               dataset_train_split=src["split"], dataset_text_field=src["text_field"],
+                               dataset_cycle=args.dataset_cycle and src["on_exhausted"] == "cycle")
+
+
+class MixtureBlocks(torch.utils.data.IterableDataset):
+    """Blocks drawn from several StreamingBlocks in proportion to their weights."""
+
+    def __init__(self, streams: list, names: list[str], weights: list[float], seed: int, stop_when_exhausted: list[bool]):
+        self.streams, self.names, self.seed = streams, names, seed
+        w = np.asarray(weights, dtype=np.float64)
+        self.cum = np.cumsum(w / w.sum())
+        self.stop = stop_when_exhausted
+        self.block_size = streams[0].block_size
+        # Variables for checkpointing
+        self._n = 0                              # blocks yielded by this reader
+        self._counts = [0] * len(streams)        # ... from each source
+
+    def _pick(self, slot: int, n: int) -> int:
+        u = np.random.default_rng([self.seed, 0x6D6978, slot, n]).random()
+        return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
+
+    def __iter__(self):
+        slot = self.streams[0]._slot()[0]
+        iters = [iter(s) for s in self.streams]
+        while True:
+            k = self._pick(slot, self._n)
+            try:
+                sample = next(iters[k])
+            except StopIteration:   # only a source with on_exhausted=stop (or dataset_cycle false) ends
+                log.warning("dataset_mixture: source %s is exhausted after %d blocks; the mixture stops "
+                            "(on_exhausted=stop)", self.names[k], self._counts[k])
+                return
+            self._n += 1
+            self._counts[k] += 1
+            yield sample
+
+    def state_dict(self) -> dict:
+        states = [s.state_dict() for s in self.streams]
+        stats: dict = {}
+        for st in states:
+            for key, v in st["stats"].items():
+                stats[key] = stats.get(key, 0) + v
+        for name, c in zip(self.names, self._counts):
+            stats[f"tokens/{name}"] = c * self.block_size
+        return {"version": states[0]["version"], "settings": {"mixture": self.names, "cum": self.cum.tolist()},
+                "mixture_n": self._n, "mixture_counts": list(self._counts), "sources": states, "stats": stats}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("settings", {}).get("mixture") != self.names or len(state.get("sources", [])) != len(self.streams):
+            raise ConfigError(f"The data state was saved for another dataset_mixture "
+                              f"({state.get('settings', {}).get('mixture')}): resume with the same sources.")
+        if not np.allclose(state["settings"]["cum"], self.cum):
+            raise ConfigError("The data state was saved with other dataset_mixture weights: resume with the same weights.")
+        for stream, st in zip(self.streams, state["sources"]):
+            stream.load_state_dict(st)
+        self._n, self._counts = state["mixture_n"], list(state["mixture_counts"])
+
+    @property
+    def stats(self) -> dict:
+        return self.state_dict()["stats"]
+
+
+
+class ChainBlocks(torch.utils.data.IterableDataset):
+    """Evaluation over a mixture: every source's held-out (or test) blocks, one source after the other."""
+
+    def __init__(self, streams: list):
+        self.streams = streams
+
+    def __iter__(self):
+        for stream in self.streams:
+            yield from stream
+
+
+def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_size: int, split: str,
+                  max_positions: int | None, max_samples: int | None):
+    """MixtureBlocks for training (ChainBlocks for evaluation) over the sources of dataset_mixture."""
+    from .pipeline import build_pipeline
+    if max_samples is not None and split == "train":
+        raise ConfigError("max_train_samples is not supported with dataset_mixture: bound the run with max_steps.")
+    sources = parse_mixture(args.dataset_mixture)
+    streams = [build_pipeline(source_arguments(args, src), tokenizer, seed=seed, rank=rank, world_size=world_size,
+                              split=split, max_positions=max_positions, max_samples=max_samples if split != "train" else None)
+               for src in sources]
+    if split != "train":
+        return ChainBlocks(streams)
+    names = [src["name"] + (f":{src['config']}" if src["config"] else "") for src in sources]
+    log.info("dataset_mixture: %s", ", ".join(f"{n} weight {src['weight']} ({src['on_exhausted']} when exhausted)"
+                                              for n, src in zip(names, sources)))
+    return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed,
+                         [src["on_exhausted"] == "stop" for src in sources])
