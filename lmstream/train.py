@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -34,7 +35,12 @@ def parse_args(argv: list[str] | None = None):
     explicit = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     model_args, data_args, run_args, training_args = parsed[:-1]
     if "report_to" not in explicit:   # like the reference: W&B when a key is set, else no remote tracking
-        training_args.report_to = ["wandb"] if os.environ.get("WANDB_API_KEY") else []
+        training_args.report_to = []
+        if os.environ.get("WANDB_API_KEY"):
+            if importlib.util.find_spec("wandb") is None:
+                log.warning("WANDB_API_KEY is set but wandb is not installed (pip install wandb): not reporting to W&B.")
+            else:
+                training_args.report_to = ["wandb"]
     return model_args, data_args, run_args, training_args
 
 
