@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .config import ConfigError, DataArguments
+from .longtext import LongText, with_long_texts
 from .readahead import ReadAhead
 from .retry import RetryPolicy, Unreadable, is_transient, on_fault, with_retries
 from .sources import Shard, open_binary
@@ -120,8 +121,10 @@ def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None
     return Plan(kept, pieces, metas, skipped, stats)
 
 
-def _holdout_bucket(text: str) -> float:
+def _holdout_bucket(text) -> float:
     """A stable number in [0, 1) from the document text, identical on every machine."""
+    if isinstance(text, LongText):
+        return text.blake2b64() / 2**64
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little") / 2**64
 
 
@@ -160,7 +163,7 @@ class DocumentStream:
         shard = self.plan.shards[piece.shard]
         try:
             if shard.format == "parquet":
-                texts = ahead.take(k, pieces).column(0).slice(skip).to_pylist()
+                texts = with_long_texts(ahead.take(k, pieces).column(0).slice(skip))
                 rows = ((t, False) for t in texts)
             else:   # compressed streams cannot seek: re-read up to the row
                 rows = self._line_rows(shard, skip)
@@ -247,9 +250,9 @@ class DocumentStream:
                     continue
                 stats["rows_read"] += 1
                 stats["docs_invalid_utf8"] += bad
-                if not isinstance(text, str):
+                if not isinstance(text, (str, LongText)):
                     text = str(text)
-                if not text.strip():
+                if text.is_blank() if isinstance(text, LongText) else not text.strip():
                     stats["docs_empty"] += 1
                     continue
                 if frac > 0 and split != "all" and (_holdout_bucket(text) < frac) != (split == "holdout"):
@@ -265,7 +268,7 @@ class DocumentStream:
             if self.shuffle and len(docs) > 1:
                 perm = np.random.default_rng([self.seed, epoch, self.slot, index]).permutation(len(docs))
                 docs = [docs[k] for k in perm]
-            nbytes = [len(d.encode("utf-8")) for d in docs]
+            nbytes = [d.nbytes if isinstance(d, LongText) else len(d.encode("utf-8")) for d in docs]
             yield Window(epoch, index, start, pos, docs, nbytes, last)
             if last:
                 return

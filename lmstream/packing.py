@@ -2,11 +2,13 @@
 over to the next documents; or, without grouping, one padded sample per document.
 
     packer = BlockPacker(block_size=1024)
-    for block, next_pos, docs_done, bytes_done in packer.feed(ids, lengths, nbytes, refs): ...
+    for block, next_ref, next_offset, docs_done, bytes_done in packer.feed(ids, lengths, nbytes, refs): ...
 
 Cutting is vectorized (one reshape per tokenizer batch). The state needed to resume is not the
 carried tokens but *where the next token comes from*: (document reference, token offset). Resuming
 re-tokenizes that one document and skips the offset, so the state stays tiny whatever the block size.
+A very long document may arrive in several parts: each part's ref carries the token offset of its first
+token in the document (`base`) and whether it ends the document (`last`).
 """
 from __future__ import annotations
 
@@ -14,19 +16,23 @@ import numpy as np
 
 
 class BlockPacker:
-    """Cuts a stream of tokenized documents into blocks of `block_size` with carry-over."""
+    """Cuts a stream of tokenized documents (or document parts) into blocks of `block_size` with carry-over."""
 
     def __init__(self, block_size: int):
         self.block_size = block_size
-        # Variables for checkpointing: the carry, as documents still (partly) pending
+        # Variables for checkpointing: the carry, as entries (documents or parts) still (partly) pending
         self.buf = np.empty(0, dtype=np.int32)   # tokens not yet emitted
-        self.lens = np.empty(0, dtype=np.int64)  # tokens of each pending document still in buf
+        self.lens = np.empty(0, dtype=np.int64)  # tokens of each pending entry still in buf
         self.nbytes = np.empty(0, dtype=np.int64)
-        self.refs: list = []                     # reference of each pending document
-        self.first_off = 0                       # tokens of the first pending document already emitted
+        self.refs: list = []                     # (doc ref, base, last) of each pending entry
+        self.first_off = 0                       # tokens of the first pending entry already emitted
 
     def feed(self, ids: np.ndarray, lengths: np.ndarray, nbytes, refs: list):
-        """Add documents; return [(block, next_ref, next_offset, docs_completed, bytes_completed)]."""
+        """Add entries; return [(block, next_ref, next_offset, docs_completed, bytes_completed)].
+
+        `refs[i]` is a document reference, or (reference, base, last) for a part of one.
+        """
+        refs = [r if len(r) == 3 and isinstance(r[2], bool) else (r, 0, True) for r in refs]
         self.buf = np.concatenate([self.buf, ids]) if len(self.buf) else ids
         self.lens = np.concatenate([self.lens, lengths])
         self.nbytes = np.concatenate([self.nbytes, np.asarray(nbytes, dtype=np.int64)])
@@ -37,21 +43,22 @@ class BlockPacker:
             return []
         ends = np.cumsum(self.lens)
         bounds = np.arange(1, n + 1, dtype=np.int64) * L
-        done = np.searchsorted(ends, bounds, side="right")   # documents ended by each block's end
-        cum_bytes = np.concatenate([[0], np.cumsum(self.nbytes)])
+        done = np.searchsorted(ends, bounds, side="right")   # entries ended by each block's end
+        last = np.fromiter((r[2] for r in self.refs), dtype=np.int64, count=len(self.refs))
+        cum_docs = np.concatenate([[0], np.cumsum(last)])
+        cum_bytes = np.concatenate([[0], np.cumsum(self.nbytes * last)])
         blocks = self.buf[: n * L].reshape(n, L)
         out, prev = [], 0
         for b in range(n):
             k = int(done[b])
             if k < len(self.refs):
-                off = int(bounds[b] - (ends[k - 1] if k else 0)) + (self.first_off if k == 0 else 0)
-                ref = self.refs[k]
-            else:   # the block ends exactly at the end of the last pending document
-                ref, off = _after(self.refs[-1]), 0
-            out.append((blocks[b], ref, off, k - prev, int(cum_bytes[k] - cum_bytes[prev])))
+                ref, off = self._position(k, int(bounds[b] - (ends[k - 1] if k else 0)))
+            else:   # the block ends exactly at the end of the last pending entry
+                ref, off = self._position(k - 1, int(self.lens[k - 1]), after=True)
+            out.append((blocks[b], ref, off, int(cum_docs[k] - cum_docs[prev]), int(cum_bytes[k] - cum_bytes[prev])))
             prev = k
         k, used = int(done[-1]), n * L
-        if k < len(self.refs):   # document k is cut by the last block: keep its tail
+        if k < len(self.refs):   # entry k is cut by the last block: keep its tail
             left = int(ends[k] - used)
             self.first_off = (self.first_off if k == 0 else 0) + int(self.lens[k]) - left
             self.lens = self.lens[k:].copy()
@@ -62,17 +69,19 @@ class BlockPacker:
         self.buf = self.buf[used:].copy()
         return out
 
+    def _position(self, e: int, x: int, after: bool = False):
+        """(doc ref, token offset in the document) of token x of pending entry e (after=True: past its end)."""
+        ref, base, last = self.refs[e]
+        if after and last:
+            window, j = ref
+            return (window, j + 1), 0
+        return ref, base + x + (self.first_off if e == 0 else 0)
+
     def drop_remainder(self) -> int:
         """End of an epoch: discard the final partial block; return how many tokens it held."""
         dropped = len(self.buf)
         self.__init__(self.block_size)
         return dropped
-
-
-def _after(ref):
-    """The reference of the document following `ref` = (window, index)."""
-    window, j = ref
-    return (window, j + 1)
 
 
 def pad_document(ids: np.ndarray, max_len: int, pad_id: int):

@@ -23,6 +23,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .config import ConfigError, DataArguments
 from .documents import DocumentStream, Plan, plan_pieces
+from .longtext import LongText
 from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
 from .tokenize import Encoder, build_encoder
@@ -178,8 +179,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
 
     def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict):
         """(sample, next document ref, token offset, docs completed, bytes completed) for one window."""
-        for b0, b1 in _batches(window.nbytes, doc0, self.args.dataset_tokenize_batch_size):
+        for b0, b1 in _runs(window.docs, _batches(window.nbytes, doc0, self.args.dataset_tokenize_batch_size)):
             docs = window.docs[b0:b1]
+            if isinstance(docs[0], LongText):   # always alone in its run
+                yield from self._long_samples(window, b0, tok0 if b0 == doc0 else 0, packer, stats)
+                continue
             t0 = time.perf_counter()
             ids, lens = self.encoder.encode(docs)
             stats["tokenize_seconds"] += time.perf_counter() - t0
@@ -196,6 +200,32 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                     yield {"input_ids": t, "labels": t.clone()}, ref, off, nd, nb
             else:
                 yield from self._padded(ids, lens, window, b0, stats)
+
+    def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict):
+        """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
+        doc, base, cut = window.docs[j], 0, 0
+        for ids, last in self.encoder.encode_parts(doc):
+            n = len(ids)
+            if not self.args.dataset_group_text:   # one padded sample: its head, the rest counted as cut
+                if base == 0:
+                    head = ids[: self.max_len]
+                cut += max(0, min(n, base + n - self.max_len))
+                base += n
+                if last:
+                    stats["tokens_truncated"] += cut
+                    yield from self._padded(head, np.array([len(head)]), window, j, stats)
+                continue
+            if base + n <= tok0:   # emitted before the resume
+                base += n
+                continue
+            skip = max(0, tok0 - base)
+            ref = ((window, j), base + skip, last)
+            for block, nref, off, nd, nb in packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref]):
+                stats["tokens"] += len(block)
+                stats["blocks"] += 1
+                t = torch.from_numpy(block.astype(np.int64))
+                yield {"input_ids": t, "labels": t.clone()}, nref, off, nd, nb
+            base += n
 
     def _padded(self, ids, lens, window, b0, stats):
         pad = self.encoder.tokenizer.pad_token_id
@@ -222,6 +252,20 @@ def _batches(nbytes: list[int], start: int, max_docs: int, max_bytes: int = TOKE
             b1 += 1
         yield b0, b1
         b0 = b1
+
+
+def _runs(docs: list, batches):
+    """Split tokenizer batches so that every very long document (LongText) is a run of its own."""
+    for b0, b1 in batches:
+        start = b0
+        for j in range(b0, b1):
+            if isinstance(docs[j], LongText):
+                if start < j:
+                    yield start, j
+                yield j, j + 1
+                start = j + 1
+        if start < b1:
+            yield start, b1
 
 
 def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:

@@ -53,5 +53,8 @@ class ReadAhead:
             fut.cancel()
         self.inflight.clear()
         if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                self.pool.shutdown(wait=False, cancel_futures=True)
+            except Exception:  # noqa: BLE001 - at interpreter exit the executor's modules may be gone
+                pass
             self.pool = None

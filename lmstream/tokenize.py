@@ -114,8 +114,33 @@ class Encoder:
             return [enc.encode(t, allowed_special="all") for t in texts]
         return self.tokenizer(texts, verbose=False)["input_ids"]
 
+    def encode_parts(self, doc):
+        """(int32 ids, last) for a very long document (LongText) in pieces, EOS at the end.
+
+        With tiktoken the pieces are cut where GPT-2's pre-tokenizer splits anyway, so the ids are those
+        of the whole text; another tokenizer gets the whole text at once (exactness first)."""
+        if self.tiktoken is None:
+            ids, _ = self.encode([str(doc)])
+            yield ids, True
+            return
+        pos, n, parts = 0, len(doc), []
+        while pos < n:
+            span = doc.slice(pos, pos + CHUNK_CHARS + (1 << 16))
+            cut = len(span) if pos + len(span) >= n else _safe_cut(span, CHUNK_CHARS)
+            while cut == len(span) and pos + len(span) < n:   # no cut point nearby: read further
+                span = doc.slice(pos, pos + len(span) * 2)
+                cut = len(span) if pos + len(span) >= n else _safe_cut(span, CHUNK_CHARS)
+            ids = np.array(self.tiktoken.encode(span[:cut], allowed_special="all"), dtype=np.int32)
+            pos += cut
+            if pos >= n:
+                ids = ids if len(ids) and ids[-1] == self.eos else np.append(ids, np.int32(self.eos))
+            yield ids, pos >= n
+        if n == 0:
+            yield np.array([self.eos], dtype=np.int32), True
+
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Flat int32 ids of all documents (EOS after each) and the tokens per document."""
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
         if self.tiktoken is not None and any(len(t) > CHUNK_CHARS for t in texts):
             arrays = [self._encode_long(t) if len(t) > CHUNK_CHARS else self._ids(self.encode_lists([t])[0])
                       for t in texts]

@@ -1,4 +1,5 @@
 """End-to-end pipeline: losslessness, exact resume across workers and ranks, coverage."""
+import dataclasses
 import json
 
 import numpy as np
@@ -144,3 +145,33 @@ def test_tokenizer_batches_bound_documents_and_bytes():
     assert list(_batches(nbytes, 0, max_docs=3, max_bytes=100)) == [(0, 2), (2, 3), (3, 6), (6, 7)]
     assert list(_batches(nbytes, 5, max_docs=3, max_bytes=100)) == [(5, 7)]
     assert list(_batches([], 0, 3, 100)) == []
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_very_long_documents_stream_in_parts_and_resume_exactly(tmp_path, tokenizer, monkeypatch, group):
+    """Documents above LONG_DOC_BYTES go through in pieces: the same blocks as whole, exact resume inside one."""
+    import lmstream.longtext as LT
+    import lmstream.tokenize as T
+    docs = make_docs(40, seed=12)
+    docs[7] = " ".join(docs[:30]) * 3 + " 東京 🤗 tail"          # about 60 kB
+    docs[20] = "x" * 9000 + " end"                             # no cut point for a long way
+    write_parquet(tmp_path / "long", docs, shards=2, rows_per_group=10)
+    args = _args(str(tmp_path / "long"), dataset_group_text=group, dataset_max_seq_length=48 if not group else None)
+    whole = [b["input_ids"] for b in lmstream.build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)]
+    monkeypatch.setattr(LT, "LONG_DOC_BYTES", 5000)
+    monkeypatch.setattr(T, "CHUNK_CHARS", 2000)
+    one = lmstream.build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)
+    parts = [b["input_ids"] for b in one]
+    assert len(parts) == len(whole) and all(torch.equal(a, b) for a, b in zip(whole, parts))
+    assert one.stats["docs"] >= 39 if group else one.stats["tokens_truncated"] > 0
+    if group:   # resume at every block boundary inside the long documents
+        ds = lmstream.build_pipeline(args, tokenizer)
+        it, states = iter(ds), []
+        for _ in range(len(whole)):
+            next(it)
+            states.append(ds.state_dict())
+        inside = [k for k in range(len(whole) - 1) if states[k]["token"] > 0]   # positions inside a document
+        for k in inside[:: max(1, len(inside) // 10)] + [len(whole) - 2]:
+            fresh = lmstream.build_pipeline(args, tokenizer)
+            fresh.load_state_dict(states[k])
+            assert torch.equal(next(iter(fresh))["input_ids"], whole[k + 1]), k

@@ -1,0 +1,67 @@
+"""Very long documents: kept in their Arrow array and read in pieces, never as one Python string.
+
+    doc = LongText(array)          # a 1-element Arrow string array (a row of a row group)
+    for piece in doc.pieces(1 << 20): ...
+
+A document above LONG_DOC_BYTES (a 50 MB log dump, a whole book) would otherwise be held as one Python
+string (up to 4 bytes a character) and its token ids as one list; in pieces, what lmstream holds beyond
+the row group it came in is bounded by the piece size.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+LONG_DOC_BYTES = 8 << 20
+
+
+class LongText:
+    """A document longer than LONG_DOC_BYTES, read from its Arrow array piece by piece."""
+
+    def __init__(self, array: pa.Array):
+        self.array = array
+        self.nbytes = int(pc.binary_length(array)[0].as_py())
+        self.chars = int(pc.utf8_length(array)[0].as_py())
+
+    def __len__(self) -> int:
+        return self.chars
+
+    def is_blank(self) -> bool:
+        return not self.chars or bool(pc.utf8_is_space(self.array)[0].as_py())
+
+    def utf8(self) -> memoryview:
+        """The UTF-8 bytes, without a copy."""
+        return memoryview(self.array.cast(pa.binary())[0].as_buffer())
+
+    def blake2b64(self) -> int:
+        h, view = hashlib.blake2b(digest_size=8), self.utf8()
+        for i in range(0, len(view), 1 << 22):
+            h.update(view[i:i + (1 << 22)])
+        return int.from_bytes(h.digest(), "little")
+
+    def slice(self, start: int, stop: int) -> str:
+        """Characters [start, stop) as a (short) Python string."""
+        return pc.utf8_slice_codeunits(self.array, start, stop)[0].as_py()
+
+    def encode(self, *args) -> bytes:   # what str.encode gives, for code that measures bytes
+        return bytes(self.utf8())
+
+    def __str__(self) -> str:   # the whole text: only for callers that accept holding it
+        return self.array[0].as_py()
+
+
+def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> list:
+    """Python values of a string column, with documents above `limit` bytes as LongText."""
+    limit = LONG_DOC_BYTES if limit is None else limit
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    sizes = pc.binary_length(column)
+    big = pc.greater(sizes, limit)
+    if not pc.any(big).as_py():
+        return column.to_pylist()
+    values = pc.if_else(big, pa.scalar(None, column.type), column).to_pylist()
+    for i in pc.indices_nonzero(big).to_pylist():
+        values[i] = LongText(column.slice(i, 1))
+    return values
