@@ -57,6 +57,8 @@ def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None
     limit = LONG_DOC_BYTES if limit is None else limit
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column.to_pylist()   # an all-null or non-text column: the document checks downstream say so
     sizes = pc.binary_length(column)
     big = pc.greater(sizes, limit)
     if not pc.any(big).as_py():
