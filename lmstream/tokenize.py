@@ -115,20 +115,22 @@ class Encoder:
         return self.tokenizer(texts, verbose=False)["input_ids"]
 
     def encode_parts(self, doc):
-        """(int32 ids, last) for a very long document (LongText) in pieces, EOS at the end.
+        """(int32 ids, last) for a very long document (a LongText, or a str) in pieces, EOS at the end.
 
         With tiktoken the pieces are cut where GPT-2's pre-tokenizer splits anyway, so the ids are those
-        of the whole text; another tokenizer gets the whole text at once (exactness first)."""
+        of the whole text, and each piece becomes int32 at once (4 bytes a token, not a Python int's 36).
+        Another tokenizer gets the whole text at once (exactness first)."""
         if self.tiktoken is None:
             ids, _ = self.encode([str(doc)])
             yield ids, True
             return
-        pos, n, parts = 0, len(doc), []
+        piece = doc.slice if hasattr(doc, "slice") else (lambda a, b: doc[a:b])
+        pos, n = 0, len(doc)
         while pos < n:
-            span = doc.slice(pos, pos + CHUNK_CHARS + (1 << 16))
+            span = piece(pos, pos + CHUNK_CHARS + (1 << 16))
             cut = len(span) if pos + len(span) >= n else _safe_cut(span, CHUNK_CHARS)
             while cut == len(span) and pos + len(span) < n:   # no cut point nearby: read further
-                span = doc.slice(pos, pos + len(span) * 2)
+                span = piece(pos, pos + len(span) * 2)
                 cut = len(span) if pos + len(span) >= n else _safe_cut(span, CHUNK_CHARS)
             ids = np.array(self.tiktoken.encode(span[:cut], allowed_special="all"), dtype=np.int32)
             pos += cut
@@ -162,18 +164,8 @@ class Encoder:
         return np.array(self._end(ids), dtype=np.int32)
 
     def _encode_long(self, text: str) -> np.ndarray:
-        """A very long document in pieces cut where GPT-2's pre-tokenizer cuts anyway (identical ids),
-        each turned into int32 at once: memory stays near 4 bytes a token, not a Python int's 36."""
-        parts, pos = [], 0
-        while pos < len(text):
-            cut = _safe_cut(text, pos + CHUNK_CHARS)
-            ids = self.tiktoken.encode(text[pos:cut], allowed_special="all")
-            parts.append(np.array(ids, dtype=np.int32))
-            pos = cut
-        parts.append(np.array([self.eos], dtype=np.int32))
-        if len(parts) > 1 and len(parts[-2]) and parts[-2][-1] == self.eos:
-            parts.pop()
-        return np.concatenate(parts)
+        """A long str document's ids (EOS included), encoded in pieces."""
+        return np.concatenate([ids for ids, _ in self.encode_parts(text)])
 
 
 def build_encoder(tokenizer, use_tiktoken: bool = True) -> Encoder:
