@@ -187,19 +187,24 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             t0 = time.perf_counter()
             ids, lens = self.encoder.encode(docs)
             stats["tokenize_seconds"] += time.perf_counter() - t0
+            refs = [(window, j) for j in range(b0, b0 + len(docs))]
             if b0 == doc0 and tok0:   # resuming inside a document: its first tok0 tokens were emitted
                 ids, lens = ids[tok0:], lens.copy()
                 lens[0] -= tok0
-                packer.first_off = tok0
-            refs = [(window, j) for j in range(b0, b0 + len(docs))]
+                refs[0] = ((window, b0), tok0, True)
             if self.args.dataset_group_text:
-                for block, ref, off, nd, nb in packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs):
-                    stats["tokens"] += len(block)
-                    stats["blocks"] += 1
-                    t = torch.from_numpy(block.astype(np.int64))
-                    yield {"input_ids": t, "labels": t.clone()}, ref, off, nd, nb
+                yield from self._blocks(packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs), stats)
             else:
                 yield from self._padded(ids, lens, window, b0, stats)
+
+    @staticmethod
+    def _blocks(packed, stats: dict):
+        """Samples (labels = input_ids) from the packer's output, counted."""
+        for block, ref, off, nd, nb in packed:
+            stats["tokens"] += len(block)
+            stats["blocks"] += 1
+            t = torch.from_numpy(block.astype(np.int64))
+            yield {"input_ids": t, "labels": t.clone()}, ref, off, nd, nb
 
     def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict):
         """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
@@ -220,11 +225,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 continue
             skip = max(0, tok0 - base)
             ref = ((window, j), base + skip, last)
-            for block, nref, off, nd, nb in packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref]):
-                stats["tokens"] += len(block)
-                stats["blocks"] += 1
-                t = torch.from_numpy(block.astype(np.int64))
-                yield {"input_ids": t, "labels": t.clone()}, nref, off, nd, nb
+            yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref]), stats)
             base += n
 
     def _padded(self, ids, lens, window, b0, stats):
