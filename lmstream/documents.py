@@ -42,6 +42,32 @@ class Piece:
     num_rows: int | None  # rows in the piece when known (Parquet)
     stride: int = 1       # keep rows with index % stride == offset (only when pieces < slots)
     offset: int = 0
+    first_row: int = 0    # rows before this one were read already (elastic resume)
+
+
+@dataclass(frozen=True)
+class WindowRest:
+    """What another reader had not yet trained on of one shuffle window (elastic resume).
+
+    Reading `pieces` from row `start_row` of the first and permuting with `key` re-creates that
+    reader's window exactly; its documents from `doc` on are this item's rows, the first of them
+    without its first `token` tokens. stride/offset/first_row act on those rows as on a Piece's.
+    """
+    pieces: tuple         # Piece / WindowRest items the window was read from
+    start_row: int
+    key: tuple | None     # RNG key of the window's permutation (None: not shuffled)
+    doc: int
+    token: int
+    stride: int = 1
+    offset: int = 0
+    first_row: int = 0
+
+
+def split_item(item, parts: int) -> list:
+    """`item` as `parts` disjoint items by row stride (so more readers can share it)."""
+    import dataclasses
+    return [dataclasses.replace(item, stride=item.stride * parts, offset=item.offset + item.stride * r)
+            for r in range(parts)]
 
 
 @dataclass
@@ -64,6 +90,8 @@ class Window:
     docs: list[str]
     nbytes: list[int]           # UTF-8 bytes of each document
     last: bool                  # the slot's epoch ends with this window
+    skips: list[int]            # tokens of each document trained on before an elastic resume (mostly 0)
+    key: tuple | None           # RNG key of the permutation (None: not shuffled)
 
 
 def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict):
@@ -153,13 +181,24 @@ class DocumentStream:
             by_shard.setdefault(p.shard, []).append(p)
         pieces = [p for s in order for p in by_shard.get(s, [])]
         if 0 < len(pieces) < self.n_slots:
-            stride = -(-self.n_slots // len(pieces))
-            pieces = [Piece(p.shard, p.row_group, p.num_rows, stride, r) for p in pieces for r in range(stride)]
+            pieces = [q for p in pieces for q in split_item(p, -(-self.n_slots // len(pieces)))]
         return pieces[self.slot::self.n_slots]
 
     # -- reading rows ---------------------------------------------------------------------------
-    def _piece_rows(self, piece: Piece, skip: int, ahead: ReadAhead, k: int, pieces: list[Piece]):
-        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8)."""
+    def _piece_rows(self, piece, skip: int, ahead: ReadAhead, k: int, pieces: list):
+        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8, token skip, new).
+
+        `new` is False for the rows of a WindowRest: another reader read (and counted) them already.
+        """
+        skip = max(skip, piece.first_row)
+        if isinstance(piece, WindowRest):
+            docs, skips = self._rest_docs(piece)
+            for i in range(skip, len(docs)):
+                if piece.stride > 1 and i % piece.stride != piece.offset:
+                    yield i, None, False, 0, False
+                    continue
+                yield i, docs[i], False, skips[i], False
+            return
         shard = self.plan.shards[piece.shard]
         try:
             if shard.format == "parquet":
@@ -169,9 +208,9 @@ class DocumentStream:
                 rows = self._line_rows(shard, skip)
             for i, (text, bad) in enumerate(rows, skip):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, None, False   # another slot's row: advance the position, emit nothing
+                    yield i, None, False, 0, True   # another slot's row: advance the position, emit nothing
                     continue
-                yield i, text, bad
+                yield i, text, bad, 0, True
         except Unreadable as err:
             if not self.args.dataset_skip_bad_shards:
                 raise
@@ -192,8 +231,10 @@ class DocumentStream:
         self.stats["read_seconds"] += time.perf_counter() - t0
         return table
 
-    def _piece_bytes(self, piece: Piece) -> int:
+    def _piece_bytes(self, piece) -> int:
         """Uncompressed size of a Parquet piece from its footer (-1: not a Parquet piece, not read ahead)."""
+        if isinstance(piece, WindowRest):
+            return -1
         meta = self.plan.footers.get(piece.shard)
         return meta.row_group(piece.row_group).total_byte_size if meta is not None and piece.row_group >= 0 else -1
 
@@ -220,56 +261,91 @@ class DocumentStream:
             return _json_texts(raw, shard.url, self.args.dataset_text_field)
         return _text_samples(raw, self.args.dataset_text_sample_by)
 
-    def _rows(self, pieces: list[Piece], start: tuple[int, int]):
-        """(position after the row, text) for every kept row from `start` to the end of the epoch."""
+    def _rows(self, pieces: list, start: tuple[int, int]):
+        """(position after the row, text, invalid_utf8, token skip, new) for every row from `start` to the end."""
         p0, r0 = start
         ahead = ReadAhead(self._read_row_group, self._piece_bytes, self.args.dataset_readahead_bytes)
         try:
             for pi in range(p0, len(pieces)):
-                for i, text, bad in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi, pieces):
-                    yield (pi, i + 1), text, bad
-            yield (len(pieces), 0), StopIteration, False
+                for i, text, bad, tok, new in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi, pieces):
+                    yield (pi, i + 1), text, bad, tok, new
+            yield (len(pieces), 0), StopIteration, False, 0, True
         finally:
             self.stats["read_wait_seconds"] += ahead.wait_seconds
             ahead.close()
 
     # -- windows --------------------------------------------------------------------------------
-    def windows(self, epoch: int, index: int, start: tuple[int, int], count: bool = True):
-        """Windows of `epoch` from window `index` (beginning at `start`) to the epoch's end."""
-        pieces = self.slot_pieces(epoch)
-        rows = self._rows(pieces, start)
+    def window_key(self, epoch: int, index: int, tag: tuple = ()) -> tuple | None:
+        """The RNG key that permutes window `index` of `epoch` (tag: an elastic resume's generation)."""
+        return (self.seed, epoch, self.slot, index, *tag) if self.shuffle else None
+
+    def _fill(self, rows, stats: dict):
+        """Up to window_size documents from `rows`: (docs, token skips, position after, epoch ended)."""
         frac, split = self.args.dataset_holdout_fraction, self.split
+        docs, skips, pos, last = [], [], None, False
+        for pos, text, bad, tok, new in rows:
+            if text is StopIteration:
+                last = True
+                break
+            if text is None:
+                continue
+            stats["rows_read"] += new
+            stats["docs_invalid_utf8"] += bad
+            if not isinstance(text, (str, LongText)):
+                text = str(text)
+            if text.is_blank() if isinstance(text, LongText) else not text.strip():
+                stats["docs_empty"] += new
+                continue
+            if frac > 0 and split != "all" and (_holdout_bucket(text) < frac) != (split == "holdout"):
+                stats["docs_heldout"] += new and split == "train"
+                continue
+            docs.append(text)
+            skips.append(tok)
+            if len(docs) == self.window_size:
+                break
+        return docs, skips, pos, last
+
+    @staticmethod
+    def _permute(docs: list, skips: list, key):
+        if key is None or len(docs) < 2:
+            return docs, skips
+        perm = np.random.default_rng(list(key)).permutation(len(docs))
+        return [docs[k] for k in perm], [skips[k] for k in perm]
+
+    def _rest_docs(self, rest: WindowRest):
+        """The documents of another reader's window from `rest.doc` on, and their token skips."""
+        scratch = dict.fromkeys(("rows_read", "docs_empty", "docs_heldout", "docs_invalid_utf8"), 0)
+        rows = self._rows(list(rest.pieces), (0, rest.start_row))
+        try:
+            docs, skips, _, _ = self._fill(rows, scratch)
+        finally:
+            rows.close()
+        docs, skips = self._permute(docs, skips, rest.key)
+        docs, skips = docs[rest.doc:], skips[rest.doc:]
+        if docs:
+            skips[0] = max(skips[0], rest.token)
+        return docs, skips
+
+    def windows(self, epoch: int, index: int, start: tuple[int, int], count: bool = True,
+                items: list | None = None, tag: tuple = ()):
+        """Windows of `epoch` from window `index` (beginning at `start`) to the epoch's end.
+
+        `items`: what this slot reads in the epoch, when not `slot_pieces(epoch)` (after an elastic resume).
+        """
+        pieces = self.slot_pieces(epoch) if items is None else items
+        rows = self._rows(pieces, start)
         while True:
-            docs, pos, last = [], start, False
             stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0}
-            for pos, text, bad in rows:
-                if text is StopIteration:
-                    last = True
-                    break
-                if text is None:
-                    continue
-                stats["rows_read"] += 1
-                stats["docs_invalid_utf8"] += bad
-                if not isinstance(text, (str, LongText)):
-                    text = str(text)
-                if text.is_blank() if isinstance(text, LongText) else not text.strip():
-                    stats["docs_empty"] += 1
-                    continue
-                if frac > 0 and split != "all" and (_holdout_bucket(text) < frac) != (split == "holdout"):
-                    stats["docs_heldout"] += split == "train"
-                    continue
-                docs.append(text)
-                if len(docs) == self.window_size:
-                    break
+            docs, skips, pos, last = self._fill(rows, stats)
+            pos = start if pos is None else pos
             if count:   # a window re-read on resume was already counted
                 for k, v in stats.items():
                     self.stats[k] += v
             count = True
-            if self.shuffle and len(docs) > 1:
-                perm = np.random.default_rng([self.seed, epoch, self.slot, index]).permutation(len(docs))
-                docs = [docs[k] for k in perm]
+            key = self.window_key(epoch, index, tag)
+            docs, skips = self._permute(docs, skips, key)
             nbytes = [d.nbytes if isinstance(d, LongText) else len(d.encode("utf-8")) for d in docs]
-            yield Window(epoch, index, start, pos, docs, nbytes, last)
+            yield Window(epoch, index, start, pos, docs, nbytes, last, skips, key)
             if last:
                 return
             start, index = pos, index + 1

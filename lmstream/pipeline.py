@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import os
 import time
 
@@ -23,12 +24,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .config import ConfigError, DataArguments
 from .documents import DocumentStream, Plan, plan_pieces
+from .elastic import decode_items, reader_states, redistribute
 from .longtext import LongText
 from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
 from .tokenize import Encoder, build_encoder
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 TOKENIZE_BYTES = 512 * 1024   # text per tokenizer call (about 0.1 s of tiktoken): bounds first-block latency
 _COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_truncated", "tokenize_seconds")
 
@@ -61,6 +63,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self.settings = self._settings()
         # Variables for checkpointing
         self._state: dict | None = None     # position after the last sample yielded (or loaded)
+        self._starts: dict[int, dict] = {}  # slot -> initial state after an elastic resume
 
     def _settings(self) -> dict:
         names = [os.path.basename(s.url) for s in self.plan.shards]
@@ -78,10 +81,18 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         return self.rank * workers + wid, self.world_size * workers, workers
 
-    def _initial(self, slot: int, n_slots: int, workers: int) -> dict:
+    def _base(self, slot: int, n_slots: int, workers: int) -> dict:
         return {"version": STATE_VERSION, "settings": self.settings, "rank": self.rank, "world_size": self.world_size,
-                "workers": workers, "slot": slot, "n_slots": n_slots, "epoch": 0, "window": 0, "start": [0, 0],
-                "doc": 0, "token": 0, "samples_in_epoch": 0, "stats": dict.fromkeys(_COUNTERS, 0)}
+                "workers": workers, "slot": slot, "n_slots": n_slots}
+
+    def _initial(self, slot: int, n_slots: int, workers: int) -> dict:
+        if slot in self._starts and self._starts[slot]["n_slots"] == n_slots:
+            return copy.deepcopy(self._starts[slot])
+        # items: this epoch's pieces when not slot_pieces(epoch) (JSON, after an elastic resume), with its
+        # sample cap; pending: later epochs owed the same way; gen: elastic resumes so far
+        return {**self._base(slot, n_slots, workers), "epoch": 0, "window": 0, "start": [0, 0], "next": [0, 0],
+                "key": None, "doc": 0, "token": 0, "samples_in_epoch": 0, "items": None, "cap": None,
+                "pending": None, "gen": 0, "stats": dict.fromkeys(_COUNTERS, 0)}
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -105,6 +116,39 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                               f"{self.rank} of {self.world_size}: resume with the same number of processes.")
         self._state = copy.deepcopy(state)
 
+    def resume_elastic(self, loader_states: list, num_workers: int) -> None:
+        """Continue from the loader states of every rank of a run with another number of processes or
+        workers: within the current epoch no document twice, none skipped (see lmstream.elastic)."""
+        old = reader_states(loader_states)
+        if not old:
+            raise ConfigError("The checkpoint holds no lmstream data position to resume from.")
+        for st in old:
+            if st.get("version") != STATE_VERSION:
+                raise ConfigError(f"The data state has version {st.get('version')}; an elastic resume needs "
+                                  f"version {STATE_VERSION}: resume with the same processes and workers.")
+            diff = {k: (st["settings"].get(k), v) for k, v in self.settings.items() if st["settings"].get(k) != v}
+            if diff:
+                raise ConfigError(f"The data state was saved with other data settings (then, now: {diff}): resume "
+                                  "with the same dataset arguments, seed and tokenizer, or start a new run.")
+        workers = max(1, num_workers)
+        n_slots = self.world_size * workers
+
+        def stream_of(slot, n):
+            return DocumentStream(self.plan, self.args, self.seed, slot, n, split=self.split, shuffle=self.training)
+
+        def cap_of(st, epoch):
+            if epoch == st["epoch"] and st.get("items") is not None:
+                return st.get("cap")
+            for e, _items, cap in json.loads(st.get("pending") or "[]"):
+                if e == epoch:
+                    return cap
+            return self._cap({"slot": st["slot"], "n_slots": st["n_slots"]})
+
+        starts = redistribute(old, stream_of, self.plan, n_slots, cap_of)
+        mine = range(self.rank * workers, (self.rank + 1) * workers)
+        self._starts = {s: {**self._base(s, n_slots, workers), **starts[s]} for s in mine}
+        self._state = None
+
     @property
     def stats(self) -> dict:
         """Counters of what this stream produced so far (see `merge_stats` for loaders)."""
@@ -114,6 +158,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def __iter__(self):
         slot, n_slots, workers = self._slot()
         state = self._state
+        if state is None and slot in self._starts:
+            state = self._initial(slot, n_slots, workers)
         if state is None or state["n_slots"] != n_slots or state["slot"] != slot:
             if state is not None and state["stats"]["blocks"] + state["stats"]["docs"] > 0:
                 raise ConfigError(f"The data state was saved with {state['workers']} DataLoader worker(s) per rank, "
@@ -125,6 +171,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 yield sample
 
     def _cap(self, state) -> int | None:
+        if state.get("items") is not None:   # a phase owed after an elastic resume has its own cap
+            return state.get("cap")
         if self.max_samples is None:
             return None
         n, s = self.max_samples, state["slot"]
@@ -138,20 +186,27 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             stream.stats[k] = stats.get(k, 0)
         epoch, widx, start = state["epoch"], state["window"], tuple(state["start"])
         doc0, tok0, in_epoch = state["doc"], state["token"], state["samples_in_epoch"]
-        resumed, cap = in_epoch > 0, self._cap(state)   # only saved states have yielded samples
+        phase = {k: state.get(k) for k in ("items", "cap", "pending", "gen")}
+        resumed = in_epoch > 0   # only saved states have yielded samples
         last = state
-        base = {k: state[k] for k in ("version", "settings", "rank", "world_size", "workers", "slot", "n_slots")}
+        base = self._base(state["slot"], state["n_slots"], state["workers"])
         while True:
             packer = BlockPacker(self.block_size)
+            owed = phase["items"] is not None      # a phase owed after an elastic resume
+            items = decode_items(phase["items"], self.plan) if owed else None
+            cap = self._cap({**base, **phase})
             if cap is None or in_epoch < cap:
-                for window in stream.windows(epoch, widx, start, count=not resumed):
+                windows = stream.windows(epoch, widx, start, count=not resumed, items=items,
+                                         tag=(phase["gen"],) if owed else ())
+                for window in windows:
                     for sample, (win, j), off, nd, nb in self._samples(window, doc0, tok0, packer, stats):
                         in_epoch += 1
                         stats["docs"] += nd
                         stats["bytes"] += nb
                         stats.update(stream.stats)
-                        pos = {"epoch": win.epoch, "window": win.index, "start": list(win.start), "doc": j,
-                               "token": off, "samples_in_epoch": in_epoch, "stats": dict(stats)}
+                        pos = {"epoch": win.epoch, "window": win.index, "start": list(win.start),
+                               "next": list(win.next), "key": None if win.key is None else list(win.key),
+                               "doc": j, "token": off, "samples_in_epoch": in_epoch, **phase, "stats": dict(stats)}
                         last = {**base, **pos}
                         yield sample, last
                         if cap is not None and in_epoch >= cap:
@@ -161,15 +216,27 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                         resumed = False
                         continue
                     break
+                windows.close()
             stats["tokens_dropped"] += packer.drop_remainder()
-            if in_epoch == 0:
+            if in_epoch == 0 and not owed:
                 raise ConfigError(self._empty_message(state))
+            epoch, phase = self._next_phase(epoch, phase)
+            widx, start, doc0, tok0, in_epoch, resumed = 0, (0, 0), 0, 0, 0, False
             if not self.cycle:   # publish the final counters; a new iter() starts the next epoch
                 stats.update(stream.stats)
-                yield None, {**last, "epoch": epoch + 1, "window": 0, "start": [0, 0], "doc": 0, "token": 0,
-                             "samples_in_epoch": 0, "stats": dict(stats)}
+                yield None, {**last, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None,
+                             "doc": 0, "token": 0, "samples_in_epoch": 0, **phase, "stats": dict(stats)}
                 return
-            epoch, widx, start, doc0, tok0, in_epoch, resumed = epoch + 1, 0, (0, 0), 0, 0, 0, False
+
+    @staticmethod
+    def _next_phase(epoch: int, phase: dict):
+        """The epoch after `epoch`: the next phase owed after an elastic resume, else a regular epoch."""
+        pending = json.loads(phase["pending"] or "[]")
+        if pending:
+            e, items, cap = pending.pop(0)
+            return e, {"items": items, "cap": cap, "pending": json.dumps(pending) if pending else None,
+                       "gen": phase["gen"]}
+        return epoch + 1, {"items": None, "cap": None, "pending": None, "gen": phase["gen"]}
 
     def _empty_message(self, state) -> str:
         where = f"rank {self.rank}" + (f", worker {state['slot'] % state['workers']}" if state["workers"] > 1 else "")
@@ -181,17 +248,17 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         """(sample, next document ref, token offset, docs completed, bytes completed) for one window."""
         for b0, b1 in _runs(window.docs, _batches(window.nbytes, doc0, self.args.dataset_tokenize_batch_size)):
             docs = window.docs[b0:b1]
+            # tokens of each document already trained on: resuming inside it, or another reader's (elastic)
+            skips = [max(window.skips[j], tok0 if j == doc0 else 0) for j in range(b0, b1)]
             if isinstance(docs[0], LongText):   # always alone in its run
-                yield from self._long_samples(window, b0, tok0 if b0 == doc0 else 0, packer, stats)
+                yield from self._long_samples(window, b0, skips[0], packer, stats)
                 continue
             t0 = time.perf_counter()
             ids, lens = self.encoder.encode(docs)
             stats["tokenize_seconds"] += time.perf_counter() - t0
             refs = [(window, j) for j in range(b0, b0 + len(docs))]
-            if b0 == doc0 and tok0:   # resuming inside a document: its first tok0 tokens were emitted
-                ids, lens = ids[tok0:], lens.copy()
-                lens[0] -= tok0
-                refs[0] = ((window, b0), tok0, True)
+            if any(skips):
+                ids, lens = _cut_heads(ids, lens, skips, refs)
             if self.args.dataset_group_text:
                 yield from self._blocks(packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs), stats)
             else:
@@ -240,6 +307,19 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             j = b0 + i
             yield ({"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
                     "attention_mask": torch.from_numpy(mask)}, (window, j + 1), 0, 1, window.nbytes[j])
+
+
+def _cut_heads(ids: np.ndarray, lens: np.ndarray, skips: list[int], refs: list):
+    """Drop the first skips[i] tokens of document i; its ref becomes (ref, skipped, last=True)."""
+    keep, lens = np.ones(len(ids), dtype=bool), lens.copy()
+    starts = np.cumsum(lens) - lens
+    for i, k in enumerate(skips):
+        if k:
+            k = min(k, int(lens[i]))
+            keep[starts[i]:starts[i] + k] = False
+            lens[i] -= k
+            refs[i] = (refs[i], k, True)
+    return ids[keep], lens
 
 
 def _batches(nbytes: list[int], start: int, max_docs: int, max_bytes: int = TOKENIZE_BYTES):

@@ -1,0 +1,181 @@
+"""Elastic resume: a data position saved by W ranks x K workers continues on W' x K' readers with every
+document of the epoch trained on exactly once (token accounting), and exactly again on the same shape."""
+import collections
+import random
+
+import pytest
+import torch
+
+import lmstream
+from lmstream.config import ConfigError
+
+BLOCK = 32
+
+
+def _word_tokens(tokenizer, n):
+    """n GPT-2 words that encode as one token each, also when repeated: token -> document id."""
+    words = []
+    for tok, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        w = tok[1:]
+        if tok.startswith("Ġ") and w.isascii() and w.isalpha() and w.islower() and len(w) > 3:
+            if tokenizer.encode(f" {w} {w}") == [i, i]:
+                words.append((w, i))
+        if len(words) == n:
+            return words
+    raise AssertionError("not enough single-token words")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tokenizer):
+    """60 documents, each one distinct word repeated 40 to 120 times (>= a block, so that no document
+    can vanish whole into a dropped final block), in 3 Parquet shards of 4-row groups."""
+    from conftest import write_parquet
+    rng = random.Random(7)
+    words = _word_tokens(tokenizer, 60)
+    docs, lengths, owner = [], {}, {}
+    for d, (w, tok) in enumerate(words):
+        k = rng.randint(40, 120)
+        docs.append(" " + " ".join([w] * k))   # leading space: every word is the same token
+        lengths[d], owner[tok] = k, d
+    folder = tmp_path_factory.mktemp("elastic") / "pq"
+    write_parquet(folder, docs, shards=3, rows_per_group=4)
+    return str(folder), lengths, owner
+
+
+def _args(folder, **kw):
+    kw = {"dataset_block_size": BLOCK, "dataset_shuffle_buffer": 5, "dataset_cycle": False, **kw}
+    return lmstream.DataArguments(dataset_name=folder, **kw)
+
+
+def _loaders(folder, tokenizer, world, workers, batch=2, resume=None, **kw):
+    loaders = []
+    for rank in range(world):
+        ds = lmstream.build_pipeline(_args(folder, **kw), tokenizer, seed=3, rank=rank, world_size=world)
+        if resume is not None:
+            ds.resume_elastic(resume, workers)
+        loaders.append(lmstream.build_loader(ds, batch_size=batch, num_workers=workers))
+    return loaders
+
+
+def _take(loaders, n):
+    """n batches from each rank's loader; returns (token tensors, each rank's loader state)."""
+    out, states = [], []
+    for loader in loaders:
+        it = iter(loader)
+        for _ in range(n):
+            out.append(next(it)["input_ids"])
+        states.append(loader.state_dict())
+    return out, states
+
+
+def _drain(loaders):
+    out, stats = [], []
+    for loader in loaders:
+        for b in loader:
+            out.append(b["input_ids"])
+        stats.append(lmstream.merge_stats(loader.state_dict()))
+    return out, stats
+
+
+def _account(batches, lengths, owner):
+    counts = collections.Counter()
+    for b in batches:
+        for t in b.flatten().tolist():
+            if t in owner:
+                counts[owner[t]] += 1
+    return counts
+
+
+def _check_once(counts, lengths, readers):
+    """Each document once. Only the final partial block of each of `readers` readers that ended the
+    epoch is dropped: shorter than a block, shorter than any document, so it cuts at most one tail."""
+    twice = {d: c for d, c in counts.items() if c > lengths[d]}
+    missing = [d for d in lengths if counts[d] == 0]
+    assert not twice, f"documents trained on twice: {twice}"
+    assert not missing, f"documents skipped: {missing}"
+    short = {d: lengths[d] - counts[d] for d in lengths if counts[d] < lengths[d]}
+    assert len(short) <= readers and all(v < BLOCK for v in short.values()), short
+
+
+@pytest.mark.parametrize("old,new,steps", [((2, 2), (1, 0), 3), ((1, 2), (2, 2), 4), ((2, 0), (3, 1), 5),
+                                           ((1, 0), (2, 0), 7)])
+def test_elastic_resume_trains_every_document_once(corpus, tokenizer, old, new, steps):
+    folder, lengths, owner = corpus
+    before, states = _take(_loaders(folder, tokenizer, *old), steps)
+    inside = [st for st in lmstream.elastic.reader_states(states) if st["token"] > 0]
+    after, stats = _drain(_loaders(folder, tokenizer, *new, resume=states))
+    _check_once(_account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))
+    assert sum(s["docs"] for s in stats) >= len(lengths) - len(stats) * max(1, new[1])
+    if old == (1, 0):
+        assert inside, "the test should cut a document at the resume point"
+
+
+def test_elastic_twice_then_exact_on_the_same_shape(corpus, tokenizer):
+    """2x1 -> 1x2 -> 3x0 in one epoch; then a save/resume on 3x0 is bitwise exact."""
+    folder, lengths, owner = corpus
+    a, s1 = _take(_loaders(folder, tokenizer, 2, 1), 3)
+    b, s2 = _take(_loaders(folder, tokenizer, 1, 2, resume=s1), 4)
+    # both readers of the 1x2 run hold items that are the rest of other readers' windows
+    assert any('"w"' in (st["items"] or "") for st in lmstream.elastic.reader_states(s2))
+    c, s3 = _take(_loaders(folder, tokenizer, 3, 0, resume=s2), 2)
+    # same shape: the exact path, straight vs resumed
+    straight, _ = _drain(_resumed_exact(folder, tokenizer, s3))
+    again, _ = _drain(_resumed_exact(folder, tokenizer, s3))
+    assert len(straight) == len(again) and all(torch.equal(x, y) for x, y in zip(straight, again))
+    counts = _account(a + b + c + straight, lengths, owner)
+    _check_once(counts, lengths, readers=3)
+
+
+def _resumed_exact(folder, tokenizer, states):
+    loaders = []
+    for rank, st in enumerate(states):
+        ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=3, rank=rank, world_size=len(states))
+        loader = lmstream.build_loader(ds, batch_size=2, num_workers=0)
+        loader.load_state_dict(st)
+        loaders.append(loader)
+    return loaders
+
+
+def test_elastic_resume_across_epochs_owes_the_later_epoch(corpus, tokenizer):
+    """Readers in different epochs (one cycled already): the new readers finish epoch 0's rest, then
+    epoch 1's rest, each document once per epoch; then epoch 2 starts for everyone."""
+    folder, lengths, owner = corpus
+    olds = [lmstream.build_pipeline(_args(folder, dataset_cycle=True), tokenizer, seed=3, rank=r, world_size=3)
+            for r in range(3)]
+    its = [iter(ds) for ds in olds]
+    old_epoch = collections.defaultdict(list)   # epoch -> samples the old readers trained on in it
+
+    def step(r):
+        sample = next(its[r])["input_ids"]
+        old_epoch[olds[r].state_dict()["epoch"] if olds[r].state_dict()["samples_in_epoch"] else None].append(sample)
+    while olds[0].state_dict()["epoch"] == 0:   # reader 0 into epoch 1, the others behind
+        step(0)
+    for _ in range(3):
+        step(0)
+    for r in (1, 2):
+        for _ in range(2):
+            step(r)
+    states = [ds.state_dict() for ds in olds]
+    assert [st["epoch"] for st in states] == [1, 0, 0] and None not in old_epoch
+    new_epoch = collections.defaultdict(list)
+    for r in range(2):
+        ds = lmstream.build_pipeline(_args(folder, dataset_cycle=True), tokenizer, seed=3, rank=r, world_size=2)
+        ds.resume_elastic(states, 0)
+        for sample in ds:
+            epoch = ds.state_dict()["epoch"]
+            if epoch == 2:
+                break
+            new_epoch[epoch].append(sample["input_ids"])
+    for epoch in (0, 1):   # at most 3 readers end each epoch
+        _check_once(_account(old_epoch[epoch] + new_epoch[epoch], lengths, owner), lengths, readers=3)
+
+
+def test_elastic_refuses_other_settings_and_incomplete_checkpoints(corpus, tokenizer):
+    folder, _, _ = corpus
+    _, states = _take(_loaders(folder, tokenizer, 2, 0), 2)
+    other = lmstream.build_pipeline(_args(folder, dataset_shuffle_buffer=7), tokenizer, seed=3, rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="other data settings"):
+        other.resume_elastic(states, 0)
+    ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=3, rank=0, world_size=1)
+    with pytest.raises(ConfigError, match="exactly once"):
+        ds.resume_elastic(states[:1], 0)
