@@ -69,13 +69,18 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         # Variables for checkpointing
         self._n = 0                              # blocks yielded by this reader
         self._counts = [0] * len(streams)        # ... from each source
+        self._gen = 0                            # elastic resumes so far (a new draw sequence each)
+        self._starts: dict[int, list[int]] = {}  # slot -> source counts after an elastic resume
 
     def _pick(self, slot: int, n: int) -> int:
-        u = np.random.default_rng([self.seed, 0x6D6978, slot, n]).random()
+        key = [self.seed, 0x6D6978, slot, n] + ([self._gen] if self._gen else [])
+        u = np.random.default_rng(key).random()
         return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
 
     def __iter__(self):
         slot = self.streams[0]._slot()[0]
+        if self._n == 0 and slot in self._starts:
+            self._counts = list(self._starts.pop(slot))
         iters = [iter(s) for s in self.streams]
         while True:
             k = self._pick(slot, self._n)
@@ -98,17 +103,54 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         for name, c in zip(self.names, self._counts):
             stats[f"tokens/{name}"] = c * self.block_size
         return {"version": states[0]["version"], "settings": {"mixture": self.names, "cum": self.cum.tolist()},
-                "mixture_n": self._n, "mixture_counts": list(self._counts), "sources": states, "stats": stats}
+                "mixture_n": self._n, "mixture_counts": list(self._counts), "mixture_gen": self._gen,
+                "sources": states, "stats": stats}
 
-    def load_state_dict(self, state: dict) -> None:
+    def _check(self, state: dict) -> None:
         if state.get("settings", {}).get("mixture") != self.names or len(state.get("sources", [])) != len(self.streams):
             raise ConfigError(f"The data state was saved for another dataset_mixture "
                               f"({state.get('settings', {}).get('mixture')}): resume with the same sources.")
         if not np.allclose(state["settings"]["cum"], self.cum):
             raise ConfigError("The data state was saved with other dataset_mixture weights: resume with the same weights.")
+
+    def load_state_dict(self, state: dict) -> None:
+        self._check(state)
         for stream, st in zip(self.streams, state["sources"]):
             stream.load_state_dict(st)
         self._n, self._counts = state["mixture_n"], list(state["mixture_counts"])
+        self._gen = state.get("mixture_gen", 0)
+
+    def resume_elastic(self, loader_states: list, num_workers: int) -> None:
+        """Continue from every rank's loader states saved with another number of processes or workers:
+        each source is redistributed on its own (see StreamingBlocks.resume_elastic); the source draws
+        start a new sequence, and the per-source counts (logged shares) carry over, split between readers."""
+        mixes = []
+
+        def walk(o):
+            if isinstance(o, dict):
+                if "mixture_n" in o:
+                    mixes.append(o)
+                    return
+                for v in o.values():
+                    walk(v)
+            elif isinstance(o, (list, tuple)):
+                for v in o:
+                    walk(v)
+        walk(loader_states)
+        if not mixes:
+            raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with the arguments "
+                              "of the run that saved it.")
+        for m in mixes:
+            self._check(m)
+        for i, stream in enumerate(self.streams):
+            stream.resume_elastic([m["sources"][i] for m in mixes], num_workers)
+        workers = max(1, num_workers)
+        n_slots, rank = self.streams[0].world_size * workers, self.streams[0].rank
+        totals = [sum(m["mixture_counts"][i] for m in mixes) for i in range(len(self.streams))]
+        self._gen = max(m.get("mixture_gen", 0) for m in mixes) + 1
+        self._n = 0
+        self._starts = {s: [t // n_slots + (s < t % n_slots) for t in totals]
+                        for s in range(rank * workers, (rank + 1) * workers)}
 
     @property
     def stats(self) -> dict:

@@ -17,7 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments, default_data_colla
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
-from .training import StreamingTrainer, is_stream, is_cut_short, last_complete_checkpoint, read_data_state
+from .training import StreamingTrainer, is_stream, is_cut_short, last_complete_checkpoint, read_data_states
 
 log = logging.getLogger("lmstream")
 ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -126,10 +126,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     train_ds, eval_ds = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions, training_args.do_eval)
     if is_stream(train_ds) and training_args.do_train and training_args.max_steps <= 0:
         raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N.")
-    data_state = None
+    data_states = None
     if checkpoint and is_stream(train_ds):
-        data_state = read_data_state(checkpoint, rank, world)
-        if data_state is None:
+        data_states = read_data_states(checkpoint)
+        if data_states is None:
             log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", checkpoint,
                         "the Trainer will skip the consumed batches by reading and tokenizing them again (slow); "
                         "pass --ignore_data_skip true to start the data stream from its beginning instead."
@@ -139,7 +139,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
         else:
             training_args.ignore_data_skip = True
     trainer = StreamingTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               processing_class=tokenizer, data_collator=default_data_collator, data_state=data_state)
+                               processing_class=tokenizer, data_collator=default_data_collator, data_states=data_states)
     metrics: dict = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -76,17 +76,29 @@ def data_state_path(checkpoint: str, rank: int) -> str:
     return os.path.join(checkpoint, DATA_STATE_DIR, f"rank-{rank}.json")
 
 
-def read_data_state(checkpoint: str, rank: int, world_size: int) -> dict | None:
-    """This rank's saved loader state, None if the checkpoint has none; refuses another world size."""
+def read_data_states(checkpoint: str) -> list[dict] | None:
+    """The loader state of every rank that saved `checkpoint`, by rank; None if it holds none."""
     folder = os.path.join(checkpoint, DATA_STATE_DIR)
     if not os.path.isdir(folder):
         return None
-    saved = sorted(f for f in os.listdir(folder) if f.startswith("rank-") and f.endswith(".json"))
-    if len(saved) != world_size:
-        raise ConfigError(f"Checkpoint '{checkpoint}' holds the data position of {len(saved)} process(es), this run "
-                          f"has {world_size}: resume with the same number of processes.")
-    with open(data_state_path(checkpoint, rank)) as f:
-        return json.load(f)
+    ranks = sorted(int(f[5:-5]) for f in os.listdir(folder)
+                   if f.startswith("rank-") and f.endswith(".json") and f[5:-5].isdigit())
+    if ranks != list(range(len(ranks))) or not ranks:
+        raise ConfigError(f"Checkpoint '{checkpoint}' has data positions of ranks {ranks}, not 0..N-1 (a file is "
+                          "missing): resume from a complete checkpoint.")
+    states = []
+    for r in ranks:
+        with open(data_state_path(checkpoint, r)) as f:
+            states.append(json.load(f))
+    return states
+
+
+def saved_shape(states: list[dict]) -> tuple[int, int]:
+    """(processes, DataLoader workers per process) of the run that saved these loader states."""
+    from .elastic import reader_states
+    readers = reader_states(states)
+    workers = {st["workers"] for st in readers} or {1}
+    return len(states), max(workers)
 
 
 def _atomic_json(path: str, obj) -> None:
@@ -102,9 +114,10 @@ def _atomic_json(path: str, obj) -> None:
 class StreamingTrainer(Trainer):
     """A Trainer whose training data is a rank-local StreamingBlocks stream with resumable state."""
 
-    def __init__(self, *args, data_state: dict | None = None, **kwargs):
+    def __init__(self, *args, data_states: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.data_state = data_state     # loader state to restore (from the checkpoint being resumed)
+        self.data_states = data_states   # every rank's loader state in the checkpoint being resumed
+        self.data_state = None           # this rank's, when resumed exactly (same processes and workers)
         self.loader = None
         self._last_log = None            # (time, tokens, wait) at the previous log
 
@@ -117,8 +130,18 @@ class StreamingTrainer(Trainer):
                                    pin_memory=a.dataloader_pin_memory and torch.cuda.is_available(),
                                    prefetch_factor=a.dataloader_prefetch_factor or 4,
                                    persistent_workers=a.dataloader_persistent_workers)
-        if self.data_state is not None:
-            self.loader.load_state_dict(self.data_state)
+        if self.data_states is not None:
+            (world, workers), now = saved_shape(self.data_states), (a.world_size, max(1, a.dataloader_num_workers))
+            if (world, workers) == now:
+                self.data_state = self.data_states[a.process_index]
+                self.loader.load_state_dict(self.data_state)
+            else:
+                log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), this run "
+                            "has %d x %d; every document of the current epoch not yet trained on is dealt to the new "
+                            "readers (none twice, none skipped; the order differs from an uninterrupted run).",
+                            world, workers, *now)
+                self.train_dataset.resume_elastic(self.data_states, a.dataloader_num_workers)
+                self.data_state = {}
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):

@@ -56,3 +56,33 @@ def test_two_processes_train_on_disjoint_data_and_resume_exactly(tmp_path):
     for r in (0, 1):
         a, b = saved6[r], _state(out / "checkpoint-6", r)[1]
         assert no_timings(a) == no_timings(b)
+
+
+def test_elastic_resume_from_one_process_to_two(tmp_path):
+    """A checkpoint of 1 process x 2 workers continues under torchrun with 2 processes x 1 worker: the
+    new readers take over what the old ones had left (accounting: tests/test_elastic.py)."""
+    out = tmp_path / "elastic"
+    cmd = [sys.executable, "-m", "lmstream.train", "--dataset_streaming", "true", "--do_train", "--dataset_name", SAMPLE,
+           "--dataset_config_name", "python-docs", "--config_name", TINY_MODEL, "--output_dir", str(out),
+           "--max_steps", "3", "--per_device_train_batch_size", "2", "--dataset_block_size", "64", "--save_steps", "3",
+           "--logging_steps", "1",
+           "--use_cpu", "true", "--disable_tqdm", "true", "--dataloader_num_workers", "2", "--report_to", "none"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    before = sum(st["stats"]["blocks"] for st in _readers(_state(out / "checkpoint-3", 0)[1]))
+    proc = _torchrun(out, "--resume_from_checkpoint", "true")
+    assert "Elastic resume" in proc.stderr
+    after = [_state(out / "checkpoint-6", r) for r in (0, 1)]
+    readers = [st for _, st in after for st in _readers(st)]
+    assert sorted(st["slot"] for st in readers) == [0, 1] and all(st["gen"] == 1 for st in readers)
+    # the counters carry over (split between the new readers) and grow by 3 steps x 2 ranks x 2 blocks
+    assert sum(st["stats"]["blocks"] for st in readers) == before + 3 * 2 * 2 == 3 * 2 + 3 * 2 * 2
+    assert set(_losses(out)) >= {4, 5, 6}, _losses(out)
+
+
+def _readers(obj):
+    if isinstance(obj, dict):
+        if "slot" in obj and "n_slots" in obj:
+            yield obj
+            return
+        for v in obj.values():
+            yield from _readers(v)

@@ -179,3 +179,72 @@ def test_elastic_refuses_other_settings_and_incomplete_checkpoints(corpus, token
     ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=3, rank=0, world_size=1)
     with pytest.raises(ConfigError, match="exactly once"):
         ds.resume_elastic(states[:1], 0)
+
+
+# -- through the training job ---------------------------------------------------------------------
+def _job_argv(folder, out, steps, workers, *extra):
+    from conftest import TINY_MODEL
+    return ["--dataset_streaming", "true", "--do_train", "--dataset_name", folder, "--config_name", TINY_MODEL,
+            "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", "2",
+            "--dataset_block_size", str(BLOCK), "--dataset_shuffle_buffer", "5", "--dataset_cycle", "false",
+            "--logging_steps", "1", "--save_steps", "4", "--use_cpu", "true", "--seed", "3",
+            "--dataloader_num_workers", str(workers), "--disable_tqdm", "true", "--report_to", "none", *extra]
+
+
+def test_training_job_resumes_elastically_from_two_workers_to_none(corpus, tmp_path, monkeypatch, caplog):
+    """Stopped after 4 steps with 2 DataLoader workers, resumed in-process: the first epoch ends with
+    every document trained on once (tokens counted from the batches the model saw)."""
+    import lmstream.train as lt
+    from lmstream.training import StreamingTrainer
+    from test_training import _run
+    folder, lengths, owner = corpus
+    out = tmp_path / "run"
+    first, _ = _run(_job_argv(folder, out, 200, 2), monkeypatch, stop_at=4)
+    assert len(first) == 4
+    seen, epochs = [], []
+    orig = StreamingTrainer.training_step
+
+    def step(self, model, inputs, *a, **k):
+        seen.append(inputs["input_ids"].detach().cpu().clone())
+        epochs.append(self.train_dataset.state_dict()["epoch"])   # in-process: the state after this batch
+        return orig(self, model, inputs, *a, **k)
+    monkeypatch.setattr(StreamingTrainer, "training_step", step)
+    with caplog.at_level("WARNING", logger="lmstream"):
+        lt.train(*lt.parse_args(_job_argv(folder, out, 100, 0, "--resume_from_checkpoint", "true")))
+    assert "Elastic resume" in caplog.text and "1 process(es) x 2 worker(s)" in caplog.text
+    # a batch belongs to the epoch the stream was in before it was drawn (the end of an epoch is
+    # published when the next batch is asked for, after the epoch's last, possibly partial, batch)
+    epoch0 = [b for b, e in zip(seen, [0] + epochs[:-1]) if e == 0]
+    assert 0 < len(epoch0) < len(seen)   # the run went on into epoch 1
+    _check_once(_account(first + epoch0, lengths, owner), lengths, readers=1)
+
+
+def test_mixture_resumes_elastically_without_repeating_a_document(corpus, tmp_path, tokenizer):
+    """Two sources (the corpus and a second one of other words): 2 ranks -> 1 rank x 2 workers; the
+    mixture stops when a source runs out (no cycling); no document of either source twice."""
+    import json
+    from conftest import write_parquet
+    folder, lengths, owner = corpus
+    words = [w for w, _ in _word_tokens(tokenizer, 120)[60:]]
+    second = tmp_path / "second"
+    write_parquet(second, [" " + " ".join([w] * 50) for w in words], shards=2, rows_per_group=5)
+    owner2 = {tokenizer.encode(" " + w)[0]: 100 + i for i, w in enumerate(words)}
+    lengths2 = {100 + i: 50 for i in range(len(words))}
+    mix = json.dumps([{"name": folder, "weight": 0.6, "on_exhausted": "stop"},
+                      {"name": str(second), "weight": 0.4, "on_exhausted": "stop"}])
+
+    def loaders(world, workers, resume=None):
+        out = []
+        for rank in range(world):
+            ds = lmstream.build_pipeline(_args(None, dataset_mixture=mix), tokenizer, seed=3, rank=rank,
+                                         world_size=world)
+            if resume is not None:
+                ds.resume_elastic(resume, workers)
+            out.append(lmstream.build_loader(ds, batch_size=2, num_workers=workers))
+        return out
+    before, states = _take(loaders(2, 0), 6)
+    after, stats = _drain(loaders(1, 2, resume=states))
+    counts = _account(before + after, {**lengths, **lengths2}, {**owner, **owner2})
+    assert all(counts[d] <= n for d, n in {**lengths, **lengths2}.items())
+    assert sum(1 for d in lengths if counts[d]) > 20 and sum(1 for d in lengths2 if counts[d]) > 20
+    assert stats[0]["tokens/" + folder] > 0 and stats[0]["tokens/" + str(second)] > 0
