@@ -57,8 +57,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size
         self.split = split                  # "train", "holdout" (held-out docs of train) or "all" (an eval split)
         self.training = split == "train"
-        self.cycle = self.training and args.dataset_cycle
         self.max_samples = max_samples      # samples per epoch over all ranks and workers
+        # a sized stream (max_samples) ends with each epoch: the next iter() (or loader.set_epoch) starts
+        # the next one, so that a Trainer's epochs are the stream's epochs
+        self.cycle = self.training and args.dataset_cycle and max_samples is None
+        self.start_epoch = 0                # iterate from this epoch on (set_epoch); a later saved one wins
         self.max_len = args.dataset_max_seq_length or block_size
         self.settings = self._settings()
         # Variables for checkpointing
@@ -142,7 +145,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             for e, _items, cap in json.loads(st.get("pending") or "[]"):
                 if e == epoch:
                     return cap
-            return self._cap({"slot": st["slot"], "n_slots": st["n_slots"]})
+            return self._cap({"slot": st["slot"], "n_slots": st["n_slots"], "world_size": st["world_size"]})
 
         starts = redistribute(old, stream_of, self.plan, n_slots, cap_of)
         mine = range(self.rank * workers, (self.rank + 1) * workers)
@@ -165,18 +168,46 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 raise ConfigError(f"The data state was saved with {state['workers']} DataLoader worker(s) per rank, "
                                   f"this run has {workers}: resume with dataloader_num_workers={state['workers']}.")
             state = self._initial(slot, n_slots, workers)
+        while state["epoch"] < self.start_epoch:   # set_epoch: epochs before it are over for this stream
+            epoch, phase = self._next_phase(state["epoch"], state)
+            if phase["items"] is None:
+                epoch = max(epoch, self.start_epoch)
+            state = {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
+                     "token": 0, "samples_in_epoch": 0, **phase}
         for sample, state in self._generate(state):
             self._state = state
             if sample is not None:
                 yield sample
 
     def _cap(self, state) -> int | None:
+        """Samples of the slot's epoch: max_samples split between ranks, then between the rank's workers.
+
+        For training every rank gets max_samples // world_size (equal epochs on every rank: no rank
+        waits for a step the others never take); evaluation spreads them all."""
         if state.get("items") is not None:   # a phase owed after an elastic resume has its own cap
             return state.get("cap")
         if self.max_samples is None:
             return None
-        n, s = self.max_samples, state["slot"]
-        return n // state["n_slots"] + (s < n % state["n_slots"])
+        n, slot, n_slots = self.max_samples, state["slot"], state["n_slots"]
+        if not self.training:
+            return n // n_slots + (slot < n % n_slots)
+        world = state.get("world_size", self.world_size)   # another run's, for an elastic resume
+        q, workers = n // world, n_slots // world
+        return q // workers + (slot % workers < q % workers)
+
+    def __len__(self) -> int:
+        """Samples per epoch of this rank, for a sized stream (max_samples, training); else TypeError."""
+        if self.max_samples is None or not self.training:
+            raise TypeError("a stream without max_train_samples has no length")
+        return self.max_samples // self.world_size
+
+    def epoch_samples(self, num_workers: int) -> list[int] | None:
+        """Samples of one epoch of each of this rank's readers (a sized stream), else None."""
+        if self.max_samples is None or not self.training:
+            return None
+        workers = max(1, num_workers)
+        return [self._cap({"slot": self.rank * workers + w, "n_slots": self.world_size * workers})
+                for w in range(workers)]
 
     def _generate(self, state: dict):
         stream = DocumentStream(self.plan, self.args, self.seed, state["slot"], state["n_slots"],
@@ -416,7 +447,26 @@ class BlockLoader(StatefulDataLoader):
         self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
 
     def __iter__(self):
+        done = getattr(self, "_iterator", None)
+        if (done is not None and not self._initial_iter_for_state_dict and self.num_workers > 0
+                and not self.persistent_workers and hasattr(self.dataset, "_starts")):
+            # a new iterator has new worker processes: hand them where the last ones stood (the last batch
+            # yielded) with their counters, as a re-iterated in-process stream continues
+            self.dataset._starts.update({st["slot"]: st for st in reader_states(done.state_dict())})
         return _TimedIterator(super().__iter__(), self)
+
+    def __len__(self) -> int:
+        """Batches per epoch of a sized stream (max_train_samples): each worker's samples in batches."""
+        sizes = self.dataset.epoch_samples(self.num_workers) if hasattr(self.dataset, "epoch_samples") else None
+        if sizes is None:
+            raise TypeError("a stream without max_train_samples has no length")
+        return sum(-(-n // self.batch_size) for n in sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next iterator starts at `epoch` (the Trainer calls this before each epoch), unless the stream
+        is there already; a sized stream ends with each epoch."""
+        if hasattr(self.dataset, "start_epoch"):
+            self.dataset.start_epoch = epoch
 
 
 def build_loader(dataset: StreamingBlocks, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:

@@ -124,8 +124,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     rank, world = training_args.process_index, training_args.world_size
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     train_ds, eval_ds = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions, training_args.do_eval)
-    if is_stream(train_ds) and training_args.do_train and training_args.max_steps <= 0:
-        raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N.")
+    if is_stream(train_ds) and training_args.do_train and training_args.max_steps <= 0 and not run_args.max_train_samples:
+        raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N, "
+                          "or --max_train_samples N to give each epoch a known size and train --num_train_epochs.")
     data_states = None
     if checkpoint and is_stream(train_ds):
         data_states = read_data_states(checkpoint)

@@ -1,0 +1,68 @@
+"""Epochs: a stream that ends before max_steps starts its next epoch with a new, seeded shuffle; a
+stream of known size (max_train_samples) has a length, so that num_train_epochs works."""
+import json
+
+import pytest
+import torch
+
+import lmstream
+from test_elastic import BLOCK, _account, _check_once, corpus  # noqa: F401 - the corpus fixture
+
+
+def _args(folder, **kw):
+    return lmstream.DataArguments(dataset_name=folder, dataset_block_size=BLOCK, dataset_shuffle_buffer=5, **kw)
+
+
+def _epochs(folder, tokenizer, seed):
+    ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=seed)
+    per = {0: [], 1: []}
+    for sample in ds:   # the state after a sample names its epoch
+        epoch = ds.state_dict()["epoch"]
+        if epoch == 2:
+            break
+        per[epoch].append(sample["input_ids"])
+    return per
+
+
+def test_epoch_rollover_reshuffles_deterministically(corpus, tokenizer):
+    folder, lengths, owner = corpus
+    a, b, other = _epochs(folder, tokenizer, 3), _epochs(folder, tokenizer, 3), _epochs(folder, tokenizer, 4)
+    for epoch in (0, 1):
+        _check_once(_account(a[epoch], lengths, owner), lengths, readers=1)   # every document once per epoch
+        assert len(a[epoch]) == len(b[epoch]) and all(torch.equal(x, y) for x, y in zip(a[epoch], b[epoch]))
+    order = [[int(s[0]) for s in a[e]] for e in (0, 1)]
+    assert order[0] != order[1]                                              # a new shuffle each epoch
+    assert [int(s[0]) for s in other[0]] != order[0]                         # the seed decides it
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sized_stream_has_a_length_and_epochs(corpus, tokenizer, workers):
+    folder, _, _ = corpus
+    ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=3, max_samples=23)
+    loader = lmstream.build_loader(ds, batch_size=4, num_workers=workers)
+    epochs = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        epochs.append([b["input_ids"] for b in loader])
+        assert len(epochs[-1]) == len(loader) and sum(len(b) for b in epochs[-1]) == 23
+    assert not torch.equal(torch.cat(epochs[0]), torch.cat(epochs[1]))
+    again = lmstream.build_loader(lmstream.build_pipeline(_args(folder), tokenizer, seed=3, max_samples=23),
+                                  batch_size=4, num_workers=workers)
+    again.set_epoch(2)   # epoch 2 straight away: the same batches as after epochs 0 and 1
+    assert all(torch.equal(x, y["input_ids"]) for x, y in zip(epochs[2], list(again), strict=True))
+    with pytest.raises(TypeError):
+        len(lmstream.build_loader(lmstream.build_pipeline(_args(folder), tokenizer), batch_size=4))
+
+
+def test_num_train_epochs_with_max_train_samples(corpus, tmp_path, monkeypatch):
+    """No max_steps: 2 epochs of 24 blocks at batch 2 are 24 steps; the log shows both epochs."""
+    import lmstream.train as lt
+    from test_elastic import _job_argv
+    folder, _, _ = corpus
+    out = tmp_path / "epochs"
+    argv = _job_argv(folder, out, -1, 2, "--max_train_samples", "24", "--num_train_epochs", "2",
+                     "--save_steps", "100")
+    metrics = lt.train(*lt.parse_args(argv))
+    state = json.load(open(out / "trainer_state.json"))
+    assert state["global_step"] == 24 and metrics["data_blocks"] == 48
+    assert {h.get("data_epoch") for h in state["log_history"] if "loss" in h} == {0, 1}
