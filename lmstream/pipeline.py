@@ -61,7 +61,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         # a sized stream (max_samples) ends with each epoch: the next iter() (or loader.set_epoch) starts
         # the next one, so that a Trainer's epochs are the stream's epochs
         self.cycle = self.training and args.dataset_cycle and max_samples is None
-        self.start_epoch = 0                # iterate from this epoch on (set_epoch); a later saved one wins
+        self.start_epoch = 0                # a fresh stream starts at this epoch (set_epoch)
         self.max_len = args.dataset_max_seq_length or block_size
         self.settings = self._settings()
         # Variables for checkpointing
@@ -100,8 +100,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Where this rank's (or this worker's) stream stands, JSON-serializable."""
-        if self._state is None:
-            self._state = self._initial(*self._slot())
+        if self._state is None:   # not started: the initial position (not kept: set_epoch may still move it)
+            return self._initial(*self._slot())
         return copy.deepcopy(self._state)
 
     def load_state_dict(self, state: dict) -> None:
@@ -163,15 +163,23 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         state = self._state
         if state is None and slot in self._starts:
             state = self._initial(slot, n_slots, workers)
+        fresh = state is None
         if state is None or state["n_slots"] != n_slots or state["slot"] != slot:
             if state is not None and state["stats"]["blocks"] + state["stats"]["docs"] > 0:
                 raise ConfigError(f"The data state was saved with {state['workers']} DataLoader worker(s) per rank, "
                                   f"this run has {workers}: resume with dataloader_num_workers={state['workers']}.")
             state = self._initial(slot, n_slots, workers)
-        while state["epoch"] < self.start_epoch:   # set_epoch: epochs before it are over for this stream
+        # set_epoch picks the epoch a *fresh* stream starts at; a stream with a position (loaded, carried
+        # over from the last iterator, or owed after an elastic resume) goes on from it: nothing is skipped
+        while fresh and state["epoch"] < self.start_epoch:
             epoch, phase = self._next_phase(state["epoch"], state)
             if phase["items"] is None:
                 epoch = max(epoch, self.start_epoch)
+            state = {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
+                     "token": 0, "samples_in_epoch": 0, **phase}
+        while (cap := self._cap(state)) is not None and state["samples_in_epoch"] >= cap:
+            # the epoch's last sample was this position (its end not yet published): go on with the next
+            epoch, phase = self._next_phase(state["epoch"], state)
             state = {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
                      "token": 0, "samples_in_epoch": 0, **phase}
         for sample, state in self._generate(state):
@@ -463,8 +471,8 @@ class BlockLoader(StatefulDataLoader):
         return sum(-(-n // self.batch_size) for n in sizes)
 
     def set_epoch(self, epoch: int) -> None:
-        """The next iterator starts at `epoch` (the Trainer calls this before each epoch), unless the stream
-        is there already; a sized stream ends with each epoch."""
+        """A fresh stream starts at `epoch` (the Trainer calls this before each epoch); one with a position
+        (resumed, or continued from the last iterator) goes on from it. A sized stream ends with each epoch."""
         if hasattr(self.dataset, "start_epoch"):
             self.dataset.start_epoch = epoch
 

@@ -47,10 +47,11 @@ def _args(folder, **kw):
     return lmstream.DataArguments(dataset_name=folder, **kw)
 
 
-def _loaders(folder, tokenizer, world, workers, batch=2, resume=None, **kw):
+def _loaders(folder, tokenizer, world, workers, batch=2, resume=None, max_samples=None, **kw):
     loaders = []
     for rank in range(world):
-        ds = lmstream.build_pipeline(_args(folder, **kw), tokenizer, seed=3, rank=rank, world_size=world)
+        ds = lmstream.build_pipeline(_args(folder, **kw), tokenizer, seed=3, rank=rank, world_size=world,
+                                     max_samples=max_samples)
         if resume is not None:
             ds.resume_elastic(resume, workers)
         loaders.append(lmstream.build_loader(ds, batch_size=batch, num_workers=workers))
@@ -248,3 +249,19 @@ def test_mixture_resumes_elastically_without_repeating_a_document(corpus, tmp_pa
     assert all(counts[d] <= n for d, n in {**lengths, **lengths2}.items())
     assert sum(1 for d in lengths if counts[d]) > 20 and sum(1 for d in lengths2 if counts[d]) > 20
     assert stats[0]["tokens/" + folder] > 0 and stats[0]["tokens/" + str(second)] > 0
+
+
+def test_elastic_resume_of_a_sized_stream_keeps_the_epoch_size(corpus, tokenizer):
+    """max_samples 30 per epoch on 2 ranks (15 each) -> 1 rank x 2 workers: the epoch still has 30 samples."""
+    folder, lengths, owner = corpus
+    before, states = _take(_loaders(folder, tokenizer, 2, 0, max_samples=30), 4)
+    assert sum(len(b) for b in before) == 16
+    news = []
+    for rank in range(1):
+        ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=3, rank=0, world_size=1, max_samples=30)
+        ds.resume_elastic(states, 2)
+        news.append(lmstream.build_loader(ds, batch_size=2, num_workers=2))
+    after, _ = _drain(news)
+    assert sum(len(b) for b in after) == 30 - 16
+    counts = _account(before + after, lengths, owner)
+    assert all(counts[d] <= n for d, n in lengths.items())
