@@ -48,13 +48,13 @@ def decode_items(text: str, plan) -> list:
 
 
 # -- old readers ----------------------------------------------------------------------------------
-def reader_states(obj) -> list[dict]:
-    """Every reader (slot) state inside loader states (any nesting), in slot order."""
+def find_dicts(obj, match) -> list[dict]:
+    """Every dict for which match(d) is true in a nest of dicts and lists (a match is not searched inside)."""
     found: list[dict] = []
 
     def walk(o):
         if isinstance(o, dict):
-            if "slot" in o and "n_slots" in o and "settings" in o:
+            if match(o):
                 found.append(o)
                 return
             for v in o.values():
@@ -63,6 +63,12 @@ def reader_states(obj) -> list[dict]:
             for v in o:
                 walk(v)
     walk(obj)
+    return found
+
+
+def reader_states(obj) -> list[dict]:
+    """Every reader (slot) state inside loader states (any nesting), in slot order."""
+    found = find_dicts(obj, lambda d: "slot" in d and "n_slots" in d and "settings" in d)
     return sorted(found, key=lambda st: st["slot"])
 
 

@@ -124,19 +124,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         """Continue from every rank's loader states saved with another number of processes or workers:
         each source is redistributed on its own (see StreamingBlocks.resume_elastic); the source draws
         start a new sequence, and the per-source counts (logged shares) carry over, split between readers."""
-        mixes = []
-
-        def walk(o):
-            if isinstance(o, dict):
-                if "mixture_n" in o:
-                    mixes.append(o)
-                    return
-                for v in o.values():
-                    walk(v)
-            elif isinstance(o, (list, tuple)):
-                for v in o:
-                    walk(v)
-        walk(loader_states)
+        from .elastic import find_dicts
+        mixes = find_dicts(loader_states, lambda d: "mixture_n" in d)
         if not mixes:
             raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with the arguments "
                               "of the run that saved it.")

@@ -24,7 +24,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .config import ConfigError, DataArguments
 from .documents import DocumentStream, Plan, plan_pieces
-from .elastic import decode_items, reader_states, redistribute
+from .elastic import decode_items, find_dicts, reader_states, redistribute
 from .longtext import LongText
 from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
@@ -172,16 +172,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         # set_epoch picks the epoch a *fresh* stream starts at; a stream with a position (loaded, carried
         # over from the last iterator, or owed after an elastic resume) goes on from it: nothing is skipped
         while fresh and state["epoch"] < self.start_epoch:
-            epoch, phase = self._next_phase(state["epoch"], state)
-            if phase["items"] is None:
-                epoch = max(epoch, self.start_epoch)
-            state = {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
-                     "token": 0, "samples_in_epoch": 0, **phase}
+            state = self._advanced(state, self.start_epoch)
         while (cap := self._cap(state)) is not None and state["samples_in_epoch"] >= cap:
-            # the epoch's last sample was this position (its end not yet published): go on with the next
-            epoch, phase = self._next_phase(state["epoch"], state)
-            state = {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
-                     "token": 0, "samples_in_epoch": 0, **phase}
+            if cap == 0 and state.get("items") is None:
+                return   # fewer samples per epoch than readers: this one has none, in any epoch
+            state = self._advanced(state)   # the epoch's last sample was here (its end not yet published)
         for sample, state in self._generate(state):
             self._state = state
             if sample is not None:
@@ -266,6 +261,14 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 yield None, {**last, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None,
                              "doc": 0, "token": 0, "samples_in_epoch": 0, **phase, "stats": dict(stats)}
                 return
+
+    def _advanced(self, state: dict, at_least: int = 0) -> dict:
+        """`state` moved to the start of its next epoch (or owed phase); a regular epoch at least `at_least`."""
+        epoch, phase = self._next_phase(state["epoch"], state)
+        if phase["items"] is None:
+            epoch = max(epoch, at_least)
+        return {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
+                "token": 0, "samples_in_epoch": 0, **phase}
 
     @staticmethod
     def _next_phase(epoch: int, phase: dict):
@@ -425,6 +428,9 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
             mode = "all"
     elif split != "train":
         raise ConfigError(f"split must be 'train' or 'eval', not {split!r}.")
+    elif max_samples is not None and max_samples < world_size:
+        raise ConfigError(f"max_train_samples={max_samples} leaves some of the {world_size} processes without a "
+                          f"block per epoch: use max_train_samples >= {world_size}.")
     if plan is None:
         plan = plan_dataset(args)
     return StreamingBlocks(plan, args, build_encoder(tokenizer), block_size, seed, rank, world_size, mode, max_samples)
@@ -499,29 +505,10 @@ def merge_stats(loader_state: dict) -> dict:
 
 
 def _find_states(obj):
-    if isinstance(obj, dict):
-        if obj.get("version") == STATE_VERSION and "settings" in obj and "stats" in obj:
-            yield obj
-            return
-        for v in obj.values():
-            yield from _find_states(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _find_states(v)
+    return find_dicts(obj, lambda d: d.get("version") == STATE_VERSION and "settings" in d and "stats" in d)
 
 
 def stream_epoch(loader_state: dict) -> int:
     """The epoch the slowest reader (worker, or mixture source) of a loader state is in."""
-    epochs = []
-
-    def walk(obj):
-        if isinstance(obj, dict):
-            if "epoch" in obj and "slot" in obj:
-                epochs.append(obj["epoch"])
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                walk(v)
-    walk(loader_state)
+    epochs = [st["epoch"] for st in reader_states(loader_state)]
     return min(epochs) if epochs else 0

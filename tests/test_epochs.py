@@ -66,3 +66,15 @@ def test_num_train_epochs_with_max_train_samples(corpus, tmp_path, monkeypatch):
     state = json.load(open(out / "trainer_state.json"))
     assert state["global_step"] == 24 and metrics["data_blocks"] == 48
     assert {h.get("data_epoch") for h in state["log_history"] if "loss" in h} == {0, 1}
+
+
+def test_sized_stream_with_fewer_samples_than_readers(corpus, tokenizer):
+    """3 samples per epoch for 2 ranks x 2 workers: rank 1 has 1, its second worker none; no hang, no error."""
+    folder, _, _ = corpus
+    ds = lmstream.build_pipeline(_args(folder), tokenizer, seed=3, rank=1, world_size=2, max_samples=3)
+    loader = lmstream.build_loader(ds, batch_size=4, num_workers=2)
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert [len(b["input_ids"]) for b in loader] == [1] == [1] * len(loader)
+    with pytest.raises(lmstream.ConfigError, match="max_train_samples=1 leaves"):
+        lmstream.build_pipeline(_args(folder), tokenizer, rank=0, world_size=2, max_samples=1)
