@@ -116,7 +116,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                               "resume with the same dataset arguments, seed and tokenizer, or start a new run.")
         if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
             raise ConfigError(f"The data state belongs to rank {state['rank']} of {state['world_size']}, not rank "
-                              f"{self.rank} of {self.world_size}: resume with the same number of processes.")
+                              f"{self.rank} of {self.world_size}: load it with the same number of processes, or pass every rank's "
+                              "state to resume_elastic (the training job does).")
         self._state = copy.deepcopy(state)
 
     def resume_elastic(self, loader_states: list, num_workers: int) -> None:
@@ -167,7 +168,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         if state is None or state["n_slots"] != n_slots or state["slot"] != slot:
             if state is not None and state["stats"]["blocks"] + state["stats"]["docs"] > 0:
                 raise ConfigError(f"The data state was saved with {state['workers']} DataLoader worker(s) per rank, "
-                                  f"this run has {workers}: resume with dataloader_num_workers={state['workers']}.")
+                                  f"this run has {workers}: use dataloader_num_workers={state['workers']}, or "
+                                  "resume_elastic (the training job does).")
             state = self._initial(slot, n_slots, workers)
         # set_epoch picks the epoch a *fresh* stream starts at; a stream with a position (loaded, carried
         # over from the last iterator, or owed after an elastic resume) goes on from it: nothing is skipped
