@@ -23,3 +23,17 @@ def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
     r = json.loads(out.read_text())
     assert r["pipeline"]["tokens_per_second"] > 0 and r["synthetic"]["tokens_per_second"] > 0
     assert 0 <= r["pipeline"]["data_wait_fraction"] < 1 and r["pipeline_over_synthetic"] > 0
+
+
+def test_gpu_job_script_dry_runs_on_the_cpu(tmp_path):
+    """bench/gpu_job.sh with tiny sizes: straight, exact and elastic resume, and its summary."""
+    import os
+    import subprocess
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "SMALL": "1", "STEPS": "20", "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"),
+           "OMP_NUM_THREADS": "1", "DATA": os.path.join(root, "lmstream", "assets", "sample", "data", "python-docs")}
+    proc = subprocess.run(["bash", os.path.join(root, "bench", "gpu_job.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    assert "exact: |loss - straight| max over steps 20-20: 0.00e+00" in proc.stdout
+    assert "Elastic resume" in (tmp_path / "out" / "elastic.log").read_text()
