@@ -9,6 +9,7 @@ already delivered), so the stream continues with exactly the next document.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import random
 import time
@@ -41,7 +42,15 @@ class Unreadable(ConfigError):
 
 def _own_status(e: BaseException) -> int | None:
     status = getattr(e, "status", None) or getattr(e, "status_code", None) or getattr(e, "code", None)
+    response = getattr(e, "response", None)   # botocore's ClientError (s3://)
+    if status is None and isinstance(response, dict):
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return status if isinstance(status, int) and 100 <= status < 600 else None
+
+
+def _s3_code(e: BaseException) -> str | None:
+    response = getattr(e, "response", None)
+    return response.get("Error", {}).get("Code") if isinstance(response, dict) else None
 
 
 def _chain(err: BaseException):
@@ -65,6 +74,12 @@ def retry_after(err: BaseException) -> float | None:
     return None
 
 
+# S3 error codes worth a retry, and the errno values s3fs gives them (EBUSY: SlowDown, ServiceUnavailable,
+# 503; EREMOTEIO: InternalError, 500) besides connection-level ones
+_TRANSIENT_S3 = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
+                 "ThrottlingException", "RequestLimitExceeded", "503", "500"}
+_TRANSIENT_ERRNO = {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.EAGAIN, errno.ETIMEDOUT,
+                    errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
 _TRANSIENT_TYPES = ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError", "ClientOSError",
                     "ServerTimeoutError", "FSTimeoutError", "IncompleteRead", "ProtocolError", "ReadTimeoutError",
                     "ContentLengthError")
@@ -77,6 +92,10 @@ def is_transient(err: BaseException) -> bool:
     """
     chain = list(_chain(err))
     if any(type(e).__name__ in _TRANSIENT_TYPES or isinstance(e, (ConnectionError, TimeoutError)) for e in chain):
+        return True
+    if any(_s3_code(e) in _TRANSIENT_S3 for e in chain):
+        return True
+    if any(type(e) is OSError and e.errno in _TRANSIENT_ERRNO for e in chain):   # s3fs's translation
         return True
     statuses = [s for s in (_own_status(e) for e in chain) if s is not None]
     if any(s in _TRANSIENT_STATUS for s in statuses):
