@@ -42,6 +42,18 @@ def corpus(tmp_path_factory, tokenizer):
     return str(folder), lengths, owner
 
 
+@pytest.fixture(scope="module")
+def few_pieces(corpus, tmp_path_factory):
+    """The same documents in one Parquet file of 2 row groups: fewer pieces than readers (row strides)."""
+    import pyarrow.parquet as pq
+    from conftest import write_parquet
+    folder, lengths, owner = corpus
+    docs = [t for f in sorted(__import__("glob").glob(folder + "/*.parquet")) for t in pq.read_table(f)["text"].to_pylist()]
+    out = tmp_path_factory.mktemp("few") / "pq"
+    write_parquet(out, docs, shards=1, rows_per_group=30)
+    return str(out), lengths, owner
+
+
 def _args(folder, **kw):
     kw = {"dataset_block_size": BLOCK, "dataset_shuffle_buffer": 5, "dataset_cycle": False, **kw}
     return lmstream.DataArguments(dataset_name=folder, **kw)
@@ -265,3 +277,12 @@ def test_elastic_resume_of_a_sized_stream_keeps_the_epoch_size(corpus, tokenizer
     assert sum(len(b) for b in after) == 30 - 16
     counts = _account(before + after, lengths, owner)
     assert all(counts[d] <= n for d, n in lengths.items())
+
+
+@pytest.mark.parametrize("old,new", [((3, 0), (1, 0)), ((1, 2), (2, 2)), ((1, 0), (2, 2))])
+def test_elastic_resume_with_fewer_pieces_than_readers(few_pieces, tokenizer, old, new):
+    """Old readers split row groups by stride, or the new ones must: still every document once."""
+    folder, lengths, owner = few_pieces
+    before, states = _take(_loaders(folder, tokenizer, *old), 3)
+    after, _ = _drain(_loaders(folder, tokenizer, *new, resume=states))
+    _check_once(_account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))
