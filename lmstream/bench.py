@@ -100,8 +100,9 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     return r
 
 
-def _first_batch_after(args, tokenizer, batch: int, workers: int, k: int, exact: bool) -> float:
-    """Seconds from a fresh loader to the first batch after k consumed batches (lmstream state or skip)."""
+def _first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
+    """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state ("exact"),
+    the same state on one worker fewer or one more ("elastic"), or the Trainer's skip ("skip")."""
     from accelerate import skip_first_batches
     run = build_loader(build_pipeline(args, tokenizer), batch, workers)
     it = iter(run)
@@ -110,8 +111,14 @@ def _first_batch_after(args, tokenizer, batch: int, workers: int, k: int, exact:
     state = run.state_dict()
     del it
     t0 = time.perf_counter()
+    if how == "elastic":
+        ds = build_pipeline(args, tokenizer)
+        other = workers - 1 if workers > 1 else 2
+        ds.resume_elastic([state], other)
+        next(iter(build_loader(ds, batch, other)))
+        return time.perf_counter() - t0
     fresh = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    if exact:
+    if how == "exact":
         fresh.load_state_dict(state)
         next(iter(fresh))
     else:
@@ -124,11 +131,12 @@ def bench_resume(args, tokenizer, block: int, batch: int, workers: int, early: i
     args = dataclasses.replace(args, dataset_block_size=block)
     r = {}
     for name, k in (("early", early), ("late", late)):   # median of 3: worker start-up is noisy
-        for kind, exact in (("lmstream", True), ("trainer_skip", False)):
-            r[f"{kind}_{name}_s"] = float(np.median([_first_batch_after(args, tokenizer, batch, workers, k, exact)
+        for kind, how in (("lmstream", "exact"), ("lmstream_elastic", "elastic"), ("trainer_skip", "skip")):
+            r[f"{kind}_{name}_s"] = float(np.median([_first_batch_after(args, tokenizer, batch, workers, k, how)
                                                      for _ in range(repeats)]))
     r.update(early_batches=early, late_batches=late,
              lmstream_late_over_early=r["lmstream_late_s"] / r["lmstream_early_s"],
+             elastic_late_over_early=r["lmstream_elastic_late_s"] / r["lmstream_elastic_early_s"],
              skip_over_lmstream_late=r["trainer_skip_late_s"] / r["lmstream_late_s"],
              skip_over_lmstream_early=r["trainer_skip_early_s"] / r["lmstream_early_s"])
     return r
@@ -184,6 +192,7 @@ def _chart(results: dict, path: str) -> None:
     r = results.get("resume")
     if r:
         bars({"lmstream early": r["lmstream_early_s"], "lmstream late": r["lmstream_late_s"],
+              "elastic early": r["lmstream_elastic_early_s"], "elastic late": r["lmstream_elastic_late_s"],
               "Trainer skip early": r["trainer_skip_early_s"], "Trainer skip late": r["trainer_skip_late_s"]},
              "time to first batch after resume (s)", "seconds", path.replace(".png", "-resume.png"), fmt="{:.2f}")
 
