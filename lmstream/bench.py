@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         results["pipeline"] = bench_pipeline(args, tokenizer, a.block, a.batch, a.workers, 1 if a.quick else 3, a.repeat)
     if a.what in ("resume", "all"):
         results["resume"] = bench_resume(args, tokenizer, a.block, a.batch, a.workers, a.early, a.late,
-                                         1 if a.quick else 3)
+                                         1 if a.quick else 7)
     if a.what in ("train", "all"):
         results["train"] = bench_train(args, a.model, a.train_block, max(1, a.batch // 2), a.workers, a.steps, a.out)
     with open(os.path.join(a.out, f"{a.what}.json"), "w") as f:
