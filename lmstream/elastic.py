@@ -107,9 +107,9 @@ def _share(total: int, parts: int, i: int) -> int:
 def redistribute(old: list[dict], stream_of, plan, n_slots: int, cap_of) -> dict[int, dict]:
     """Initial states of the new readers 0..n_slots-1 from the old readers' states.
 
-    stream_of(slot, n_slots) -> DocumentStream of an old reader; cap_of(state) -> its sample cap for its
-    current epoch (None: uncapped). Returned states lack "rank"/"world_size"/"workers"/"slot" keys'
-    final values only in that the caller fills them.
+    stream_of(slot, n_slots) -> DocumentStream of an old reader; cap_of(state, epoch) -> its sample cap in
+    that epoch (None: uncapped). The returned states hold the position, phases and counters; the caller adds
+    the reader's identity (version, settings, rank, world_size, workers, slot, n_slots).
     """
     n_old = old[0]["n_slots"]
     if sorted(st["slot"] for st in old) != list(range(n_old)) or any(st["n_slots"] != n_old for st in old):
