@@ -79,15 +79,35 @@ class FaultyRangeHandler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class FileServer:
+class LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1, run in a thread for the `with` block; `requests` logs each request
+    as a tuple ending with its fault (None: none)."""
+
+    def __init__(self, handler):
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.httpd.requests = []
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def faults(self):
+        return [f for *_, f in self.httpd.requests if f]
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FileServer(LocalServer):
     """`with FileServer(folder, ...) as url:` serves `folder` at `url` until the block ends."""
 
     def __init__(self, directory: str, faults=None, fault_rate: float = 0.0, fault_kinds=("reset",),
                  seed: int = 0, retry_after: float = 0, stall_seconds: float = 2.0, max_faults: int = 10 ** 9):
-        handler = lambda *a, **k: FaultyRangeHandler(*a, directory=directory, **k)  # noqa: E731
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.httpd.requests = []
+        super().__init__(lambda *a, **k: FaultyRangeHandler(*a, directory=directory, **k))
         lock, schedule, rng = threading.Lock(), list(faults or []), random.Random(seed)
         injected = [0]
 
@@ -102,16 +122,3 @@ class FileServer:
         self.httpd.next_fault = next_fault
         self.httpd.retry_after = retry_after
         self.httpd.stall_seconds = stall_seconds
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def faults(self):
-        return [f for *_, f in self.httpd.requests if f]
-
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()

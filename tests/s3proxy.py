@@ -13,6 +13,8 @@ import struct
 import threading
 import urllib.parse
 
+from httpserver import LocalServer
+
 _ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message>'
           '<RequestId>lmstream-test</RequestId></Error>')
 
@@ -38,7 +40,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _forward(self):
         srv = self.server
         fault = srv.next_fault(self.command, self.headers.get("Range"))
-        srv.log.append((self.command, self.path, fault))
+        srv.requests.append((self.command, self.path, fault))
         if fault in ("slowdown", "internal"):
             code, status, msg = (("SlowDown", 503, "Please reduce your request rate.") if fault == "slowdown"
                                  else ("InternalError", 500, "We encountered an internal error."))
@@ -75,28 +77,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class FaultyProxy:
+class FaultyProxy(LocalServer):
     def __init__(self, upstream: str, faults=None):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
+        super().__init__(_Handler)
         self.httpd.upstream = urllib.parse.urlparse(upstream)
-        self.httpd.log = []
         lock, schedule = threading.Lock(), list(faults or [])
 
         def next_fault(method, range_header):
             with lock:
                 return schedule.pop(0) if schedule and method == "GET" and range_header else None
         self.httpd.next_fault = next_fault
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def faults(self):
-        return [f for *_, f in self.httpd.log if f]
-
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
