@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, DataArguments
+from .elastic import find_dicts
 
 log = logging.getLogger("lmstream")
 SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
@@ -70,7 +71,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         self._n = 0                              # blocks yielded by this reader
         self._counts = [0] * len(streams)        # ... from each source
         self._gen = 0                            # elastic resumes so far (a new draw sequence each)
-        self._starts: dict[int, list[int]] = {}  # slot -> source counts after an elastic resume
+        self._starts: dict[int, dict] = {}       # slot -> n, counts, gen to start from (elastic resume, carry-over)
 
     def _pick(self, slot: int, n: int) -> int:
         key = [self.seed, 0x6D6978, slot, n] + ([self._gen] if self._gen else [])
@@ -80,7 +81,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
     def __iter__(self):
         slot = self.streams[0]._slot()[0]
         if self._n == 0 and slot in self._starts:
-            self._counts = list(self._starts.pop(slot))
+            start = self._starts.pop(slot)
+            self._n, self._counts, self._gen = start["n"], list(start["counts"]), start["gen"]
         iters = [iter(s) for s in self.streams]
         while True:
             k = self._pick(slot, self._n)
@@ -124,8 +126,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         """Continue from every rank's loader states saved with another number of processes or workers:
         each source is redistributed on its own (see StreamingBlocks.resume_elastic); the source draws
         start a new sequence, and the per-source counts (logged shares) carry over, split between readers."""
-        from .elastic import find_dicts
-        mixes = find_dicts(loader_states, lambda d: "mixture_n" in d)
+        mixes = _mixture_states(loader_states)
         if not mixes:
             raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with the arguments "
                               "of the run that saved it.")
@@ -136,15 +137,26 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         workers = max(1, num_workers)
         n_slots, rank = self.streams[0].world_size * workers, self.streams[0].rank
         totals = [sum(m["mixture_counts"][i] for m in mixes) for i in range(len(self.streams))]
-        self._gen = max(m.get("mixture_gen", 0) for m in mixes) + 1
-        self._n = 0
-        self._starts = {s: [t // n_slots + (s < t % n_slots) for t in totals]
+        gen = max(m.get("mixture_gen", 0) for m in mixes) + 1
+        self._starts = {s: {"n": 0, "counts": [t // n_slots + (s < t % n_slots) for t in totals], "gen": gen}
                         for s in range(rank * workers, (rank + 1) * workers)}
+
+    def carry_over(self, loader_state: dict) -> None:
+        """New worker processes start where the readers of `loader_state` (the last iterator's) stood."""
+        for m in _mixture_states(loader_state):
+            slot = m["sources"][0]["slot"]
+            self._starts[slot] = {"n": m["mixture_n"], "counts": m["mixture_counts"], "gen": m.get("mixture_gen", 0)}
+            for stream, st in zip(self.streams, m["sources"]):
+                stream.carry_over(st)
 
     @property
     def stats(self) -> dict:
         return self.state_dict()["stats"]
 
+
+
+def _mixture_states(obj) -> list[dict]:
+    return find_dicts(obj, lambda d: "mixture_n" in d)
 
 
 class ChainBlocks(torch.utils.data.IterableDataset):

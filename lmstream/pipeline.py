@@ -153,6 +153,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self._starts = {s: {**self._base(s, n_slots, workers), **starts[s]} for s in mine}
         self._state = None
 
+    def carry_over(self, loader_state: dict) -> None:
+        """New worker processes start where the readers of `loader_state` (the last iterator's) stood."""
+        self._starts.update({st["slot"]: st for st in reader_states(loader_state)})
+
     @property
     def stats(self) -> dict:
         """Counters of what this stream produced so far (see `merge_stats` for loaders)."""
@@ -490,10 +494,10 @@ class BlockLoader(StatefulDataLoader):
     def __iter__(self):
         done = getattr(self, "_iterator", None)
         if (done is not None and not self._initial_iter_for_state_dict and self.num_workers > 0
-                and not self.persistent_workers and hasattr(self.dataset, "_starts")):
+                and not self.persistent_workers and hasattr(self.dataset, "carry_over")):
             # a new iterator has new worker processes: hand them where the last ones stood (the last batch
             # yielded) with their counters, as a re-iterated in-process stream continues
-            self.dataset._starts.update({st["slot"]: st for st in reader_states(done.state_dict())})
+            self.dataset.carry_over(done.state_dict())
         return _TimedIterator(super().__iter__(), self)
 
     def __len__(self) -> int:
