@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from .retry import RetryPolicy, Unreadable, is_transient, on_fault, with_retries
 from .sources import Shard, open_binary
 
 log = logging.getLogger("lmstream")
+_WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_heldout", "docs_invalid_utf8")   # counted per window by _fill
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,7 @@ class WindowRest:
 
 def split_item(item, parts: int) -> list:
     """`item` as `parts` disjoint items by row stride (so more readers can share it)."""
-    import dataclasses
-    return [dataclasses.replace(item, stride=item.stride * parts, offset=item.offset + item.stride * r)
+    return [replace(item, stride=item.stride * parts, offset=item.offset + item.stride * r)
             for r in range(parts)]
 
 
@@ -314,7 +314,7 @@ class DocumentStream:
 
     def _rest_docs(self, rest: WindowRest):
         """The documents of another reader's window from `rest.doc` on, and their token skips."""
-        scratch = dict.fromkeys(("rows_read", "docs_empty", "docs_heldout", "docs_invalid_utf8"), 0)
+        scratch = dict.fromkeys(_WINDOW_COUNTERS, 0)
         rows = self._rows(list(rest.pieces), (0, rest.start_row))
         try:
             docs, skips, _, _ = self._fill(rows, scratch)
@@ -335,7 +335,7 @@ class DocumentStream:
         pieces = self.slot_pieces(epoch) if items is None else items
         rows = self._rows(pieces, start)
         while True:
-            stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0}
+            stats = dict.fromkeys(_WINDOW_COUNTERS, 0)
             docs, skips, pos, last = self._fill(rows, stats)
             pos = start if pos is None else pos
             if count:   # a window re-read on resume was already counted

@@ -20,6 +20,7 @@ order differs from an uninterrupted run. Same topology: the exact path, not this
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from .config import ConfigError
 from .documents import DocumentStream, Piece, WindowRest, split_item
@@ -72,19 +73,37 @@ def reader_states(obj) -> list[dict]:
     return sorted(found, key=lambda st: st["slot"])
 
 
+def share(total: int, parts: int, i: int) -> int:
+    """Part i of `total` split into `parts` as evenly as integers allow (the first ones get the remainder)."""
+    return total // parts + (i < total % parts)
+
+
+def epoch_start(epoch: int, items: str | None = None, cap: int | None = None, pending: str | None = None,
+                gen: int = 0) -> dict:
+    """A reader's position at the start of `epoch`; items/cap/pending/gen: the phase an elastic resume
+    owes it (items JSON and sample cap of this epoch, later epochs owed, elastic resumes so far)."""
+    return {"epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0, "token": 0,
+            "samples_in_epoch": 0, "items": items, "cap": cap, "pending": pending, "gen": gen}
+
+
+def owed_phase(state: dict, epoch: int) -> tuple[str, int | None] | None:
+    """(items JSON, cap) that reader `state` owes in `epoch` after an elastic resume; None: a regular epoch."""
+    if epoch == state["epoch"]:
+        return (state["items"], state.get("cap")) if state.get("items") is not None else None
+    for e, text, cap in json.loads(state.get("pending") or "[]"):
+        if e == epoch:
+            return text, cap
+    return None
+
+
 def _items_of(stream: DocumentStream, state: dict, epoch: int, plan) -> list:
     """What old reader `state` reads in `epoch` (its current epoch, a pending phase, or a regular epoch)."""
-    if epoch == state["epoch"]:
-        return decode_items(state["items"], plan) if state.get("items") else stream.slot_pieces(epoch)
-    for e, text, _cap in json.loads(state.get("pending") or "[]"):
-        if e == epoch:
-            return decode_items(text, plan)
-    return stream.slot_pieces(epoch)
+    owed = owed_phase(state, epoch)
+    return decode_items(owed[0], plan) if owed else stream.slot_pieces(epoch)
 
 
 def _with_first_row(item, row: int):
-    import dataclasses
-    return dataclasses.replace(item, first_row=max(item.first_row, row))
+    return replace(item, first_row=max(item.first_row, row))
 
 
 def leftover(stream: DocumentStream, state: dict, plan) -> list:
@@ -100,16 +119,12 @@ def leftover(stream: DocumentStream, state: dict, plan) -> list:
     return rest + items[npi + 1:]
 
 
-def _share(total: int, parts: int, i: int) -> int:
-    return total // parts + (i < total % parts)
-
-
-def redistribute(old: list[dict], stream_of, plan, n_slots: int, cap_of) -> dict[int, dict]:
+def redistribute(old: list[dict], stream_of, plan, n_slots: int, regular_cap) -> dict[int, dict]:
     """Initial states of the new readers 0..n_slots-1 from the old readers' states.
 
-    stream_of(slot, n_slots) -> DocumentStream of an old reader; cap_of(state, epoch) -> its sample cap in
-    that epoch (None: uncapped). The returned states hold the position, phases and counters; the caller adds
-    the reader's identity (version, settings, rank, world_size, workers, slot, n_slots).
+    stream_of(slot, n_slots) -> DocumentStream of an old reader; regular_cap(state) -> its sample cap in a
+    regular epoch (None: uncapped). The returned states hold the position, phases and counters; the caller
+    adds the reader's identity (version, settings, rank, world_size, workers, slot, n_slots).
     """
     n_old = old[0]["n_slots"]
     if sorted(st["slot"] for st in old) != list(range(n_old)) or any(st["n_slots"] != n_old for st in old):
@@ -123,7 +138,8 @@ def redistribute(old: list[dict], stream_of, plan, n_slots: int, cap_of) -> dict
         for st, stream in zip(old, streams):
             if st["epoch"] > epoch:
                 continue
-            c = cap_of(st, epoch)
+            owed = owed_phase(st, epoch)
+            c = owed[1] if owed else regular_cap(st)
             if st["epoch"] == epoch:
                 items += leftover(stream, st, plan)
                 cap = None if c is None or cap is None else cap + max(0, c - st["samples_in_epoch"])
@@ -140,12 +156,10 @@ def redistribute(old: list[dict], stream_of, plan, n_slots: int, cap_of) -> dict
             totals[k] = totals.get(k, 0) + v
     starts = {}
     for slot in range(n_slots):
-        mine = [(e, encode_items(items[slot::n_slots], plan), None if cap is None else _share(cap, n_slots, slot))
+        mine = [(e, encode_items(items[slot::n_slots], plan), None if cap is None else share(cap, n_slots, slot))
                 for e, items, cap in phases]
         epoch, items, cap = mine[0]
-        stats = {k: (v / n_slots if isinstance(v, float) else _share(v, n_slots, slot)) for k, v in totals.items()}
-        starts[slot] = {"epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
-                        "token": 0, "samples_in_epoch": 0, "items": items, "cap": cap,
-                        "pending": json.dumps([list(m) for m in mine[1:]]) if len(mine) > 1 else None,
-                        "gen": gen, "stats": stats}
+        stats = {k: (v / n_slots if isinstance(v, float) else share(v, n_slots, slot)) for k, v in totals.items()}
+        pending = json.dumps([list(m) for m in mine[1:]]) if len(mine) > 1 else None
+        starts[slot] = {**epoch_start(epoch, items, cap, pending, gen), "stats": stats}
     return starts

@@ -70,11 +70,15 @@ def _run(model, batches, steps: int, warmup: int, device, bf16: bool) -> dict:
     return {"seconds": dt, "data_wait_fraction": wait / dt, "loss": float(loss.detach())}
 
 
+def _loader(data_args, tokenizer, a, device):
+    """The streaming loader both measurements use: one process, pinned batches on a GPU host."""
+    return build_loader(build_pipeline(data_args, tokenizer, seed=0, rank=0, world_size=1), a.batch, a.workers,
+                        pin_memory=device.type == "cuda")
+
+
 def _pipeline_alone(data_args, tokenizer, a, device) -> dict:
     """The loader with no model: how many tokens/s it can deliver (to the device) on this host."""
-    loader = build_loader(build_pipeline(data_args, tokenizer, seed=0, rank=0, world_size=1), a.batch, a.workers,
-                          pin_memory=device.type == "cuda")
-    it = iter(loader)
+    it = iter(_loader(data_args, tokenizer, a, device))
     for _ in range(a.warmup):
         next(it)
     t0 = time.perf_counter()
@@ -124,8 +128,7 @@ def main(argv=None) -> int:
             if name == "synthetic":
                 batches = _synthetic(a.batch, a.block, config.vocab_size)
             else:
-                batches = build_loader(build_pipeline(data_args, tokenizer, seed=0, rank=0, world_size=1), a.batch,
-                                       a.workers, pin_memory=device.type == "cuda")
+                batches = _loader(data_args, tokenizer, a, device)
             r = _run(model, batches, a.steps, a.warmup, device, bf16)
             n_params = sum(p.numel() for p in model.parameters())
             flops_per_token = 6 * n_params + 12 * config.n_layer * config.n_embd * a.block

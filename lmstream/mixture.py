@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, DataArguments
-from .elastic import find_dicts
+from .elastic import find_dicts, share
 
 log = logging.getLogger("lmstream")
 SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
@@ -138,7 +138,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         n_slots, rank = self.streams[0].world_size * workers, self.streams[0].rank
         totals = [sum(m["mixture_counts"][i] for m in mixes) for i in range(len(self.streams))]
         gen = max(m.get("mixture_gen", 0) for m in mixes) + 1
-        self._starts = {s: {"n": 0, "counts": [t // n_slots + (s < t % n_slots) for t in totals], "gen": gen}
+        self._starts = {s: {"n": 0, "counts": [share(t, n_slots, s) for t in totals], "gen": gen}
                         for s in range(rank * workers, (rank + 1) * workers)}
 
     def carry_over(self, loader_state: dict) -> None:

@@ -24,7 +24,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .config import ConfigError, DataArguments
 from .documents import DocumentStream, Plan, plan_pieces
-from .elastic import decode_items, find_dicts, reader_states, redistribute
+from .elastic import decode_items, epoch_start, find_dicts, reader_states, redistribute, share
 from .longtext import LongText
 from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
@@ -91,11 +91,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     def _initial(self, slot: int, n_slots: int, workers: int) -> dict:
         if slot in self._starts and self._starts[slot]["n_slots"] == n_slots:
             return copy.deepcopy(self._starts[slot])
-        # items: this epoch's pieces when not slot_pieces(epoch) (JSON, after an elastic resume), with its
-        # sample cap; pending: later epochs owed the same way; gen: elastic resumes so far
-        return {**self._base(slot, n_slots, workers), "epoch": 0, "window": 0, "start": [0, 0], "next": [0, 0],
-                "key": None, "doc": 0, "token": 0, "samples_in_epoch": 0, "items": None, "cap": None,
-                "pending": None, "gen": 0, "stats": dict.fromkeys(_COUNTERS, 0)}
+        return {**self._base(slot, n_slots, workers), **epoch_start(0), "stats": dict.fromkeys(_COUNTERS, 0)}
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -104,8 +100,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             return self._initial(*self._slot())
         return copy.deepcopy(self._state)
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue exactly after the last sample of the run that saved `state`."""
+    def _check_saved(self, state: dict) -> None:
+        """Refuse a reader state of another format version or other data settings."""
         if state.get("version") != STATE_VERSION:
             raise ConfigError(f"The data state has version {state.get('version')}, this lmstream reads {STATE_VERSION}.")
         diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]]
@@ -114,6 +110,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             now = {k: self.settings[k] for k in diff}
             raise ConfigError(f"The data state was saved with other data settings ({saved} then, {now} now): "
                               "resume with the same dataset arguments, seed and tokenizer, or start a new run.")
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly after the last sample of the run that saved `state`."""
+        self._check_saved(state)
         if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
             raise ConfigError(f"The data state belongs to rank {state['rank']} of {state['world_size']}, not rank "
                               f"{self.rank} of {self.world_size}: load it with the same number of processes, or pass every rank's "
@@ -127,28 +127,17 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         if not old:
             raise ConfigError("The checkpoint holds no lmstream data position to resume from.")
         for st in old:
-            if st.get("version") != STATE_VERSION:
-                raise ConfigError(f"The data state has version {st.get('version')}; an elastic resume needs "
-                                  f"version {STATE_VERSION}: resume with the same processes and workers.")
-            diff = {k: (st["settings"].get(k), v) for k, v in self.settings.items() if st["settings"].get(k) != v}
-            if diff:
-                raise ConfigError(f"The data state was saved with other data settings (then, now: {diff}): resume "
-                                  "with the same dataset arguments, seed and tokenizer, or start a new run.")
+            self._check_saved(st)
         workers = max(1, num_workers)
         n_slots = self.world_size * workers
 
         def stream_of(slot, n):
             return DocumentStream(self.plan, self.args, self.seed, slot, n, split=self.split, shuffle=self.training)
 
-        def cap_of(st, epoch):
-            if epoch == st["epoch"] and st.get("items") is not None:
-                return st.get("cap")
-            for e, _items, cap in json.loads(st.get("pending") or "[]"):
-                if e == epoch:
-                    return cap
+        def regular_cap(st):
             return self._cap({"slot": st["slot"], "n_slots": st["n_slots"], "world_size": st["world_size"]})
 
-        starts = redistribute(old, stream_of, self.plan, n_slots, cap_of)
+        starts = redistribute(old, stream_of, self.plan, n_slots, regular_cap)
         mine = range(self.rank * workers, (self.rank + 1) * workers)
         self._starts = {s: {**self._base(s, n_slots, workers), **starts[s]} for s in mine}
         self._state = None
@@ -199,10 +188,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             return None
         n, slot, n_slots = self.max_samples, state["slot"], state["n_slots"]
         if not self.training:
-            return n // n_slots + (slot < n % n_slots)
+            return share(n, n_slots, slot)
         world = state.get("world_size", self.world_size)   # another run's, for an elastic resume
-        q, workers = n // world, n_slots // world
-        return q // workers + (slot % workers < q % workers)
+        workers = n_slots // world
+        return share(n // world, workers, slot % workers)
 
     def __len__(self) -> int:
         """Samples per epoch of this rank, for a sized stream (max_samples, training); else TypeError."""
@@ -264,8 +253,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             widx, start, doc0, tok0, in_epoch, resumed = 0, (0, 0), 0, 0, 0, False
             if not self.cycle:   # publish the final counters; a new iter() starts the next epoch
                 stats.update(stream.stats)
-                yield None, {**last, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None,
-                             "doc": 0, "token": 0, "samples_in_epoch": 0, **phase, "stats": dict(stats)}
+                yield None, {**last, **epoch_start(epoch, **phase), "stats": dict(stats)}
                 return
 
     def _advanced(self, state: dict, at_least: int = 0) -> dict:
@@ -273,8 +261,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         epoch, phase = self._next_phase(state["epoch"], state)
         if phase["items"] is None:
             epoch = max(epoch, at_least)
-        return {**state, "epoch": epoch, "window": 0, "start": [0, 0], "next": [0, 0], "key": None, "doc": 0,
-                "token": 0, "samples_in_epoch": 0, **phase}
+        return {**state, **epoch_start(epoch, **phase)}
 
     @staticmethod
     def _next_phase(epoch: int, phase: dict):

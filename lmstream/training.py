@@ -117,7 +117,6 @@ class StreamingTrainer(Trainer):
     def __init__(self, *args, data_states: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.data_states = data_states   # every rank's loader state in the checkpoint being resumed
-        self.data_state = None           # this rank's, when resumed exactly (same processes and workers)
         self.loader = None
         self._last_log = None            # (time, tokens, wait) at the previous log
 
@@ -133,22 +132,20 @@ class StreamingTrainer(Trainer):
         if self.data_states is not None:
             (world, workers), now = saved_shape(self.data_states), (a.world_size, max(1, a.dataloader_num_workers))
             if (world, workers) == now:
-                self.data_state = self.data_states[a.process_index]
-                self.loader.load_state_dict(self.data_state)
+                self.loader.load_state_dict(self.data_states[a.process_index])
             else:
                 log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), this run "
                             "has %d x %d; every document of the current epoch not yet trained on is dealt to the new "
                             "readers (none twice, none skipped; the order differs from an uninterrupted run).",
                             world, workers, *now)
                 self.train_dataset.resume_elastic(self.data_states, a.dataloader_num_workers)
-                self.data_state = {}
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):
         # Batches are not skipped (the loader resumed at its saved position), so the Trainer would not
         # restore the RNG state (dropout): restore it after the first fetch, as the Trainer's own skip
         # path does, since creating the loader's iterator draws from the global RNG.
-        if (self.data_state is not None and kwargs.get("resume_from_checkpoint")
+        if (self.data_states is not None and kwargs.get("resume_from_checkpoint")
                 and kwargs.get("epoch") == kwargs.get("epochs_trained")):
             self._rng_checkpoint = kwargs["resume_from_checkpoint"]
         return super()._run_epoch(*args, **kwargs)
@@ -180,14 +177,16 @@ class StreamingTrainer(Trainer):
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self.loader is not None and "loss" in logs:
-            now, tokens = time.perf_counter(), self.data_stats().get("tokens", 0) * self.args.world_size
+            state = self.loader.state_dict()   # once: it gathers every worker's position
+            stats = merge_stats(state)
+            now, tokens = time.perf_counter(), stats.get("tokens", 0) * self.args.world_size
             if self._last_log is not None:
                 t, tok, wait = self._last_log
                 logs["tokens_per_second"] = round((tokens - tok) / max(now - t, 1e-9), 1)
                 logs["data_wait_fraction"] = round((self.loader.wait_seconds - wait) / max(now - t, 1e-9), 5)
             logs["tokens_seen"] = tokens
-            logs["data_epoch"] = stream_epoch(self.loader.state_dict())
-            logs.update(source_shares(self.data_stats()))
+            logs["data_epoch"] = stream_epoch(state)
+            logs.update(source_shares(stats))
             self._last_log = (now, tokens, self.loader.wait_seconds)
         super().log(logs, start_time)
 
