@@ -48,11 +48,19 @@ class DataArguments:
     dataset_text_sample_by: str = field(default="document", metadata={"help": "Plain-text files: 'document' (one file), 'paragraph' or 'line' per sample."})
     dataset_tokenize_batch_size: int = field(default=256, metadata={"help": "Documents per tokenizer call."})
     dataset_cycle: bool = field(default=True, metadata={"help": "Start the next epoch (new shuffle) when the training stream ends."})
-    dataset_max_retries: int = field(default=8, metadata={"help": "Attempts per remote read before giving up (transient faults)."})
+    dataset_max_retries: int = field(default=30, metadata={"help": "Attempts per remote read before giving up (transient faults)."})
+    dataset_retry_budget: float = field(default=600.0, metadata={"help": (
+        "Seconds one remote read (or Hub call) keeps retrying transient faults: a store outage shorter than this "
+        "is ridden out.")})
+    dataset_max_retry_wait: float = field(default=120.0, metadata={"help": (
+        "Cap in seconds on one wait between retries, a server's Retry-After included.")})
     dataset_retry_backoff: float = field(default=1.0, metadata={"help": "Seconds before the first retry; doubles each retry (with jitter)."})
     dataset_read_timeout: float = field(default=60.0, metadata={"help": "Seconds a remote read may stall before it is retried."})
     dataset_readahead_bytes: int = field(default=256 << 20, metadata={"help": (
         "Upcoming Parquet row groups fetched in the background per reader, in bytes (uncompressed); 0 disables.")})
+    dataset_accept_changed_data: bool = field(default=False, metadata={"help": (
+        "On resume, accept data whose content changed since the checkpoint (same names, other bytes): a warning, and "
+        "the stream starts the checkpoint's epoch again on the new data. Default: refuse, naming the file.")})
     dataset_skip_bad_shards: bool = field(default=False, metadata={"help": (
         "Skip (with a warning, counted) shards that cannot be read at all, instead of failing.")})
 
@@ -72,12 +80,17 @@ class DataArguments:
             raise ConfigError(f"dataset_text_sample_by={self.dataset_text_sample_by!r} must be 'document', 'paragraph' or 'line'.")
         if self.dataset_max_retries < 1:
             raise ConfigError(f"dataset_max_retries={self.dataset_max_retries} must be at least 1.")
+        for name in ("dataset_retry_budget", "dataset_max_retry_wait", "dataset_retry_backoff", "dataset_read_timeout"):
+            v = getattr(self, name)
+            if not (v >= 0 and v < float("inf")):
+                raise ConfigError(f"{name}={v} must be a finite number of seconds, 0 or more.")
         if self.dataset_tokenize_batch_size < 1:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")
 
     def retry_policy(self):
         from .retry import RetryPolicy
-        return RetryPolicy(self.dataset_max_retries, self.dataset_retry_backoff, read_timeout=self.dataset_read_timeout)
+        return RetryPolicy(self.dataset_max_retries, self.dataset_retry_backoff, read_timeout=self.dataset_read_timeout,
+                           max_wait=self.dataset_max_retry_wait, budget=self.dataset_retry_budget)
 
 
 @dataclass

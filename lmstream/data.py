@@ -15,6 +15,7 @@ import tempfile
 
 from .config import ConfigError, DataArguments, RunArguments
 from .pipeline import build_pipeline, plan_dataset, resolve_block_size
+from .planfile import shared_plan
 
 log = logging.getLogger("lmstream")
 
@@ -69,8 +70,11 @@ def load_blocks(folder: str, block_size: int | None):
 
 
 def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int, rank: int, world_size: int,
-                   max_positions: int | None, do_eval: bool):
-    """(train, eval) datasets for this rank; eval is None unless requested."""
+                   max_positions: int | None, do_eval: bool, plan=None):
+    """(train, eval) datasets for this rank; eval is None unless requested.
+
+    `plan`: the training data's plan when already known (a resume: the checkpoint's). Otherwise rank 0 plans
+    and sends the plan to the other ranks: startup requests do not grow with the number of processes."""
     if args.tokenized_dataset_load_dir:
         train = load_blocks(args.tokenized_dataset_load_dir, args.dataset_block_size).with_format("torch")
         if run.max_train_samples:
@@ -87,7 +91,8 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
             train = train.select(range(min(run.max_train_samples, len(train))))
         plan = None
     else:
-        plan = None if args.dataset_mixture else plan_dataset(args)
+        if plan is None and not args.dataset_mixture:
+            plan = shared_plan(lambda: plan_dataset(args))
         train = build_pipeline(args, tokenizer, seed=seed, rank=rank, world_size=world_size,
                                max_positions=max_positions, max_samples=run.max_train_samples, plan=plan)
     eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, plan) if do_eval else None

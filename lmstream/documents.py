@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from . import ranges
 from .config import ConfigError, DataArguments
 from .longtext import LongText, with_long_texts
 from .readahead import ReadAhead
@@ -72,12 +73,16 @@ def split_item(item, parts: int) -> list:
 
 @dataclass
 class Plan:
-    """Shards, their pieces, and Parquet footers (read once, reused by every reader)."""
+    """Shards (with sizes and content digests), their pieces, and Parquet footers: read once, in one process,
+    reused by every reader and saved with each checkpoint (lmstream.planfile), so that a resume reads neither
+    a listing nor a footer again."""
     shards: list[Shard]
     pieces: list[Piece]
     footers: dict  # shard index -> pyarrow FileMetaData
     skipped: list = field(default_factory=list)  # URLs of unreadable shards left out (dataset_skip_bad_shards)
     stats: dict = field(default_factory=dict)    # retries while planning
+    raw_footers: dict = field(default_factory=dict)   # shard index -> the footer's bytes as in the file
+    digests: dict = field(default_factory=dict)       # shard index -> content digest (footer, or sampled bytes)
 
 
 @dataclass(frozen=True)
@@ -94,39 +99,48 @@ class Window:
     key: tuple | None           # RNG key of the permutation (None: not shuffled)
 
 
-def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict):
+def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict, check_field: bool = True):
+    """(footer, its raw bytes, shard with its size): one tail request for a remote file, retried."""
     import pyarrow.parquet as pq
 
     def read():
-        with open_binary(shard.url, timeout=policy.read_timeout) as f:
-            return pq.ParquetFile(f).metadata
+        tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
+        meta = pq.ParquetFile(ranges.SparseFile(size, tail)).metadata
+        raw = next(iter(tail.values()))
+        return meta, raw[len(raw) - int.from_bytes(raw[-8:-4], "little") - 8:], size
     try:
-        meta = with_retries(read, shard.url, policy, "read the Parquet footer of", stats)
+        meta, raw, size = with_retries(read, shard.url, policy, "read the Parquet footer of", stats)
     except Unreadable as err:
         if isinstance(err.cause, FileNotFoundError) and not is_transient(err.cause):
             raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
+        if getattr(err.cause, "status", None) == 404:
+            raise Unreadable(f"Shard '{shard.url}' does not exist (HTTP 404): check dataset_name.", err.cause) from None
+        if getattr(err.cause, "status", None) in (401, 403):
+            raise Unreadable(f"Shard '{shard.url}' is not readable with these credentials (HTTP "
+                             f"{err.cause.status}): for a gated Hub dataset set HF_TOKEN.", err.cause) from None
         if err.cause is not None and not is_transient(err.cause):
             raise Unreadable(f"Shard '{shard.url}' is not a valid Parquet file "
                              f"({type(err.cause).__name__}: {err.cause}).", err.cause) from None
         raise
     names = meta.schema.to_arrow_schema().names
-    if text_field not in names:
+    if check_field and text_field not in names:
         raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(names)}): "
                           "set dataset_text_field to one of them.")
-    return meta
+    return meta, raw, replace(shard, size=size)
 
 
 def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None = None,
                 skip_bad: bool = False, threads: int = 16) -> Plan:
-    """List the pieces of all shards, reading Parquet footers in parallel.
+    """List the pieces of all shards, reading Parquet footers in parallel (one request each when remote).
 
     With `skip_bad`, a shard whose footer cannot be read is left out with a warning (counted in
     `plan.skipped`); otherwise the first such shard fails the plan with its reason.
     """
     policy, stats = policy or RetryPolicy(), {"retries": 0}
-    parquet = [i for i, s in enumerate(shards) if s.format == "parquet"]
 
     def footer(i):
+        if shards[i].format != "parquet":
+            return ranges.content_digest(shards[i], policy)
         try:
             return _read_footer(shards[i], text_field, policy, stats)
         except Unreadable as err:
@@ -134,19 +148,28 @@ def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None
                 raise
             log.warning("skipping shard %s: %s", shards[i].url, err)
             return None
-    with ThreadPoolExecutor(max(1, min(threads, len(parquet)))) as pool:
-        metas = dict(zip(parquet, pool.map(footer, parquet)))
-    skipped = [shards[i].url for i, m in metas.items() if m is None]
-    keep = [i for i in range(len(shards)) if metas.get(i, True) is not None]
-    kept = [shards[i] for i in keep]
-    metas = {keep.index(i): m for i, m in metas.items() if m is not None}
-    pieces = []
-    for i, shard in enumerate(kept):
-        if i in metas:
-            pieces += [Piece(i, g, metas[i].row_group(g).num_rows) for g in range(metas[i].num_row_groups)]
+    with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
+        found = list(pool.map(footer, range(len(shards))))
+    skipped = [s.url for s, f in zip(shards, found) if f is None]
+    kept = [(s, f) for s, f in zip(shards, found) if f is not None]
+    return assemble_plan(kept, skipped, stats)
+
+
+def assemble_plan(kept: list, skipped: list, stats: dict) -> Plan:
+    """A Plan from (shard, (footer, raw footer, shard) or (digest, shard)) pairs, in shard order."""
+    import hashlib as _h
+    plan = Plan([], [], {}, skipped, stats)
+    for i, (shard, info) in enumerate(kept):
+        if shard.format == "parquet":
+            meta, raw, shard = info
+            plan.footers[i], plan.raw_footers[i] = meta, raw
+            plan.digests[i] = _h.blake2b(raw, digest_size=16).hexdigest()
+            plan.pieces += [Piece(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
         else:
-            pieces.append(Piece(i, -1, None))
-    return Plan(kept, pieces, metas, skipped, stats)
+            plan.digests[i], shard = info
+            plan.pieces.append(Piece(i, -1, None))
+        plan.shards.append(shard)
+    return plan
 
 
 def _holdout_bucket(text) -> float:
@@ -218,15 +241,15 @@ class DocumentStream:
             self.stats["shards_skipped"] += 1
 
     def _read_row_group(self, piece: Piece):
-        """A whole row group's text column (retried as a whole: a retry starts it over). Thread-safe."""
-        import pyarrow.parquet as pq
+        """A whole row group's text column (retried as a whole: a retry starts it over). Thread-safe.
+
+        Exactly the column chunk's bytes are read (one Range request when remote), by URL: no listing."""
         shard = self.plan.shards[piece.shard]
         t0 = time.perf_counter()
 
         def read():
-            with open_binary(shard.url, timeout=self.policy.read_timeout) as f:
-                return pq.ParquetFile(f, metadata=self.plan.footers[piece.shard]).read_row_group(
-                    piece.row_group, columns=[self.args.dataset_text_field])
+            return ranges.read_columns(shard.url, shard.size, self.plan.footers[piece.shard], piece.row_group,
+                                       [self.args.dataset_text_field], self.policy.read_timeout)
         table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of", self.stats)
         self.stats["read_seconds"] += time.perf_counter() - t0
         return table
@@ -240,7 +263,7 @@ class DocumentStream:
 
     def _line_rows(self, shard: Shard, skip: int):
         """Rows of a line-based file from row `skip`; after a transient fault, re-open and skip what was delivered."""
-        delivered, attempt = skip, 0
+        delivered, attempt, started = skip, 0, time.monotonic()
         while True:
             attempt += 1
             try:
@@ -251,9 +274,9 @@ class DocumentStream:
             except ConfigError as err:
                 if not isinstance(err, Unreadable):
                     raise        # bad content (not JSON, missing field): no retry helps
-                on_fault(err, shard.url, self.policy, attempt, "read", self.stats)
+                on_fault(err, shard.url, self.policy, attempt, "read", self.stats, started)
             except Exception as err:  # noqa: BLE001 - on_fault retries transient faults, reports the rest
-                on_fault(err, shard.url, self.policy, attempt, "read", self.stats)
+                on_fault(err, shard.url, self.policy, attempt, "read", self.stats, started)
 
     def _parse_lines(self, shard: Shard):
         raw = _decompressed_lines(shard.url, self.policy.read_timeout)

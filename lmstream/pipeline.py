@@ -26,6 +26,7 @@ from .config import ConfigError, DataArguments
 from .documents import DocumentStream, Plan, plan_pieces
 from .elastic import decode_items, epoch_start, find_dicts, reader_states, redistribute, share
 from .longtext import LongText
+from .planfile import fingerprint
 from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
 from .tokenize import Encoder, build_encoder
@@ -62,6 +63,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         # the next one, so that a Trainer's epochs are the stream's epochs
         self.cycle = self.training and args.dataset_cycle and max_samples is None
         self.start_epoch = 0                # a fresh stream starts at this epoch (set_epoch)
+        self.min_epoch = 0                  # ... and at least at this one (a resume on changed data)
         self.max_len = args.dataset_max_seq_length or block_size
         self.settings = self._settings()
         # Variables for checkpointing
@@ -72,6 +74,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         names = [os.path.basename(s.url) for s in self.plan.shards]
         a = self.args
         return {"shards": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16], "num_shards": len(names),
+                "data": fingerprint(self.plan),
                 "text_field": a.dataset_text_field, "split": self.split, "block_size": self.block_size,
                 "group_text": a.dataset_group_text, "max_len": self.max_len, "seed": self.seed,
                 "shuffle": a.dataset_shuffle, "shuffle_buffer": a.dataset_shuffle_buffer,
@@ -104,7 +107,14 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         """Refuse a reader state of another format version or other data settings."""
         if state.get("version") != STATE_VERSION:
             raise ConfigError(f"The data state has version {state.get('version')}, this lmstream reads {STATE_VERSION}.")
-        diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]]
+        # "data" (the content fingerprint) is absent from states saved before lmstream pinned data versions
+        diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]
+                and not (k == "data" and "data" not in state["settings"])]
+        if diff == ["data"]:
+            raise ConfigError("The data changed since this data position was saved (same files, other content: "
+                              f"fingerprint {state['settings']['data']} then, {self.settings['data']} now): resume on "
+                              "the data it was trained on, or pass --dataset_accept_changed_data true to start the "
+                              "epoch again on the new data.")
         if diff:
             saved = {k: state["settings"].get(k) for k in diff}
             now = {k: self.settings[k] for k in diff}
@@ -166,8 +176,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             state = self._initial(slot, n_slots, workers)
         # set_epoch picks the epoch a *fresh* stream starts at; a stream with a position (loaded, carried
         # over from the last iterator, or owed after an elastic resume) goes on from it: nothing is skipped
-        while fresh and state["epoch"] < self.start_epoch:
-            state = self._advanced(state, self.start_epoch)
+        while fresh and state["epoch"] < max(self.start_epoch, self.min_epoch):
+            state = self._advanced(state, max(self.start_epoch, self.min_epoch))
         while (cap := self._cap(state)) is not None and state["samples_in_epoch"] >= cap:
             if cap == 0 and state.get("items") is None:
                 return   # fewer samples per epoch than readers: this one has none, in any epoch
@@ -386,8 +396,9 @@ def _runs(docs: list, batches):
 
 def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
     """Resolve `dataset_name` and list the pieces of the split (default dataset_train_split)."""
-    shards = resolve_shards(args.dataset_name, args.dataset_config_name, split or args.dataset_train_split)
-    return plan_pieces(shards, args.dataset_text_field, args.retry_policy(), args.dataset_skip_bad_shards)
+    policy = args.retry_policy()
+    shards = resolve_shards(args.dataset_name, args.dataset_config_name, split or args.dataset_train_split, policy)
+    return plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards)
 
 
 def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,

@@ -26,10 +26,12 @@ _TRANSIENT_WORDS = ("reset", "timed out", "timeout", "payload", "disconnect", "c
 
 @dataclass
 class RetryPolicy:
-    max_attempts: int = 8        # tries per read, the first included
+    max_attempts: int = 30       # tries per read, the first included
     backoff: float = 1.0         # seconds before the first retry; doubles each time
-    max_backoff: float = 60.0    # cap on one wait
+    max_backoff: float = 60.0    # cap on one backoff wait
     read_timeout: float = 60.0   # seconds a remote read may stall before it counts as a fault
+    max_wait: float = 120.0      # cap on any one wait, a server's Retry-After included
+    budget: float = 600.0        # seconds one read keeps retrying (rides out a store outage of that long)
 
 
 class Unreadable(ConfigError):
@@ -42,9 +44,11 @@ class Unreadable(ConfigError):
 
 def _own_status(e: BaseException) -> int | None:
     status = getattr(e, "status", None) or getattr(e, "status_code", None) or getattr(e, "code", None)
-    response = getattr(e, "response", None)   # botocore's ClientError (s3://)
+    response = getattr(e, "response", None)   # botocore's ClientError (s3://): a dict; httpx/requests: a response
     if status is None and isinstance(response, dict):
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    elif status is None and response is not None:
+        status = getattr(response, "status_code", None)
     return status if isinstance(status, int) and 100 <= status < 600 else None
 
 
@@ -65,6 +69,8 @@ def retry_after(err: BaseException) -> float | None:
     """Seconds asked by a Retry-After header, if the error carries one."""
     for e in _chain(err):
         headers = getattr(e, "headers", None)
+        if headers is None and getattr(e, "response", None) is not None and not isinstance(e.response, dict):
+            headers = getattr(e.response, "headers", None)   # HfHubHTTPError, httpx/requests errors
         value = headers.get("Retry-After") if headers is not None else None
         if value is not None:
             try:
@@ -82,7 +88,9 @@ _TRANSIENT_ERRNO = {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.E
                     errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
 _TRANSIENT_TYPES = ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError", "ClientOSError",
                     "ServerTimeoutError", "FSTimeoutError", "IncompleteRead", "ProtocolError", "ReadTimeoutError",
-                    "ContentLengthError")
+                    "ContentLengthError", "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout",
+                    "PoolTimeout", "ReadError", "WriteError", "RemoteProtocolError", "NetworkError", "TimeoutException")
+_NEVER_TRANSIENT = ("OfflineModeIsEnabled",)   # HF_HUB_OFFLINE=1: no retry can help
 
 
 def is_transient(err: BaseException) -> bool:
@@ -91,6 +99,8 @@ def is_transient(err: BaseException) -> bool:
     fsspec reports any failed HTTP HEAD as FileNotFoundError; its cause (a 503, a reset) decides.
     """
     chain = list(_chain(err))
+    if any(type(e).__name__ in _NEVER_TRANSIENT for e in chain):
+        return False
     if any(type(e).__name__ in _TRANSIENT_TYPES or isinstance(e, (ConnectionError, TimeoutError)) for e in chain):
         return True
     if any(_s3_code(e) in _TRANSIENT_S3 for e in chain):
@@ -107,31 +117,36 @@ def is_transient(err: BaseException) -> bool:
 
 
 def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, what: str,
-             stats: dict | None = None) -> None:
-    """After failed attempt `attempt`: sleep before the next one, or raise Unreadable if there is none."""
+             stats: dict | None = None, started: float | None = None) -> None:
+    """After failed attempt `attempt` (of a read that began at monotonic time `started`): sleep before the next
+    one, or raise Unreadable when the fault is permanent or the attempts or the time budget are spent."""
     if isinstance(err, Unreadable):
         raise err
     if not is_transient(err):
         raise Unreadable(f"Could not {what} '{url}': {type(err).__name__}: {err}", err) from None
-    if attempt >= policy.max_attempts:
-        raise Unreadable(f"Gave up on '{url}' after {attempt} attempts ({what}); last error "
-                         f"{type(err).__name__}: {err}. Raise dataset_max_retries or check the store.", err) from None
-    wait = retry_after(err)
-    if wait is None:
-        wait = min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+    elapsed = 0.0 if started is None else time.monotonic() - started
+    if attempt >= policy.max_attempts or elapsed >= policy.budget:
+        raise Unreadable(f"Gave up on '{url}' after {attempt} attempts in {elapsed:.0f} s ({what}); last error "
+                         f"{type(err).__name__}: {err}. Raise dataset_max_retries / dataset_retry_budget or check "
+                         "the store.", err) from None
+    asked = retry_after(err)
+    wait = asked if asked is not None else (
+        min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+    wait = min(wait, policy.max_wait, max(0.0, policy.budget - elapsed) + 0.01)
     if stats is not None:
         stats["retries"] = stats.get("retries", 0) + 1
-    log.warning("%s %s failed (%s: %s); retry %d/%d in %.1f s", what, url, type(err).__name__,
-                str(err)[:200], attempt, policy.max_attempts - 1, wait)
+    log.warning("%s %s failed (%s: %s); retry %d/%d in %.1f s%s", what, url, type(err).__name__,
+                str(err)[:200], attempt, policy.max_attempts - 1, wait,
+                f" (Retry-After {asked:g} s)" if asked is not None else "")
     time.sleep(wait)
 
 
 def with_retries(fn, url: str, policy: RetryPolicy, what: str = "read", stats: dict | None = None):
     """fn() retried on transient faults; raises Unreadable with the URL and the last error otherwise."""
-    attempt = 0
+    attempt, started = 0, time.monotonic()
     while True:
         attempt += 1
         try:
             return fn()
         except Exception as err:  # noqa: BLE001 - on_fault classifies it
-            on_fault(err, url, policy, attempt, what, stats)
+            on_fault(err, url, policy, attempt, what, stats, started)

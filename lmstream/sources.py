@@ -10,32 +10,11 @@ from __future__ import annotations
 
 import glob as _glob
 import os
-import re
-from dataclasses import dataclass
 
+from . import hub
 from .config import ConfigError
-
-_COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
-_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json",
-            ".txt": "text", ".text": "text", ".md": "text"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_REMOTE = ("http://", "https://", "s3://", "gs://", "gcs://", "hf://")
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One file of the dataset."""
-    url: str      # local path or fsspec URL
-    format: str   # "parquet" | "json" | "text"
-
-
-def shard_format(url: str) -> str | None:
-    """The format of a file from its name ("parquet", "json", "text"), or None if unknown."""
-    name = url.split("?", 1)[0].lower()
-    for comp in _COMPRESSIONS:
-        if name.endswith(comp):
-            name = name[: -len(comp)]
-    return _FORMATS.get(os.path.splitext(name)[1])
+from .retry import RetryPolicy
+from .shards import _COMPRESSIONS, _FORMATS, _HUB_ID, _REMOTE, Shard, shard_format  # noqa: F401 (re-exported)
 
 
 def _is_glob(s: str) -> bool:
@@ -50,30 +29,56 @@ def _shards_from_files(files: list[str], origin: str) -> list[Shard]:
     return [Shard(f, shard_format(f)) for f in known]
 
 
-def _from_builder(name: str, config: str | None, split: str) -> list[Shard]:
-    """Files of a hub dataset or a local dataset repository, as `datasets` resolves them."""
+def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
+    """Files of a dataset repository whose card declares no `configs:`, as `datasets` resolves them (retried)."""
     import datasets
 
     local = os.path.isdir(name)
-    try:
-        builder = datasets.load_dataset_builder(name, config)
-    except ValueError as err:   # unknown config: datasets lists the available ones
-        raise ConfigError(f"dataset_config_name '{config}' is not a config of dataset '{name}': {err}") from None
-    except Exception as err:  # offline, not found, gated
-        if local:
+
+    def build():
+        try:
+            return datasets.load_dataset_builder(name, config)
+        except ValueError as err:   # unknown config: datasets lists the available ones
+            if local or not hub.is_transient_in(err):
+                raise ConfigError(f"dataset_config_name '{config}' is not a config of dataset '{name}': {err}") from None
+            raise
+    if local:
+        try:
+            builder = build()
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to read a local repository
             raise ConfigError(f"Could not read the dataset repository '{name}': {err}") from None
-        raise ConfigError(
-            f"Could not reach dataset '{name}' on the Hugging Face Hub ({type(err).__name__}: {err}); "
-            "if you are offline or the name is misspelled, pass a local directory, file, glob or URL as dataset_name."
-        ) from None
+    else:
+        builder = hub.call(build, name, "resolve", policy)
     files = builder.config.data_files or {}
     if split not in files:
         raise ConfigError(f"Dataset '{name}' (config {config}) has no split '{split}'; its splits are "
                           f"{sorted(files)}: set dataset_train_split/dataset_test_split accordingly.")
-    return _shards_from_files(list(files[split]), name)
+    _shards_from_files(list(files[split]), name)   # the format check
+    return [hub.from_builder_url(str(f)) for f in files[split] if shard_format(str(f))]
 
 
-def _resolve_one(entry: str, config: str | None, split: str) -> list[Shard]:
+def _local_repository(folder: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
+    """A local dataset repository: its card's `configs:` read as the Hub's are (datasets when it has none)."""
+    configs = hub.local_readme_configs(folder)
+    if configs is None:
+        return _from_builder(folder, config, split, policy)
+    patterns = hub.config_patterns(configs, config, split, folder)
+
+    class _Entry:
+        def __init__(self, path):
+            self.path = path
+    listing = [_Entry(os.path.relpath(os.path.join(r, f), folder).replace(os.sep, "/"))
+               for r, _, fs in os.walk(folder) for f in fs]
+    files = [os.path.join(folder, e.path) for e in hub.matching_files(listing, patterns)]
+    if not files:
+        raise ConfigError(f"No file of the dataset repository '{folder}' matches {patterns} (config {config}, "
+                          f"split {split}): check dataset_config_name and its README.md.")
+    return _shards_from_files(files, folder)
+
+
+def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
     if entry.startswith(_REMOTE):
         if _is_glob(entry) and not entry.startswith(("http://", "https://")):
             import fsspec
@@ -88,7 +93,7 @@ def _resolve_one(entry: str, config: str | None, split: str) -> list[Shard]:
         return [Shard(entry, shard_format(entry))]
     if os.path.isdir(entry):
         if os.path.isfile(os.path.join(entry, "README.md")) or config:
-            return _from_builder(entry, config, split)
+            return _local_repository(entry, config, split, policy)
         files = sorted(f for f in _glob.glob(os.path.join(entry, "**", "*"), recursive=True) if os.path.isfile(f))
         return _shards_from_files(files, entry)
     if _is_glob(entry):
@@ -100,17 +105,18 @@ def _resolve_one(entry: str, config: str | None, split: str) -> list[Shard]:
         return _shards_from_files([entry], entry)
     if not _HUB_ID.match(entry):
         raise ConfigError(f"No file or directory '{entry}' (dataset_name): check the path.")
-    return _from_builder(entry, config, split)   # a hub id
+    return hub.resolve_hub(entry, config, split, policy) or _from_builder(entry, config, split, policy)   # a hub id
 
 
-def resolve_shards(dataset_name: str | None, config: str | None = None, split: str = "train") -> list[Shard]:
+def resolve_shards(dataset_name: str | None, config: str | None = None, split: str = "train",
+                   policy: RetryPolicy | None = None) -> list[Shard]:
     """All shards of `dataset_name` (comma-separated entries, in the order given)."""
     if not dataset_name or not dataset_name.strip():
         raise ConfigError("dataset_name is empty: pass a hub id, a local path or glob, or a URL.")
     shards: list[Shard] = []
     for entry in (e.strip() for e in dataset_name.split(",")):
         if entry:
-            shards.extend(_resolve_one(os.path.expanduser(entry), config, split))
+            shards.extend(_resolve_one(os.path.expanduser(entry), config, split, policy or RetryPolicy()))
     return shards
 
 

@@ -17,7 +17,8 @@ from transformers import HfArgumentParser, TrainingArguments, default_data_colla
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
-from .training import StreamingTrainer, is_stream, is_cut_short, last_complete_checkpoint, read_data_states
+from .training import (DATA_STATE_DIR, StreamingTrainer, is_cut_short, is_stream, last_complete_checkpoint,
+                       read_data_states)
 
 log = logging.getLogger("lmstream")
 ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -110,6 +111,31 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
     return resume
 
 
+def pinned_plan(checkpoint: str, data_args: DataArguments):
+    """(plan, restart epoch or False) for resuming from `checkpoint`: the plan it saved, so nothing is listed and
+    no footer read again, when its data is unchanged. Changed data is refused naming the file, or, with
+    dataset_accept_changed_data, planned anew and restarted at the checkpoint's epoch."""
+    from . import planfile
+    from .pipeline import stream_epoch
+    folder = os.path.join(checkpoint, DATA_STATE_DIR)
+    if data_args.dataset_mixture or not os.path.isdir(folder):
+        return None, False
+    plan = planfile.load(folder)
+    if plan is None:   # saved by an lmstream that did not pin plans: planned anew, the fingerprint decides
+        return None, False
+    changes = planfile.shared_plan_check(lambda: planfile.changed(plan, data_args.retry_policy()))
+    if not changes:
+        return plan, False
+    what = "; ".join(f"'{f}': {w}" for f, w in changes[:3]) + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
+    if not data_args.dataset_accept_changed_data:
+        raise ConfigError(f"The data changed since {checkpoint} was saved ({what}): resume on the data it was trained on, "
+                          "or pass --dataset_accept_changed_data true to start its epoch again on the new data.")
+    epoch = stream_epoch(read_data_states(checkpoint) or [])
+    log.warning("The data changed since %s was saved (%s); --dataset_accept_changed_data: the stream starts epoch %d "
+                "again on the new data.", checkpoint, what, epoch)
+    return None, epoch
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments,
           training_args: TrainingArguments) -> dict:
     """Train (and evaluate) as the arguments say; return the final metrics."""
@@ -123,12 +149,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     rank, world = training_args.process_index, training_args.world_size
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    train_ds, eval_ds = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions, training_args.do_eval)
+    plan, restart = pinned_plan(checkpoint, data_args) if checkpoint and data_args.dataset_streaming else (None, False)
+    train_ds, eval_ds = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions,
+                                       training_args.do_eval, plan=plan)
     if is_stream(train_ds) and training_args.do_train and training_args.max_steps <= 0 and not run_args.max_train_samples:
         raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N, "
                           "or --max_train_samples N to give each epoch a known size and train --num_train_epochs.")
     data_states = None
-    if checkpoint and is_stream(train_ds):
+    if restart is not False and is_stream(train_ds):   # the data changed and the user accepted it
+        train_ds.min_epoch = restart
+        training_args.ignore_data_skip = True
+    elif checkpoint and is_stream(train_ds):
         data_states = read_data_states(checkpoint)
         if data_states is None:
             log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", checkpoint,

@@ -165,6 +165,11 @@ class StreamingTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.loader is not None:
             _atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
+            plan = getattr(self.train_dataset, "plan", None)
+            if self.args.should_save and plan is not None:   # what the data position refers to, pinned
+                from . import planfile
+                planfile.save(plan, os.path.join(folder, DATA_STATE_DIR),
+                              cache_dir=os.path.join(self._get_output_dir(trial=trial), ".lmstream"))
         if self.args.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()   # every rank's files are on disk before the checkpoint counts
         if self.args.should_save:
