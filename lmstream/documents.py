@@ -83,6 +83,7 @@ class Plan:
     stats: dict = field(default_factory=dict)    # retries while planning
     raw_footers: dict = field(default_factory=dict)   # shard index -> the footer's bytes as in the file
     digests: dict = field(default_factory=dict)       # shard index -> content digest (footer, or sampled bytes)
+    source: dict = field(default_factory=dict)        # the arguments it was planned from (name, config, split, field)
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict
 
     def read():
         tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
-        meta = pq.ParquetFile(ranges.SparseFile(size, tail)).metadata
+        # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched before it
+        meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a, b: bytes(b - a))).metadata
         raw = next(iter(tail.values()))
         return meta, raw[len(raw) - int.from_bytes(raw[-8:-4], "little") - 8:], size
     try:

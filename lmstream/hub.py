@@ -46,28 +46,31 @@ def resolve_url(repo: str, sha: str, path: str) -> str:
     return f"{endpoint()}/datasets/{repo}/resolve/{sha}/{urllib.parse.quote(path)}"
 
 
+def _get(url: str, method: str = "GET", follow: bool = True):
+    """One request to the Hub (token attached); a status >= 400 raises RemoteError (retry.py reads it)."""
+    from .ranges import RemoteError, _client
+    headers = {"Authorization": f"Bearer {token()}"} if token() else {}
+    r = _client().request(method, url, headers=headers, follow_redirects=follow, timeout=60.0)
+    if r.status_code >= 400:
+        raise RemoteError(f"HTTP {r.status_code} for {url} ({r.headers.get('X-Error-Message') or r.text[:200]})",
+                          r.status_code, r.headers)
+    return r
+
+
 def _hub_error(err: BaseException, repo: str) -> ConfigError | None:
     """One sentence for a permanent Hub error (gated, private, missing), or None."""
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
     cause = err.cause if isinstance(err, Unreadable) and err.cause is not None else err
-    for e in _chain(cause):
-        if isinstance(e, GatedRepoError) or getattr(getattr(e, "response", None), "status_code", None) in (401, 403):
-            return ConfigError(f"Dataset '{repo}' is gated or private on the Hub ({endpoint()}): accept its terms on its "
-                               "page and set HF_TOKEN (or run `hf auth login`) with a token that has access.")
-        if isinstance(e, RevisionNotFoundError):
-            return ConfigError(f"Dataset '{repo}' has no such revision on the Hub: check the revision.")
-        if isinstance(e, RepositoryNotFoundError):
-            return ConfigError(f"Dataset '{repo}' does not exist on the Hub ({endpoint()}): check dataset_name "
-                               "(or pass a local directory, file, glob or URL).")
+    status = getattr(cause, "status", None)
+    code = (getattr(cause, "headers", None) or {}).get("X-Error-Code")
+    if status in (401, 403):
+        return ConfigError(f"Dataset '{repo}' is gated or private on the Hub ({endpoint()}): accept its terms on its "
+                           "page and set HF_TOKEN (or run `hf auth login`) with a token that has access.")
+    if status == 404 and code == "RevisionNotFound":
+        return ConfigError(f"Dataset '{repo}' has no such revision on the Hub: check the revision.")
+    if status == 404:
+        return ConfigError(f"Dataset '{repo}' does not exist on the Hub ({endpoint()}): check dataset_name "
+                           "(or pass a local directory, file, glob or URL).")
     return None
-
-
-def _chain(err):
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        yield err
-        err = err.__cause__ or err.__context__
 
 
 def call(fn, repo: str, what: str, policy: RetryPolicy):
@@ -78,7 +81,7 @@ def call(fn, repo: str, what: str, policy: RetryPolicy):
         known = _hub_error(err, repo)
         if known is not None:
             raise known from None
-        if is_transient(err.cause) if err.cause is not None else False:
+        if err.cause is not None and is_transient_in(err.cause):
             raise ConfigError(f"The Hub kept failing while trying to {what} dataset '{repo}' ({err.cause}): "
                               "the service may be down or rate-limiting; retry later or raise "
                               "dataset_retry_budget.") from None
@@ -88,25 +91,49 @@ def call(fn, repo: str, what: str, policy: RetryPolicy):
 
 
 def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
-    """(commit sha of main, README.md text or None when the repo has none)."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    """(commit sha of main, README.md text or None when the repo has none): resolve/ requests, no API call."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"Could not reach dataset '{repo}' on the Hugging Face Hub (HF_HUB_OFFLINE is set): pass a "
+                          "local directory, file, glob or URL as dataset_name, or unset HF_HUB_OFFLINE.")
 
     def head():
         try:
-            meta = get_hf_file_metadata(hf_hub_url(repo, "README.md", repo_type="dataset"), token=token())
-            return meta.commit_hash, True
-        except EntryNotFoundError as err:
-            if isinstance(err, RepositoryNotFoundError):
-                raise
-            return None, False
+            r = _get(resolve_url(repo, "main", "README.md"), "HEAD", follow=False)
+        except OSError as err:
+            if getattr(err, "status", None) == 404 and err.headers.get("X-Error-Code") == "EntryNotFound":
+                return err.headers.get("X-Repo-Commit"), False
+            raise
+        return r.headers.get("X-Repo-Commit"), True
     sha, has_readme = call(head, repo, "resolve", policy)
     if not has_readme:
         return sha, None
-    path = call(lambda: hf_hub_download(repo, "README.md", repo_type="dataset", revision=sha, token=token()),
-                 repo, "download README.md of", policy)
-    with open(path, encoding="utf-8") as f:
-        return sha, f.read()
+    if not sha:
+        raise ConfigError(f"The Hub did not name the commit of dataset '{repo}' (no X-Repo-Commit header): check "
+                          "HF_ENDPOINT.")
+    text = call(lambda: _get(resolve_url(repo, sha, "README.md")).text, repo, "download README.md of", policy)
+    return sha, text
+
+
+def _list_folder(repo: str, sha: str, folder: str, recursive: bool, policy: RetryPolicy) -> list[dict]:
+    """Entries of one folder at `sha` (the tree API, page by page via the Link header; each page retried alone)."""
+    url = (f"{endpoint()}/api/datasets/{repo}/tree/{sha}/{urllib.parse.quote(folder, safe='')}"
+           f"?recursive={str(recursive).lower()}&expand=false")
+    out = []
+    while url:
+        def page(url=url):
+            try:
+                return _get(url)
+            except OSError as err:
+                if getattr(err, "status", None) == 404 and err.headers.get("X-Error-Code") == "EntryNotFound":
+                    return None
+                raise
+        r = call(page, repo, "list the files of", policy)
+        if r is None:
+            return out
+        out += r.json()
+        url = r.links.get("next", {}).get("url")
+    return out
 
 
 def readme_configs(text: str) -> list[dict] | None:
@@ -187,33 +214,30 @@ def matching_files(listing, patterns: list[str]) -> list:
     return out
 
 
+class _Entry:
+    def __init__(self, d: dict):
+        self.path, self.size = d["path"], d.get("size")
+        self.etag = (d.get("lfs") or {}).get("oid") or d.get("oid")
+
+
 def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard] | None:
     """Shards of a Hub dataset pinned to its current commit; None when its card declares no configs."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
     sha, text = _readme(repo, policy)
     configs = readme_configs(text) if text else None
     if configs is None:
         return None
     patterns = config_patterns(configs, config, split, repo)
-    api = HfApi(endpoint=endpoint(), token=token())
     listing = {}
     for folder, recursive in sorted({_folder_of(p.lstrip("/")) for p in patterns}):
-        def ls(folder=folder, recursive=recursive):
-            from huggingface_hub.errors import EntryNotFoundError
-            try:
-                return list(api.list_repo_tree(repo, folder or None, recursive=recursive, revision=sha, repo_type="dataset"))
-            except EntryNotFoundError:
-                return []
-        listing.update((e.path, e) for e in call(ls, repo, "list the files of", policy) if isinstance(e, RepoFile))
+        listing.update((e["path"], _Entry(e)) for e in _list_folder(repo, sha, folder, recursive, policy)
+                       if e.get("type") == "file")
     files = [e for e in matching_files(list(listing.values()), patterns) if shard_format(e.path)]
     if not files:
         raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' matches {patterns} (config "
                           f"{config}, split {split}): check dataset_config_name and the dataset card.")
     log.info("dataset %s: %d file(s) of config %s, split %s, pinned to commit %s", repo, len(files), config, split, sha)
-    return [Shard(resolve_url(repo, sha, e.path), shard_format(e.path), size=e.size,
-                  etag=(e.lfs.sha256 if e.lfs is not None else e.blob_id), name=f"{repo}@{sha}/{e.path}")
-            for e in files]
+    return [Shard(resolve_url(repo, sha, e.path), shard_format(e.path), size=e.size, etag=e.etag,
+                  name=f"{repo}@{sha}/{e.path}") for e in files]
 
 
 def from_builder_url(url: str) -> Shard:
@@ -226,7 +250,8 @@ def from_builder_url(url: str) -> Shard:
 
 
 def is_transient_in(err: BaseException) -> bool:
-    return any(is_transient(e) for e in _chain(err))
+    """A transient fault anywhere in the exception's chain (as raised through `datasets`)."""
+    return is_transient(err)
 
 
 def is_hub_url(url: str) -> bool:

@@ -398,7 +398,15 @@ def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
     """Resolve `dataset_name` and list the pieces of the split (default dataset_train_split)."""
     policy = args.retry_policy()
     shards = resolve_shards(args.dataset_name, args.dataset_config_name, split or args.dataset_train_split, policy)
-    return plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards)
+    plan = plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards)
+    plan.source = plan_source(args, split)
+    return plan
+
+
+def plan_source(args: DataArguments, split: str | None = None) -> dict:
+    """What a plan was made from: a saved plan serves a resume only when these are the same."""
+    return {"dataset_name": args.dataset_name, "config": args.dataset_config_name,
+            "split": split or args.dataset_train_split, "text_field": args.dataset_text_field}
 
 
 def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,

@@ -46,7 +46,8 @@ def to_dict(plan: Plan) -> dict:
         raw = plan.raw_footers.get(i)
         shards.append({"url": s.url, "format": s.format, "size": s.size, "etag": s.etag, "name": s.name,
                        "digest": plan.digests.get(i), "footer": base64.b64encode(raw).decode() if raw else None})
-    return {"version": PLAN_VERSION, "fingerprint": fingerprint(plan), "shards": shards, "skipped": plan.skipped}
+    return {"version": PLAN_VERSION, "fingerprint": fingerprint(plan), "source": plan.source, "shards": shards,
+            "skipped": plan.skipped}
 
 
 def from_dict(d: dict, where: str = "the saved plan") -> Plan:
@@ -65,6 +66,7 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
         else:
             kept.append((shard, (e.get("digest"), shard)))
     plan = assemble_plan(kept, list(d.get("skipped") or []), {"retries": 0})
+    plan.source = dict(d.get("source") or {})
     if fingerprint(plan) != d.get("fingerprint"):
         raise ConfigError(f"{where} is corrupt (its fingerprint does not match its content): delete it to plan anew.")
     return plan

@@ -169,7 +169,7 @@ class SparseFile(io.RawIOBase):
         return data
 
 
-def footer_bytes(url: str, size: int | None, timeout: float | None, first: int = 64 << 10):
+def footer_bytes(url: str, size: int | None, timeout: float | None, first: int = 32 << 10):
     """(ranges holding the whole Parquet footer, file size): one request, a second only for a footer over `first`."""
     tail, total = fetch_tail(url, first, size, timeout)
     if len(tail) < 8 or tail[-4:] != b"PAR1":

@@ -116,12 +116,14 @@ def pinned_plan(checkpoint: str, data_args: DataArguments):
     no footer read again, when its data is unchanged. Changed data is refused naming the file, or, with
     dataset_accept_changed_data, planned anew and restarted at the checkpoint's epoch."""
     from . import planfile
-    from .pipeline import stream_epoch
+    from .pipeline import plan_source, stream_epoch
     folder = os.path.join(checkpoint, DATA_STATE_DIR)
     if data_args.dataset_mixture or not os.path.isdir(folder):
         return None, False
     plan = planfile.load(folder)
-    if plan is None:   # saved by an lmstream that did not pin plans: planned anew, the fingerprint decides
+    if plan is None or plan.source != plan_source(data_args):
+        # saved by an lmstream that did not pin plans, or for other data arguments: planned anew, and the data
+        # state's settings decide (another dataset is refused there, naming what differs)
         return None, False
     changes = planfile.shared_plan_check(lambda: planfile.changed(plan, data_args.retry_policy()))
     if not changes:

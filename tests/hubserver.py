@@ -122,7 +122,7 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     def _fault(self, fault, head: bool) -> bool:
         """Answer with the fault (True) or let the request through (False)."""
         if fault in ("429", "503", "500"):
-            headers = {"Retry-After": self.server.retry_after} if fault == "429" else {}
+            headers = {"Retry-After": self.server.hub.retry_after} if fault == "429" else {}
             self._send(int(fault), b"", headers, head)
             return True
         return False

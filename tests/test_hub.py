@@ -1,0 +1,288 @@
+"""The Hub path, against a local server that speaks the Hub's HTTP API (HF_ENDPOINT): the reference command's
+dataset resolves once at a pinned commit, workers make no API call, faults are ridden out, a run reads only
+the column chunks it needs, and a checkpoint pins the data version."""
+import json
+import logging
+import os
+import subprocess
+import sys
+import urllib.parse
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+import lmstream
+from lmstream import hub, planfile
+from lmstream.config import ConfigError
+from lmstream.documents import DocumentStream
+from conftest import TINY_MODEL, make_docs
+from hubserver import HubServer
+
+REPO, CONFIG = "HuggingFaceFW/fineweb", "CC-MAIN-2024-10"
+FAST = dict(dataset_retry_backoff=0.01, dataset_max_retry_wait=0.05, dataset_read_timeout=2.0)
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/*/*
+- config_name: CC-MAIN-2024-10
+  data_files:
+  - split: train
+    path: data/CC-MAIN-2024-10/*
+- config_name: CC-MAIN-2023-50
+  data_files:
+  - split: train
+    path: data/CC-MAIN-2023-50/*
+---
+# FineWeb (a small stand-in)
+"""
+
+
+def make_fineweb(folder, docs_per_file=60, files=5, rows_per_group=20, seed=0):
+    """A FineWeb-shaped repository: data/<dump>/000_0000k.parquet with FineWeb's first columns, and a card."""
+    for d, dump in enumerate((CONFIG, "CC-MAIN-2023-50")):
+        os.makedirs(os.path.join(folder, "data", dump), exist_ok=True)
+        for i in range(files):
+            docs = make_docs(docs_per_file, seed=seed + 100 * d + i)
+            table = pa.table({"text": docs, "id": [f"<urn:uuid:{dump}-{i}-{j}>" for j in range(len(docs))],
+                              "dump": [dump] * len(docs), "url": [f"https://example.org/{i}/{j}" for j in range(len(docs))]})
+            pq.write_table(table, os.path.join(folder, "data", dump, f"000_{i:05d}.parquet"), row_group_size=rows_per_group)
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(CARD)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    return make_fineweb(str(tmp_path_factory.mktemp("fineweb")))
+
+
+@pytest.fixture
+def hub_env(monkeypatch, tmp_path):
+    """Point huggingface_hub at a server (as HF_ENDPOINT does), online, with a fresh cache."""
+    from huggingface_hub import constants
+
+    def use(endpoint, token=None):
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+        monkeypatch.setitem(hub._TOKEN, "t", token)
+    return use
+
+
+def _docs(plan, args):
+    return [d for w in DocumentStream(plan, args, 0, 0, 1).windows(0, 0, (0, 0)) for d in w.docs]
+
+
+def _args(**kw):
+    return lmstream.DataArguments(**{"dataset_name": REPO, "dataset_config_name": CONFIG, "dataset_shuffle": False,
+                                     **FAST, **kw})
+
+
+def _local_docs(repo):
+    return _docs(lmstream.plan_dataset(lmstream.DataArguments(dataset_name=repo, dataset_config_name=CONFIG,
+                                                              dataset_shuffle=False)), _args())
+
+
+def test_the_reference_config_resolves_to_pinned_urls_with_two_api_calls(repo, hub_env):
+    server = HubServer({REPO: repo})
+    with server as endpoint:
+        hub_env(endpoint)
+        plan = lmstream.plan_dataset(_args())
+        docs = _docs(plan, _args())
+    sha = server.snapshots[REPO]["main"]
+    assert [s.name for s in plan.shards] == [f"{REPO}@{sha}/data/{CONFIG}/000_{i:05d}.parquet" for i in range(5)]
+    assert all(f"/resolve/{sha}/" in s.url and s.size > 0 and len(s.etag) == 64 for s in plan.shards)
+    # 5 files listed 3 per page: 2 pages of one folder; the card and the commit come from resolve/, not the API
+    assert [(m, urllib.parse.unquote(p)) for m, p in server.api_calls()] == [("GET", f"/api/datasets/{REPO}/tree/{sha}/data/{CONFIG}?recursive=false&expand=false"),
+                                  ("GET", f"/api/datasets/{REPO}/tree/{sha}/data/{CONFIG}?recursive=false&expand=false&cursor=3")]
+    assert docs == _local_docs(repo)
+
+
+@pytest.mark.parametrize("workers", [0, 2, 8])
+def test_dataloader_workers_make_no_api_calls(repo, hub_env, tokenizer, workers):
+    server = HubServer({REPO: repo}, gated=[REPO])
+    with server as endpoint:
+        hub_env(endpoint, token=server.token)
+        args = _args(dataset_block_size=32, dataset_shuffle=True, dataset_shuffle_buffer=16)
+        blocks = lmstream.build_pipeline(args, tokenizer, seed=0)
+        planned = len(server.api_calls())
+        loader = lmstream.build_loader(blocks, batch_size=2, num_workers=workers)
+        batches = [b for _, b in zip(range(40), loader)]
+        del loader
+    assert len(batches) == 40
+    assert planned <= 6 and len(server.api_calls()) == planned, server.api_calls()
+    cdn = [r for r in server.requests if r[0] == "cdn"]
+    assert cdn and all(r[5] is None for r in cdn)                 # the token never reaches the storage host
+    assert all(r[5] == f"Bearer {server.token}" for r in server.requests if r[0] != "cdn")
+
+
+def test_429s_and_5xx_on_api_calls_are_retried_with_logged_waits(repo, hub_env, caplog):
+    server = HubServer({REPO: repo}, api_faults=["429", "503", "429", "500"], retry_after=0.2)
+    with server as endpoint, caplog.at_level(logging.WARNING, logger="lmstream"):
+        hub_env(endpoint)
+        plan = lmstream.plan_dataset(_args())
+    assert len(plan.shards) == 5 and not server.api_faults
+    waits = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert waits and all(endpoint in w for w in waits)
+    assert any("Retry-After 0.2 s" in w for w in waits)
+
+
+def test_a_429_storm_is_never_taken_for_offline_and_retry_after_is_capped(repo, hub_env, caplog):
+    server = HubServer({REPO: repo}, api_faults=["429"] * 1000, retry_after=3600)
+    with server as endpoint, caplog.at_level(logging.WARNING, logger="lmstream"):
+        hub_env(endpoint)
+        with pytest.raises(ConfigError) as err:
+            lmstream.plan_dataset(_args(dataset_retry_budget=1.0, dataset_max_retry_wait=0.2))
+    assert "offline" not in str(err.value) and "rate-limiting" in str(err.value) and REPO in str(err.value)
+    assert any("Retry-After 3600 s" in r.getMessage() and "in 0.2 s" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kinds", [("429", "503", "reset"), ("reset",)])
+def test_random_faults_on_parquet_reads_lose_and_repeat_nothing(repo, hub_env, kinds):
+    server = HubServer({REPO: repo}, cdn_fault_rate=0.3, cdn_fault_kinds=kinds, seed=len(kinds))
+    with server as endpoint:
+        hub_env(endpoint)
+        plan = lmstream.plan_dataset(_args())
+        docs = _docs(plan, _args())
+    assert docs == _local_docs(repo)
+    assert sum(1 for r in server.requests if r[4]) >= 3
+
+
+@pytest.mark.slow
+def test_a_store_outage_longer_than_huggingface_hubs_own_retries_is_ridden_out(repo, hub_env):
+    server = HubServer({REPO: repo})
+    with server as endpoint:
+        hub_env(endpoint)
+        args = _args(dataset_retry_backoff=0.5, dataset_max_retry_wait=2.0, dataset_readahead_bytes=0)
+        plan = lmstream.plan_dataset(args)
+        stream = DocumentStream(plan, args, 0, 0, 1)
+        server.outage(26)   # huggingface_hub gives up after about 23 s
+        docs = [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+    assert docs == _local_docs(repo) and stream.stats["retries"] >= 8
+
+
+def test_one_epoch_downloads_the_text_column_chunks_and_footers_once(tmp_path, hub_env):
+    """FineWeb-sized row groups (1,000 documents): bytes from the store / (text column chunks + footers)."""
+    big = make_fineweb(str(tmp_path / "big"), docs_per_file=6000, files=2, rows_per_group=1000)
+    server = HubServer({REPO: big})
+    with server as endpoint:
+        hub_env(endpoint)
+        args = _args(dataset_shuffle=True)
+        plan = lmstream.plan_dataset(args)
+        docs = _docs(plan, args)
+    needed = sum(len(plan.raw_footers[i]) for i in plan.footers)
+    for i, meta in plan.footers.items():
+        needed += sum(meta.row_group(g).column(0).total_compressed_size for g in range(meta.num_row_groups))
+    files = sum(s.size for s in plan.shards)
+    ratio = server.cdn_bytes / needed
+    print(f"\nbytes downloaded {server.cdn_bytes}, text chunks + footers {needed}, files {files}: "
+          f"{ratio:.3f}x needed, {server.cdn_bytes / files:.3f}x the files")
+    assert len(docs) == 12000 and ratio <= 1.1
+
+
+def test_gated_and_missing_repositories_say_what_to_do(repo, hub_env):
+    server = HubServer({REPO: repo}, gated=[REPO])
+    with server as endpoint:
+        hub_env(endpoint)
+        with pytest.raises(ConfigError, match=r"gated or private.*HF_TOKEN"):
+            lmstream.plan_dataset(_args())
+        with pytest.raises(ConfigError, match=r"'nobody/nothing' does not exist on the Hub"):
+            lmstream.plan_dataset(_args(dataset_name="nobody/nothing"))
+        hub_env(endpoint, token=server.token)
+        assert len(lmstream.plan_dataset(_args()).shards) == 5
+        with pytest.raises(ConfigError, match=r"CC-MAIN-1999-01' is not a config.*CC-MAIN-2024-10"):
+            lmstream.plan_dataset(_args(dataset_config_name="CC-MAIN-1999-01"))
+
+
+def test_a_fingerprint_is_content_it_survives_a_copy_and_changes_with_the_data(repo, tmp_path):
+    import shutil
+    a = lmstream.plan_dataset(lmstream.DataArguments(dataset_name=repo, dataset_config_name=CONFIG))
+    copy = shutil.copytree(repo, tmp_path / "elsewhere")
+    b = lmstream.plan_dataset(lmstream.DataArguments(dataset_name=str(copy), dataset_config_name=CONFIG))
+    assert planfile.fingerprint(a) == planfile.fingerprint(b) and not planfile.changed(a, FAST_POLICY)
+    target = copy / "data" / CONFIG / "000_00002.parquet"
+    pq.write_table(pa.table({"text": make_docs(60, seed=99)}), target, row_group_size=20)
+    c = lmstream.plan_dataset(lmstream.DataArguments(dataset_name=str(copy), dataset_config_name=CONFIG))
+    assert planfile.fingerprint(c) != planfile.fingerprint(b)
+    assert [f for f, _ in planfile.changed(b, FAST_POLICY)] == [str(target)]
+    saved = planfile.save(b, str(tmp_path / "ck"))
+    assert planfile.fingerprint(planfile.load(os.path.dirname(saved))) == planfile.fingerprint(b)
+
+
+FAST_POLICY = lmstream.DataArguments(**FAST).retry_policy()
+
+
+# -- the job, end to end, as the reference command runs it -------------------------------------------------
+def _job(out, endpoint, *extra, steps=6):
+    return [sys.executable, "-m", "lmstream.train", "--dataset_streaming", "true", "--do_train", "--eval_strategy", "no",
+            "--dataset_name", REPO, "--dataset_config_name", CONFIG, "--dataset_group_text", "true",
+            "--dataloader_num_workers", "2", "--max_steps", str(steps), "--config_name", TINY_MODEL,
+            "--output_dir", str(out), "--per_device_train_batch_size", "2", "--logging_steps", "1", "--save_steps", "3",
+            "--dataset_block_size", "64", "--use_cpu", "true", "--learning_rate", "1e-3", "--disable_tqdm", "true",
+            "--lr_scheduler_type", "constant",   # so that a run stopped at max_steps 3 and resumed to 6 is one run
+            "--dataset_retry_backoff", "0.01", "--dataset_max_retry_wait", "0.05", *extra]
+
+
+def _env(endpoint, tmp_path):
+    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf-home"), "OMP_NUM_THREADS": "1"}
+
+
+def _losses(out):
+    with open(os.path.join(out, "trainer_state.json")) as f:
+        return [h["loss"] for h in json.load(f)["log_history"] if "loss" in h]
+
+
+@pytest.mark.slow
+def test_the_reference_command_trains_resumes_bitwise_and_pins_the_commit(tmp_path):
+    repo = make_fineweb(str(tmp_path / "fineweb"))
+    server = HubServer({REPO: repo}, cdn_fault_rate=0.2, cdn_fault_kinds=("429", "503", "reset"), seed=3)
+    with server as endpoint:
+        env = _env(endpoint, tmp_path)
+        run = lambda *a, **k: subprocess.run(_job(*a, **k), env=env, capture_output=True, text=True,  # noqa: E731
+                                             timeout=600)
+        server.cdn_fault_rate = 0.0
+        clean = run(tmp_path / "clean", endpoint)
+        assert clean.returncode == 0, clean.stderr[-3000:]
+        server.cdn_fault_rate = 0.2
+        faulty = run(tmp_path / "faulty", endpoint)
+        assert faulty.returncode == 0, faulty.stderr[-3000:]
+        assert sum(1 for r in server.requests if r[4]) >= 3
+        stopped = run(tmp_path / "resumed", endpoint, steps=3)
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
+        # the dataset moves on between save and resume: the run continues on the commit it started with
+        os.remove(os.path.join(repo, "data", CONFIG, "000_00004.parquet"))
+        server.commit(REPO)
+        before = len(server.api_calls())
+        resumed = run(tmp_path / "resumed", endpoint, "--resume_from_checkpoint", "true")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert len(server.api_calls()) == before   # the checkpoint's plan: nothing listed, no footer read
+    assert _losses(tmp_path / "clean") == _losses(tmp_path / "faulty")
+    assert _losses(tmp_path / "clean") == _losses(tmp_path / "resumed")
+    assert os.path.isfile(tmp_path / "resumed" / "checkpoint-3" / "lmstream_data" / "plan.json.gz")
+
+
+def test_a_local_file_rewritten_between_save_and_resume_is_refused_or_restarted(tmp_path):
+    repo = make_fineweb(str(tmp_path / "data"), files=2)
+    base = ["--dataset_name", repo, "--dataset_config_name", CONFIG, "--dataloader_num_workers", "0"]
+    cmd = lambda out, *a, steps=6: [x for x in _job(out, "unused", *base, *a, steps=steps)]  # noqa: E731
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd(tmp_path / "out", steps=3), env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    target = os.path.join(repo, "data", CONFIG, "000_00001.parquet")
+    pq.write_table(pa.table({"text": make_docs(60, seed=77)}), target, row_group_size=20)
+    ck = tmp_path / "out" / "checkpoint-3"
+    before = {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()}
+    refused = subprocess.run(cmd(tmp_path / "out", "--resume_from_checkpoint", "true"), env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 2 and "000_00001.parquet" in refused.stderr and "changed" in refused.stderr
+    assert {p: p.read_bytes() for p in ck.rglob("*") if p.is_file()} == before
+    accepted = subprocess.run(cmd(tmp_path / "out", "--resume_from_checkpoint", "true", "--dataset_accept_changed_data",
+                                  "true"), env=env, capture_output=True, text=True, timeout=600)
+    assert accepted.returncode == 0, accepted.stderr[-3000:]
+    assert "starts epoch 0 again on the new data" in accepted.stderr
