@@ -4,6 +4,7 @@ the column chunks it needs, and a checkpoint pins the data version."""
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -286,3 +287,43 @@ def test_a_local_file_rewritten_between_save_and_resume_is_refused_or_restarted(
                                   "true"), env=env, capture_output=True, text=True, timeout=600)
     assert accepted.returncode == 0, accepted.stderr[-3000:]
     assert "starts epoch 0 again on the new data" in accepted.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_plans_for_every_rank_and_a_resume_lists_nothing(tmp_path):
+    repo = make_fineweb(str(tmp_path / "fineweb"))
+    server = HubServer({REPO: repo})
+    with server as endpoint:
+        env = _env(endpoint, tmp_path)
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"]
+
+        def run(out, *extra, nproc=True):
+            cmd = _job(out, endpoint, "--dataloader_num_workers", "1", *extra)
+            cmd = torchrun + cmd[2:] + ["--ddp_backend", "gloo"] if nproc else cmd
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        run(tmp_path / "one", nproc=False)
+        one = len(server.api_calls())
+        run(tmp_path / "two")
+        two = len(server.api_calls()) - one
+        shutil.rmtree(tmp_path / "two" / "checkpoint-6")
+        run(tmp_path / "two", "--resume_from_checkpoint", "true")
+        resumed = len(server.api_calls()) - one - two
+    assert two == one <= 6 and resumed == 0, (one, two, resumed)
+
+
+def test_a_state_without_a_data_fingerprint_still_loads_and_a_changed_one_is_refused(repo, tokenizer):
+    args = lmstream.DataArguments(dataset_name=repo, dataset_config_name=CONFIG, dataset_block_size=32)
+    blocks = lmstream.build_pipeline(args, tokenizer)
+    it = iter(blocks)
+    next(it)
+    state = blocks.state_dict()
+    old = json.loads(json.dumps(state))
+    del old["settings"]["data"]            # as saved before data versions were pinned
+    fresh = lmstream.build_pipeline(args, tokenizer)
+    fresh.load_state_dict(old)
+    assert torch.equal(next(iter(fresh))["input_ids"], next(it)["input_ids"])
+    other = json.loads(json.dumps(state))
+    other["settings"]["data"] = "0" * 16
+    with pytest.raises(ConfigError, match="The data changed since this data position was saved"):
+        lmstream.build_pipeline(args, tokenizer).load_state_dict(other)
