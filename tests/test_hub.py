@@ -327,3 +327,35 @@ def test_a_state_without_a_data_fingerprint_still_loads_and_a_changed_one_is_ref
     other["settings"]["data"] = "0" * 16
     with pytest.raises(ConfigError, match="The data changed since this data position was saved"):
         lmstream.build_pipeline(args, tokenizer).load_state_dict(other)
+
+
+def test_a_repository_without_configs_is_resolved_by_datasets_and_read_by_pinned_url(tmp_path):
+    folder = tmp_path / "plain"
+    (folder / "data").mkdir(parents=True)
+    for i in range(2):
+        pq.write_table(pa.table({"text": make_docs(30, seed=i)}), folder / "data" / f"train-0000{i}-of-00002.parquet",
+                       row_group_size=10)
+    (folder / "README.md").write_text("# a card without configs\n")
+    server = HubServer({"someone/plain": str(folder)})
+    code = ("import json, lmstream; p = lmstream.plan_dataset(lmstream.DataArguments(dataset_name='someone/plain'));"
+            "print(json.dumps([[s.url, s.size] for s in p.shards]))")
+    with server as endpoint:
+        r = subprocess.run([sys.executable, "-c", code], env=_env(endpoint, tmp_path), capture_output=True, text=True,
+                           timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shards = json.loads(r.stdout.strip().splitlines()[-1])
+    sha = server.snapshots["someone/plain"]["main"]
+    assert [u.rsplit("/", 1)[-1] for u, _ in shards] == ["train-00000-of-00002.parquet", "train-00001-of-00002.parquet"]
+    assert all(f"/resolve/{sha}/" in u and n > 0 for u, n in shards)
+
+
+def test_hub_http_errors_are_classified_by_their_status():
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+    from lmstream.retry import is_transient, retry_after
+    req = httpx.Request("GET", "http://127.0.0.1/api/datasets/x")
+    for status, transient in ((429, True), (500, True), (503, True), (401, False), (404, False)):
+        resp = httpx.Response(status, headers={"Retry-After": "7"}, request=req)
+        err = HfHubHTTPError(f"{status}", response=resp)
+        assert is_transient(err) is transient, status
+        assert retry_after(err) == 7.0
