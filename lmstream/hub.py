@@ -20,26 +20,12 @@ import re
 import urllib.parse
 
 from .config import ConfigError
+from . import ranges
+from .ranges import RemoteError, client, endpoint
 from .retry import RetryPolicy, Unreadable, is_transient, with_retries
 from .shards import Shard, shard_format
 
 log = logging.getLogger("lmstream")
-
-
-def endpoint() -> str:
-    from huggingface_hub import constants
-    return constants.ENDPOINT.rstrip("/")
-
-
-_TOKEN: dict = {}
-
-
-def token() -> str | None:
-    """The Hub token of this process (HF_TOKEN or a stored login), looked up once."""
-    if "t" not in _TOKEN:
-        from huggingface_hub import get_token
-        _TOKEN["t"] = get_token()
-    return _TOKEN["t"]
 
 
 def resolve_url(repo: str, sha: str, path: str) -> str:
@@ -48,9 +34,8 @@ def resolve_url(repo: str, sha: str, path: str) -> str:
 
 def _get(url: str, method: str = "GET", follow: bool = True):
     """One request to the Hub (token attached); a status >= 400 raises RemoteError (retry.py reads it)."""
-    from .ranges import RemoteError, _client
-    headers = {"Authorization": f"Bearer {token()}"} if token() else {}
-    r = _client().request(method, url, headers=headers, follow_redirects=follow, timeout=60.0)
+    headers = {"Authorization": f"Bearer {ranges.token()}"} if ranges.token() else {}
+    r = client().request(method, url, headers=headers, follow_redirects=follow, timeout=60.0)
     if r.status_code >= 400:
         raise RemoteError(f"HTTP {r.status_code} for {url} ({r.headers.get('X-Error-Message') or r.text[:200]})",
                           r.status_code, r.headers)
@@ -254,8 +239,9 @@ def is_transient_in(err: BaseException) -> bool:
     return is_transient(err)
 
 
-def is_hub_url(url: str) -> bool:
-    return url.startswith(endpoint() + "/datasets/") and "/resolve/" in url
+def is_pinned_hub_url(url: str) -> bool:
+    """A Hub file at a commit sha (immutable), as resolve_hub and from_builder_url make them."""
+    return url.startswith(endpoint() + "/datasets/") and re.search(r"/resolve/[0-9a-f]{40}/", url) is not None
 
 
 def local_readme_configs(folder: str) -> list[dict] | None:

@@ -22,7 +22,7 @@ import os
 from . import ranges
 from .config import ConfigError
 from .documents import Plan, _read_footer, assemble_plan
-from .hub import is_hub_url
+from .hub import is_pinned_hub_url
 from .shards import Shard
 
 log = logging.getLogger("lmstream")
@@ -123,7 +123,7 @@ def changed(plan: Plan, policy) -> list[tuple[str, str]]:
     file's size and footer (or sampled bytes), a remote one's size and footer (or ETag)."""
     out = []
     for i, s in enumerate(plan.shards):
-        if is_hub_url(s.url) and "/resolve/" in s.url:
+        if is_pinned_hub_url(s.url):
             continue
         try:
             if s.format == "parquet":

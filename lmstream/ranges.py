@@ -36,7 +36,24 @@ def is_remote(url: str) -> bool:
     return "://" in url
 
 
-def _client():
+def endpoint() -> str:
+    """The Hub's address (HF_ENDPOINT, default https://huggingface.co)."""
+    from huggingface_hub import constants
+    return constants.ENDPOINT.rstrip("/")
+
+
+_TOKEN: dict = {}
+
+
+def token() -> str | None:
+    """The Hub token of this process (HF_TOKEN or a stored login), looked up once."""
+    if "t" not in _TOKEN:
+        from huggingface_hub import get_token
+        _TOKEN["t"] = get_token()
+    return _TOKEN["t"]
+
+
+def client():
     """One httpx client per process and thread (a forked DataLoader worker makes its own)."""
     import httpx
     key = os.getpid()
@@ -49,7 +66,6 @@ def _client():
 def _auth_headers(url: str) -> dict:
     """The Hub token for the Hub's own URLs (HF_TOKEN or `hf auth login`); httpx drops it on a redirect to
     another host, so the storage host never sees it."""
-    from .hub import endpoint, token
     return {"Authorization": f"Bearer {token()}"} if token() and url.startswith(endpoint()) else {}
 
 
@@ -61,7 +77,7 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
         spec = f"bytes={start}"
     headers = {"Range": spec, "Accept-Encoding": "identity", **_auth_headers(url)}
     t = httpx.Timeout(timeout) if timeout else httpx.Timeout(None)
-    r = _client().get(url, headers=headers, timeout=t)
+    r = client().get(url, headers=headers, timeout=t)
     if r.status_code >= 400:
         raise RemoteError(f"HTTP {r.status_code} for {url}", r.status_code, r.headers)
     body = r.content

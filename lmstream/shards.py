@@ -5,14 +5,11 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 _COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
 _FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".ndjson": "json",
             ".txt": "text", ".text": "text", ".md": "text"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_REMOTE = ("http://", "https://", "s3://", "gs://", "gcs://", "hf://")
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import glob as _glob
 import os
+import re
 
 from . import hub
 from .config import ConfigError
 from .retry import RetryPolicy
-from .shards import _COMPRESSIONS, _FORMATS, _HUB_ID, _REMOTE, Shard, shard_format  # noqa: F401 (re-exported)
+from .shards import Shard, shard_format
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_REMOTE = ("http://", "https://", "s3://", "gs://", "gcs://", "hf://")
 
 
 def _is_glob(s: str) -> bool:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lmstream
-from lmstream import hub, planfile
+from lmstream import planfile, ranges
 from lmstream.config import ConfigError
 from lmstream.documents import DocumentStream
 from conftest import TINY_MODEL, make_docs
@@ -71,7 +71,7 @@ def hub_env(monkeypatch, tmp_path):
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-        monkeypatch.setitem(hub._TOKEN, "t", token)
+        monkeypatch.setattr(ranges, "token", lambda: token)
     return use
 
 
