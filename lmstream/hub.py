@@ -225,6 +225,26 @@ def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) 
                   name=f"{repo}@{sha}/{e.path}") for e in files]
 
 
+def resolve_hf_url(url: str, policy: RetryPolicy) -> list[Shard]:
+    """`hf://datasets/<namespace>/<name>[@<rev>]/<path or glob>` as shards pinned to the revision's commit: the
+    same requests as a card's config (one revision call, the folder's listing), none in the workers."""
+    m = re.match(r"^hf://datasets/([^/@]+/[^/@]+)(?:@([^/]+))?/(.+)$", url)
+    if not m:
+        raise ConfigError(f"'{url}' is not a Hub dataset URL: write hf://datasets/<namespace>/<name>[@<revision>]/<path>.")
+    repo, rev, pattern = m.group(1), urllib.parse.unquote(m.group(2) or "main"), m.group(3)
+    sha = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else call(
+        lambda: _get(f"{endpoint()}/api/datasets/{repo}/revision/{urllib.parse.quote(rev, safe='')}").json()["sha"],
+        repo, "resolve", policy)
+    folder, recursive = _folder_of(pattern if re.search(r"[*?\[]", pattern) else pattern.rsplit("/", 1)[0] + "/*")
+    listing = [_Entry(e) for e in _list_folder(repo, sha, folder, recursive, policy) if e.get("type") == "file"]
+    files = [e for e in matching_files(listing, [pattern]) if shard_format(e.path)]
+    if not files:
+        raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' (revision {rev}) matches "
+                          f"'{pattern}': check the URL.")
+    return [Shard(resolve_url(repo, sha, e.path), shard_format(e.path), size=e.size, etag=e.etag,
+                  name=f"{repo}@{sha}/{e.path}") for e in files]
+
+
 def from_builder_url(url: str) -> Shard:
     """A `datasets` data file `hf://datasets/<repo>@<sha>/<path>` as a pinned resolve URL (no size yet)."""
     m = re.match(r"^hf://datasets/(.+?)@([0-9a-f]{40})/(.+)$", url)

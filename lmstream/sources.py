@@ -4,7 +4,8 @@
 
 Accepted, alone or several separated by commas: a hub id; a local dataset repository (README.md
 with YAML `configs:`); a local directory, glob or file of Parquet, JSON Lines (plain, .gz, .zst) or
-plain text; http(s):// URLs; s3://, gs://, hf:// URLs or globs through fsspec.
+plain text; http(s):// URLs; s3://, gs:// URLs or globs through fsspec; hf://datasets/ URLs or globs
+(pinned to a commit, see lmstream.hub).
 """
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def _local_repository(folder: str, config: str | None, split: str, policy: Retry
 
 
 def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
+    if entry.startswith("hf://datasets/"):   # pinned to a commit, read by URL: workers make no API call
+        return hub.resolve_hf_url(entry, policy)
     if entry.startswith(_REMOTE):
         if _is_glob(entry) and not entry.startswith(("http://", "https://")):
             import fsspec

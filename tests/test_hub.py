@@ -359,3 +359,18 @@ def test_hub_http_errors_are_classified_by_their_status():
         err = HfHubHTTPError(f"{status}", response=resp)
         assert is_transient(err) is transient, status
         assert retry_after(err) == 7.0
+
+
+def test_hf_urls_are_pinned_to_a_commit_and_read_by_url(repo, hub_env):
+    server = HubServer({REPO: repo})
+    with server as endpoint:
+        hub_env(endpoint)
+        glob = lmstream.plan_dataset(_args(dataset_name=f"hf://datasets/{REPO}/data/{CONFIG}/*.parquet"))
+        one = lmstream.plan_dataset(_args(dataset_name=f"hf://datasets/{REPO}@main/data/{CONFIG}/000_00003.parquet"))
+        calls = len(server.api_calls())
+        docs = _docs(glob, _args())
+    sha = server.snapshots[REPO]["main"]
+    assert [s.name for s in glob.shards] == [f"{REPO}@{sha}/data/{CONFIG}/000_{i:05d}.parquet" for i in range(5)]
+    assert [s.name for s in one.shards] == [f"{REPO}@{sha}/data/{CONFIG}/000_00003.parquet"]
+    assert calls == 6 and len(server.api_calls()) == calls   # (1 revision + 2 listing pages) x 2; none to read
+    assert docs == _local_docs(repo)
