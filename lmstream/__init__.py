@@ -3,13 +3,27 @@
     import lmstream
     args = lmstream.DataArguments(dataset_name="HuggingFaceFW/fineweb", dataset_config_name="CC-MAIN-2024-10")
     blocks = lmstream.build_pipeline(args, tokenizer, seed=0)
+
+Names are imported on first use, so that `import lmstream.cli` (the console entry, its --help) does not
+import torch or transformers.
 """
+import importlib
+
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
-from .job import data_arguments, generate_sample, job_from_parameters, notebook_parameters, run_job
-from .models import SAMPLE_DATASET, TINY_MODEL, load_model_and_tokenizer
-from .pipeline import StreamingBlocks, build_loader, build_pipeline, merge_stats, plan_dataset, resolve_block_size
-from .sources import Shard, resolve_shards
-from .tokenize import build_encoder
+
+_WHERE = {
+    "data_arguments": "job", "generate_sample": "job", "job_from_parameters": "job", "notebook_parameters": "job",
+    "run_job": "job", "SAMPLE_DATASET": "models", "TINY_MODEL": "models", "load_model_and_tokenizer": "models",
+    "StreamingBlocks": "pipeline", "build_loader": "pipeline", "build_pipeline": "pipeline", "merge_stats": "pipeline",
+    "plan_dataset": "pipeline", "resolve_block_size": "pipeline", "Shard": "shards", "resolve_shards": "sources",
+    "build_encoder": "tokenize",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'lmstream' has no attribute {name!r}")
 
 
 def train(model_args, data_args, run_args, training_args) -> dict:
@@ -18,7 +32,4 @@ def train(model_args, data_args, run_args, training_args) -> dict:
     return _train(model_args, data_args, run_args, training_args)
 
 
-__all__ = ["ConfigError", "DataArguments", "ModelArguments", "RunArguments", "SAMPLE_DATASET", "Shard",
-           "StreamingBlocks", "TINY_MODEL", "build_encoder", "build_loader", "build_pipeline", "data_arguments",
-           "generate_sample", "job_from_parameters", "load_model_and_tokenizer", "merge_stats",
-           "notebook_parameters", "plan_dataset", "resolve_block_size", "resolve_shards", "run_job", "train"]
+__all__ = ["ConfigError", "DataArguments", "ModelArguments", "RunArguments", "train", *sorted(_WHERE)]

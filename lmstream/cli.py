@@ -2,10 +2,12 @@
 
     lmstream-train --dataset_streaming true --do_train --dataset_name HuggingFaceFW/fineweb ... --output_dir OUT
 
-The flags are checked by the same parser as `python -m lmstream.train`, passed to
-notebooks/03_training.ipynb as parameters (flags the notebook does not declare go in `extra_args`),
-and the executed notebook is saved in output_dir as the run's report (report.ipynb, or report-2.ipynb,
-... so an earlier report is never overwritten).
+The flags are checked by the same parser as `python -m lmstream.train` (and the output folder and the
+checkpoint to resume from, before anything is written), passed to notebooks/03_training.ipynb (installed
+with the package) as parameters (flags the notebook does not declare go in `extra_args`), and the
+executed notebook is saved in output_dir as the run's report (report.ipynb, or report-2.ipynb, ... so an
+earlier report is never overwritten). The notebook's output (banner, progress lines, summary) streams
+to this terminal as it runs. `--help` is fast: it imports neither torch nor transformers.
 """
 from __future__ import annotations
 
@@ -15,11 +17,16 @@ import os
 import sys
 
 from .config import ConfigError
-from .train import parse_args
+from .helptext import help_text
 
 # parameters whose notebook default stays unless given: W&B-if-key rule, no progress bars in the report
 _NOTEBOOK_RULES = {"report_to", "disable_tqdm"}
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "notebooks", "03_training.ipynb")
+# the repository's notebooks/, installed inside the package (lmstream/notebooks links to it in a checkout)
+NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks", "03_training.ipynb")
+# naming none of these runs the embedded default: the notebook's own defaults (bundled sample, tiny model, CPU)
+_DATA_OR_MODEL = {"dataset_name", "dataset_mixture", "model_name_or_path", "config_name", "tokenized_dataset_load_dir"}
+# errors whose message is a sentence for the user (exit status 2); others are bugs or faults (1)
+USER_ERRORS = {"ConfigError", "Unreadable"}
 
 
 def _plain(value):
@@ -30,9 +37,10 @@ def _plain(value):
     return value
 
 
-def notebook_parameters_from_flags(argv: list[str], declared: set[str]) -> dict:
+def notebook_parameters_from_flags(argv: list[str], declared: set[str], parsed=None) -> dict:
     """Notebook parameters equivalent to `python -m lmstream.train ARGV` (its defaults included)."""
-    parsed = parse_args(argv)
+    from .train import parse_args
+    parsed = parsed or parse_args(argv)
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         from .train import file_to_argv
         argv = file_to_argv(argv[0])
@@ -41,8 +49,11 @@ def notebook_parameters_from_flags(argv: list[str], declared: set[str]) -> dict:
     unknown = named - set(fields)
     if unknown:
         raise ConfigError(f"Unknown argument(s) {', '.join(sorted(unknown))}.")
-    # the command line's defaults, not the notebook's (which suit a tutorial run on a CPU)
-    params = {k: _plain(getattr(fields[k], k)) for k in declared if k in fields and k not in _NOTEBOOK_RULES}
+    if named & _DATA_OR_MODEL:
+        # the command line's defaults, not the notebook's (which suit a tutorial run on a CPU)
+        params = {k: _plain(getattr(fields[k], k)) for k in declared if k in fields and k not in _NOTEBOOK_RULES}
+    else:   # the embedded default: what is not named keeps the notebook's default
+        params = {}
     params.update({k: _plain(getattr(fields[k], k)) for k in named & declared})
     extra = {k: _plain(getattr(fields[k], k)) for k in named - declared}
     if extra:
@@ -61,30 +72,79 @@ def report_path(output_dir: str) -> str:
     return path
 
 
+def preflight(argv: list[str], declared: set[str]) -> dict:
+    """Parse and check everything that can be checked before the job starts, so that a refused start writes
+    nothing: the flags, the output folder (another run's is refused), the checkpoint to resume from, that the
+    dataset resolves (its files are listed, not read) and that local model and tokenizer folders exist."""
+    from .sources import resolve_shards
+    from .train import check_output_dir, parse_args, resolve_checkpoint
+    parsed = parse_args(argv)
+    model_args, data_args, run_args, training_args = parsed
+    params = notebook_parameters_from_flags(argv, declared, parsed)
+    training_args.do_train = bool(params.get("do_train", True))   # the embedded default (the notebook's) trains
+    if training_args.do_train:
+        check_output_dir(training_args, run_args, resolve_checkpoint(training_args))
+    for name in ("model_name_or_path", "config_name", "tokenizer_name"):
+        path = getattr(model_args, name)
+        if path and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 2)[-1]) \
+                and not os.path.exists(os.path.expanduser(path)):
+            raise ConfigError(f"{name} '{path}' does not exist: check the path (or give a Hub model id).")
+    if data_args.dataset_name and not data_args.dataset_mixture and not data_args.tokenized_dataset_load_dir:
+        resolve_shards(data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_train_split,
+                       data_args.retry_policy())
+    return params
+
+
+def _caches_in(output_dir: str) -> None:
+    """The kernel's IPython profile and matplotlib's font cache go into the run's folder, not $HOME (unless set)."""
+    own = os.path.join(os.path.abspath(output_dir), ".lmstream")
+    os.makedirs(own, exist_ok=True)
+    os.environ.setdefault("IPYTHONDIR", os.path.join(own, "ipython"))
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(own, "matplotlib"))
+
+
+def full_help(prog: str) -> str:
+    from transformers import HfArgumentParser
+    from .train import ARG_CLASSES
+    return HfArgumentParser(ARG_CLASSES, prog=prog).format_help()
+
+
 def main(argv: list[str] | None = None) -> int:
-    import papermill as pm
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(help_text("lmstream-train"), end="")
         return 0
+    if "--help-all" in argv:
+        print(full_help("lmstream-train"), end="")
+        return 0
+    import papermill as pm
     notebook = os.environ.get("LMSTREAM_NOTEBOOK", NOTEBOOK)
+    if not os.path.isfile(notebook):
+        print(f"error: the training notebook '{notebook}' is missing: reinstall lmstream.", file=sys.stderr)
+        return 2
     try:
-        declared = set(pm.inspect_notebook(notebook))
-        params = notebook_parameters_from_flags(argv, declared)
+        params = preflight(argv, set(pm.inspect_notebook(notebook)))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     output_dir = params.get("output_dir") or "runs/default"
     params["output_dir"] = output_dir
     os.makedirs(output_dir, exist_ok=True)
+    _caches_in(output_dir)
     report = report_path(output_dir)
-    print(f"lmstream: running {notebook} -> {report}")
+    print(f"lmstream: running the training notebook; its report: {report}", flush=True)
     try:
         pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
-                            log_output=True, cwd=os.getcwd())
+                            stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd(),
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no kernel transport notices
     except pm.PapermillExecutionError as err:
-        print(f"error: the training notebook failed ({err.ename}: {err.evalue}); see {report}", file=sys.stderr)
+        if err.ename in USER_ERRORS:
+            print(f"error: {err.evalue}", file=sys.stderr)
+            return 2
+        print(f"error: the training notebook failed ({err.ename}: {err.evalue}); the traceback is in {report}",
+              file=sys.stderr)
         return 1
+    print(f"lmstream: report saved: {report}", flush=True)
     return 0
 
 

@@ -53,6 +53,8 @@ def notebook_parameters(namespace: dict) -> dict:
         raise ConfigError(f"Unknown notebook parameter(s) {', '.join(unknown)}: the parameters are "
                           f"{', '.join(declared)}.")
     params = {k: namespace[k] for k in declared}
+    if "output_dir" in params and params["output_dir"] is None:
+        params["output_dir"] = demo_output_dir()
     if "dataset_name" in params and params["dataset_name"] is None and not params.get("dataset_mixture"):
         params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, "python-docs"
     if "config_name" in params and params.get("model_name_or_path") is None and params["config_name"] is None:
@@ -60,6 +62,24 @@ def notebook_parameters(namespace: dict) -> dict:
     if "tokenizer_name" in params and params["tokenizer_name"] is None and "config_name" not in params:
         params["tokenizer_name"] = TINY_MODEL
     return params
+
+
+DEMO_DIR = os.path.join("runs", "notebook-demo")
+DEMO_MARKER = ".lmstream-demo"
+
+
+def demo_output_dir(folder: str = DEMO_DIR) -> str:
+    """The output folder of a notebook run without output_dir ("Run all" in Jupyter): the notebook's own demo
+    run, replaced each time. Only a folder this function made (it holds a marker) is ever removed."""
+    import shutil
+    if os.path.isdir(folder):
+        if not os.path.exists(os.path.join(folder, DEMO_MARKER)):
+            raise ConfigError(f"output_dir is not set and '{folder}' holds another run: set output_dir.")
+        shutil.rmtree(folder)
+    os.makedirs(folder)
+    open(os.path.join(folder, DEMO_MARKER), "w").close()
+    print(f"output_dir not set: this is a demo run in {folder}, replaced the next time (set output_dir to keep a run).")
+    return folder
 
 
 def data_arguments(params: dict) -> DataArguments:

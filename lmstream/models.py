@@ -44,6 +44,8 @@ def load_model_and_tokenizer(args: ModelArguments):
             except ValueError as err:
                 raise ConfigError(f"config_overrides '{args.config_overrides}': {err}") from None
         model = AutoModelForCausalLM.from_config(config, dtype=_dtype(args.torch_dtype) if args.torch_dtype != "auto" else None, **kwargs)
+    if getattr(model, "loss_type", "") is None:   # GPT2LMHeadModel's name does not say ForCausalLM
+        model.loss_type = "ForCausalLM"
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise ConfigError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.get_input_embeddings().weight.shape[0]} "
                           "embeddings: use the model's own tokenizer.")

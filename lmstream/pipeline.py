@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -31,6 +32,8 @@ from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
 from .tokenize import Encoder, build_encoder
 
+# torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 STATE_VERSION = 2
 TOKENIZE_BYTES = 512 * 1024   # text per tokenizer call (about 0.1 s of tiktoken): bounds first-block latency
 _COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_truncated", "tokenize_seconds")

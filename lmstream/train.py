@@ -7,16 +7,26 @@
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__" and ("-h" in sys.argv[1:2] or "--help" in sys.argv[1:]):   # fast: before torch is imported
+    from lmstream.helptext import help_text
+    print(help_text("python -m lmstream.train"), end="")
+    sys.exit(0)
+
 import importlib.util
 import logging
 import os
-import sys
+import time
 
+import transformers
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
+from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say, summary
 from .training import (DATA_STATE_DIR, StreamingTrainer, is_cut_short, is_stream, last_complete_checkpoint,
                        read_data_states)
 
@@ -27,6 +37,9 @@ ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 def parse_args(argv: list[str] | None = None):
     """(model, data, run, training) arguments from flags or from one YAML/JSON file; unknown names fail."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help-all" in argv:
+        HfArgumentParser(ARG_CLASSES, prog="python -m lmstream.train").print_help()
+        sys.exit(0)
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
     parser = HfArgumentParser(ARG_CLASSES)
@@ -82,8 +95,10 @@ def mapping_to_argv(data: dict, skip=()) -> list[str]:
 def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
     """Refuse to write into a folder that holds another run (nothing is overwritten)."""
     out = training_args.output_dir
-    # executed notebooks (the run's report, written by papermill as it starts) don't make it another run
-    held = [f for f in os.listdir(out) if not f.endswith(".ipynb")] if os.path.isdir(out) else []
+    # executed notebooks (the run's report, written by papermill as it starts) and lmstream's caches don't make it
+    # another run
+    held = [f for f in os.listdir(out) if not f.endswith(".ipynb") and f not in (".lmstream", ".lmstream-demo")] \
+        if os.path.isdir(out) else []
     if not (training_args.do_train and held):
         return
     if resume or run_args.overwrite_output_dir:
@@ -139,8 +154,11 @@ def pinned_plan(checkpoint: str, data_args: DataArguments):
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArguments,
-          training_args: TrainingArguments) -> dict:
-    """Train (and evaluate) as the arguments say; return the final metrics."""
+          training_args: TrainingArguments, callbacks: list | None = None) -> dict:
+    """Train (and evaluate) as the arguments say; return the final metrics.
+
+    `callbacks`: extra transformers TrainerCallbacks (instances or classes) added to the Trainer."""
+    started = time.perf_counter()
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
         if getattr(training_args, name) < 1:
             raise ConfigError(f"{name}={getattr(training_args, name)} must be at least 1.")
@@ -173,21 +191,43 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
         else:
             training_args.ignore_data_skip = True
     trainer = StreamingTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                               processing_class=tokenizer, data_collator=default_data_collator, data_states=data_states)
+                               processing_class=tokenizer, data_collator=default_data_collator, data_states=data_states,
+                               callbacks=[TerminalProgress(), *(callbacks or [])])
+    trainer.remove_callback(PrinterCallback)   # raw log dicts: TerminalProgress prints them readably
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(BarOnly())
+    transformers.utils.logging.disable_progress_bar()   # "Writing model shards" at every save: noise
+    tied = TiedWeightsFilter(model)
+    logging.getLogger("transformers.trainer").addFilter(tied)
+    loud = training_args.process_index == 0
+    if loud and training_args.do_train:
+        block = getattr(train_ds, "block_size", None) or data_args.dataset_block_size
+        for line in banner(model, data_args, training_args, getattr(train_ds, "plan", None), block, checkpoint):
+            say(line)
+        if data_states:
+            say(resume_line(checkpoint, data_states))
     metrics: dict = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         metrics.update(result.metrics)
         metrics.update({f"data_{k}": v for k, v in trainer.data_stats().items()})
         trainer.save_model()
-        trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
     if training_args.do_eval:
-        eval_metrics = trainer.evaluate()
-        trainer.log_metrics("eval", eval_metrics)
+        done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        eval_metrics = ({k: v for k, v in done[-1].items() if k.startswith("eval_")} if done   # evaluated at the last step
+                        else trainer.evaluate())
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
+    logging.getLogger("transformers.trainer").removeFilter(tied)
+    if loud and training_args.do_train:
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        seen = [h["tokens_seen"] for h in trainer.state.log_history if "tokens_seen" in h]
+        final = {**metrics, "global_step": trainer.state.global_step, "final_loss": losses[-1] if losses else float("nan"),
+                 "tokens_seen": seen[-1] if seen else 0}
+        for line in summary(final, training_args.output_dir, time.perf_counter() - started):
+            say(line)
     return metrics
 
 
