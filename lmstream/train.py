@@ -34,6 +34,13 @@ log = logging.getLogger("lmstream")
 ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 
 
+class _Parser(HfArgumentParser):
+    """argparse's errors as one sentence (a ConfigError), not a usage dump of every TrainingArguments flag."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message[0].upper()}{message[1:]}: see --help.")
+
+
 def parse_args(argv: list[str] | None = None):
     """(model, data, run, training) arguments from flags or from one YAML/JSON file; unknown names fail."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -42,7 +49,7 @@ def parse_args(argv: list[str] | None = None):
         sys.exit(0)
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
-    parser = HfArgumentParser(ARG_CLASSES)
+    parser = _Parser(ARG_CLASSES)
     parsed = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     if parsed[-1]:
         raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m lmstream.train --help`.")

@@ -13,6 +13,9 @@ def test_bench_quick_completes_and_reports(tmp_path):
     assert r["pipeline"]["lmstream_kept"] > 0.99 > r["pipeline"]["reference_kept"]
     assert r["resume"]["lmstream_late_s"] > 0 and r["train"]["steps"] == 6
     assert (tmp_path / "all.png").exists() and (tmp_path / "all-resume.png").exists()
+    assert "QUICK RUN (bundled sample" in proc.stdout and "not comparable" in proc.stdout
+    assert "lmstream / HF tokenizer bound (texts in memory)" in proc.stdout and ">= 0.85" in proc.stdout
+    assert "lmstream-train --help, seconds" in proc.stdout and r["help_seconds"] > 0
 
 
 def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
