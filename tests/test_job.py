@@ -127,3 +127,13 @@ def test_the_job_runs_from_an_installed_wheel(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "lmstream: done  6 steps" in run.stdout and (tmp_path / "out" / "report.ipynb").exists()
     assert str(SAMPLE).split("lmstream/")[-1] in run.stdout   # the bundled sample, from the installed package
+
+
+def test_papermill_itself_streams_the_same_lines(tmp_path):
+    (tmp_path / "run").mkdir()
+    cmd = [sys.executable, "-m", "papermill", os.path.join(NOTEBOOKS, "03_training.ipynb"), "run/report.ipynb",
+           "--stdout-file", "/dev/stdout", "--no-progress-bar", "-p", "output_dir", "run", "-p", "max_steps", "4",
+           "-p", "logging_steps", "2", "-p", "eval_steps", "2", "-p", "save_steps", "2"]
+    lines, live, rc, err = _live(cmd, _env(tmp_path / "home"), tmp_path)
+    assert rc == 0, err[-3000:]
+    assert live and "lmstream: done  4 steps" in "\n".join(lines) and "step 4/4 [" in "\n".join(lines)
