@@ -82,7 +82,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 "group_text": a.dataset_group_text, "max_len": self.max_len, "seed": self.seed,
                 "shuffle": a.dataset_shuffle, "shuffle_buffer": a.dataset_shuffle_buffer,
                 "holdout": a.dataset_holdout_fraction, "sample_by": a.dataset_text_sample_by,
-                "max_samples": self.max_samples, "vocab_size": self.encoder.vocab_size, "eos": self.encoder.eos}
+                "max_samples": self.max_samples, "vocab_size": self.encoder.vocab_size, "eos": self.encoder.eos,
+                "tokenizer": self.encoder.fingerprint}
 
     # -- topology -------------------------------------------------------------------------------
     def _slot(self) -> tuple[int, int, int]:
@@ -110,9 +111,14 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         """Refuse a reader state of another format version or other data settings."""
         if state.get("version") != STATE_VERSION:
             raise ConfigError(f"The data state has version {state.get('version')}, this lmstream reads {STATE_VERSION}.")
-        # "data" (the content fingerprint) is absent from states saved before lmstream pinned data versions
+        # "data" and "tokenizer" (content fingerprints) are absent from states saved by earlier lmstream versions
         diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]
-                and not (k == "data" and "data" not in state["settings"])]
+                and not (k in ("data", "tokenizer") and k not in state["settings"])]
+        if diff == ["tokenizer"]:
+            raise ConfigError("The data position was saved with another tokenizer (same vocabulary size and EOS, other "
+                              f"ids: fingerprint {state['settings']['tokenizer']} then, {self.settings['tokenizer']} "
+                              "now): resume with the tokenizer the run was trained with (tokenizer_name / the "
+                              "checkpoint's tokenizer files), or start a new run.")
         if diff == ["data"]:
             raise ConfigError("The data changed since this data position was saved (same files, other content: "
                               f"fingerprint {state['settings']['data']} then, {self.settings['data']} now): resume on "

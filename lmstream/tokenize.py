@@ -84,6 +84,22 @@ def _safe_cut(text: str, at: int, window: int = 1 << 16) -> int:
     return m.start() if m else (len(text) if at + window >= len(text) else _safe_cut(text, at + window, window))
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """16 hex digits over what decides the ids: vocabulary, merges, normalizer, pre-tokenizer, post-processor,
+    added and special tokens (not padding or truncation settings, not the folder it was loaded from)."""
+    import hashlib
+    import json
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+    else:   # a slow tokenizer: its vocabulary and special tokens
+        spec = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])}
+    spec["special"] = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
 class Encoder:
     """Encodes batches of documents into one flat id array plus per-document lengths (EOS included)."""
 
@@ -97,6 +113,7 @@ class Encoder:
         self.backend = "tiktoken" if self.tiktoken is not None else "hf"
         self.name = getattr(tokenizer, "name_or_path", "") or ""
         self.vocab_size = len(tokenizer)
+        self.fingerprint = tokenizer_fingerprint(tokenizer)
 
     def __getstate__(self):   # tiktoken objects don't pickle; rebuild in the worker
         state = dict(self.__dict__)
