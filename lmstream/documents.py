@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pyarrow as pa
 
 from . import ranges
 from .config import ConfigError, DataArguments
@@ -34,7 +35,8 @@ from .retry import RetryPolicy, Unreadable, is_transient, on_fault, with_retries
 from .sources import Shard, open_binary
 
 log = logging.getLogger("lmstream")
-_WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_heldout", "docs_invalid_utf8")   # counted per window by _fill
+_WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_null", "docs_heldout", "docs_invalid_utf8")   # counted by _fill
+OTHER = "another reader's row"   # a row a strided piece leaves to another reader: advances the position only
 
 
 @dataclass(frozen=True)
@@ -124,10 +126,14 @@ def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict
             raise Unreadable(f"Shard '{shard.url}' is not a valid Parquet file "
                              f"({type(err.cause).__name__}: {err.cause}).", err.cause) from None
         raise
-    names = meta.schema.to_arrow_schema().names
-    if check_field and text_field not in names:
-        raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(names)}): "
+    schema = meta.schema.to_arrow_schema()
+    if check_field and text_field not in schema.names:
+        raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(schema.names)}): "
                           "set dataset_text_field to one of them.")
+    kind = schema.field(text_field).type if check_field else None
+    if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+        raise ConfigError(f"Column '{text_field}' of shard '{shard.url}' holds {kind}, not text: set "
+                          "dataset_text_field to a string column.")
     return meta, raw, replace(shard, size=size)
 
 
@@ -193,7 +199,7 @@ class DocumentStream:
         self.window_size = args.dataset_shuffle_buffer if self.shuffle else 1024
         # counters of what was read (the packer counts what was emitted)
         self.policy = args.retry_policy()
-        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "retries": 0,
+        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_null": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "retries": 0,
                       "shards_skipped": 0, "read_seconds": 0.0, "read_wait_seconds": 0.0}
 
     def slot_pieces(self, epoch: int) -> list[Piece]:
@@ -220,7 +226,7 @@ class DocumentStream:
             docs, skips = self._rest_docs(piece)
             for i in range(skip, len(docs)):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, None, False, 0, False
+                    yield i, OTHER, False, 0, False
                     continue
                 yield i, docs[i], False, skips[i], False
             return
@@ -233,7 +239,7 @@ class DocumentStream:
                 rows = self._line_rows(shard, skip)
             for i, (text, bad) in enumerate(rows, skip):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, None, False, 0, True   # another slot's row: advance the position, emit nothing
+                    yield i, OTHER, False, 0, True   # another slot's row: advance the position, emit nothing
                     continue
                 yield i, text, bad, 0, True
         except Unreadable as err:
@@ -312,12 +318,16 @@ class DocumentStream:
             if text is StopIteration:
                 last = True
                 break
-            if text is None:
+            if text is OTHER:
                 continue
             stats["rows_read"] += new
             stats["docs_invalid_utf8"] += bad
+            if text is None:   # a null row: counted, never trained on
+                stats["docs_null"] += new
+                continue
             if not isinstance(text, (str, LongText)):
-                text = str(text)
+                raise ConfigError(f"Column '{self.args.dataset_text_field}' holds {type(text).__name__} values, not "
+                                  "text: set dataset_text_field to a string column.")
             if text.is_blank() if isinstance(text, LongText) else not text.strip():
                 stats["docs_empty"] += new
                 continue
@@ -412,7 +422,11 @@ def _json_texts(lines, url: str, field: str):
             cols = ", ".join(row) if isinstance(row, dict) else type(row).__name__
             raise ConfigError(f"Line {n} of '{url}' has no field '{field}' (fields: {cols}): "
                               "set dataset_text_field to one of them.")
-        yield row[field], bad
+        value = row[field]
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"Line {n} of '{url}': field '{field}' holds {type(value).__name__}, not text: set "
+                              "dataset_text_field to a string field.")
+        yield value, bad
 
 
 def _text_samples(lines, sample_by: str):

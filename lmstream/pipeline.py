@@ -16,6 +16,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import time
 import warnings
 
@@ -244,9 +245,14 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             items = decode_items(phase["items"], self.plan) if owed else None
             cap = self._cap({**base, **phase})
             if cap is None or in_epoch < cap:
+                if resumed:
+                    _check_start(start, stream.slot_pieces(epoch) if items is None else items)
                 windows = stream.windows(epoch, widx, start, count=not resumed, items=items,
                                          tag=(phase["gen"],) if owed else ())
                 for window in windows:
+                    if resumed and doc0 > len(window.docs):
+                        raise ConfigError(f"The data position is corrupt: document {doc0} of window {window.index}, "
+                                          f"which has {len(window.docs)} documents: resume from another checkpoint.")
                     for sample, (win, j), off, nd, nb in self._samples(window, doc0, tok0, packer, stats):
                         in_epoch += 1
                         stats["docs"] += nd
@@ -363,13 +369,45 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                     "attention_mask": torch.from_numpy(mask)}, (window, j + 1), 0, 1, window.nbytes[j])
 
 
+def _check_start(start, pieces: list) -> None:
+    """A saved window start must lie within the reader's pieces (else the rest of the epoch would be skipped)."""
+    p, row = start
+    rows = getattr(pieces[p], "num_rows", None) if p < len(pieces) else None
+    if p > len(pieces) or (p == len(pieces) and row > 0) or (rows is not None and row > rows):
+        raise ConfigError(f"The data position is corrupt: window start (piece {p}, row {row}) lies outside the "
+                          f"reader's {len(pieces)} pieces: resume from another checkpoint.")
+
+
+POSITION_INTS = ("epoch", "window", "doc", "token", "samples_in_epoch", "slot", "n_slots", "workers", "rank",
+                 "world_size")
+
+
+def position_problem(state) -> str | None:
+    """What is wrong with a saved reader state's shape and ranges (None: nothing); see also _check_start."""
+    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not isinstance(state.get("stats"), dict):
+        return "not a reader state (settings or counters missing)"
+    for k in POSITION_INTS:
+        v = state.get(k)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            return f"{k}={v!r}, not a count"
+    for k in ("start", "next"):
+        v = state.get(k)
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 0 for x in v)):
+            return f"{k}={v!r}, not a (piece, row) position"
+    if state["slot"] >= state["n_slots"] or state["n_slots"] % max(1, state["world_size"]):
+        return f"reader {state['slot']} of {state['n_slots']} for {state['world_size']} process(es)"
+    return None
+
+
 def _cut_heads(ids: np.ndarray, lens: np.ndarray, skips: list[int], refs: list):
     """Drop the first skips[i] tokens of document i; its ref becomes (ref, skipped, last=True)."""
     keep, lens = np.ones(len(ids), dtype=bool), lens.copy()
     starts = np.cumsum(lens) - lens
     for i, k in enumerate(skips):
+        if k > lens[i]:
+            raise ConfigError(f"The data position is corrupt: token {k} of a document of {int(lens[i])} tokens (EOS "
+                              "included): resume from another checkpoint.")
         if k:
-            k = min(k, int(lens[i]))
             keep[starts[i]:starts[i] + k] = False
             lens[i] -= k
             refs[i] = (refs[i], k, True)
@@ -495,8 +533,27 @@ class _TimedIterator:
         try:
             batch = next(self.it)
             return batch.tensors() if isinstance(batch, ArrayBatch) else batch
+        except ConfigError as err:
+            raise own_message(err) from None
         finally:
             self.loader.wait_seconds += time.perf_counter() - t0
+
+
+def own_message(err: ConfigError) -> ConfigError:
+    """An lmstream error re-raised by a DataLoader worker ("Caught Unreadable in DataLoader worker process 1.
+    Original Traceback ...") as its own sentence first, the worker named after it."""
+    text = str(err)
+    m = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.", text)
+    if not m:
+        return err
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(prefix)
+    body = text[at + len(prefix):] if at >= 0 else text.strip().splitlines()[-1]
+    sentence = " ".join(line.strip() for line in body.strip().splitlines())
+    try:
+        return type(err)(f"{sentence} (in {m.group(1)})")
+    except TypeError:
+        return ConfigError(f"{sentence} (in {m.group(1)})")
 
 
 class BlockLoader(StatefulDataLoader):

@@ -83,7 +83,20 @@ def _local_repository(folder: str, config: str | None, split: str, policy: Retry
     return _shards_from_files(files, folder)
 
 
+def _no_splits(entry: str, split: str) -> None:
+    """Plain files, folders, globs and URLs have one split, "train": asking for another is refused, never
+    answered with the training files."""
+    if split != "train":
+        raise ConfigError(f"'{entry}' is a plain file, folder, glob or URL, which has no split '{split}' (only its "
+                          "documents, as split 'train'): to evaluate, hold documents out with "
+                          "--dataset_holdout_fraction 0.01, or use a dataset repository with that split.")
+
+
 def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
+    repository = (os.path.isdir(entry) and (os.path.isfile(os.path.join(entry, "README.md")) or config)) or (
+        not entry.startswith(_REMOTE) and not os.path.exists(entry) and not _is_glob(entry))   # local or a hub id
+    if not repository:
+        _no_splits(entry, split)
     if entry.startswith("hf://datasets/"):   # pinned to a commit, read by URL: workers make no API call
         return hub.resolve_hf_url(entry, policy)
     if entry.startswith(_REMOTE):

@@ -14,10 +14,12 @@ if __name__ == "__main__" and ("-h" in sys.argv[1:2] or "--help" in sys.argv[1:]
     print(help_text("python -m lmstream.train"), end="")
     sys.exit(0)
 
+import contextlib
 import importlib.util
 import logging
 import os
 import time
+from typing import Optional
 
 import transformers
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator, set_seed
@@ -26,6 +28,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
+from .runlock import output_lock
 from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say, summary
 from .training import (DATA_STATE_DIR, StreamingTrainer, is_cut_short, is_stream, last_complete_checkpoint,
                        read_data_states)
@@ -71,22 +74,56 @@ def file_to_argv(path: str) -> list[str]:
     import yaml
     if not os.path.isfile(path):
         raise ConfigError(f"Arguments file '{path}' does not exist.")
-    with open(path) as f:
-        data = (yaml.safe_load(f) if path.endswith((".yaml", ".yml")) else json.load(f)) or {}
+    try:
+        with open(path) as f:
+            data = (yaml.load(f, Loader=_Yaml12Loader) if path.endswith((".yaml", ".yml")) else json.load(f)) or {}
+    except (ValueError, yaml.YAMLError) as err:
+        raise ConfigError(f"Arguments file '{path}' is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}"
+                          f" ({str(err).splitlines()[0]}).") from None
     if not isinstance(data, dict):
         raise ConfigError(f"Arguments file '{path}' must hold a mapping of argument names to values.")
     return mapping_to_argv(data)
 
 
+def _yaml12_loader():
+    """A safe YAML loader whose booleans are only true/false (YAML 1.2): `eval_strategy: no` stays the string
+    "no", as a user writing the reference's flag into a file means it."""
+    import re
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+                                      for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return Loader
+
+
+_Yaml12Loader = _yaml12_loader()
+
+
+def _bool_fields() -> set:
+    import dataclasses
+    return {f.name for cls in ARG_CLASSES for f in dataclasses.fields(cls)
+            if f.type in (bool, "bool", "Optional[bool]", "bool | None") or f.type == Optional[bool]}
+
+
 def mapping_to_argv(data: dict, skip=()) -> list[str]:
-    """Flags for a mapping of argument names to values (None left out, lists as several values, dicts as JSON)."""
+    """Flags for a mapping of argument names to values (None left out, lists as several values, dicts as JSON).
+
+    A YAML 1.1 reader (papermill's -f) turns `eval_strategy: no` into False: a boolean given for an argument
+    that is not boolean goes back to the word it was ("no" / "yes")."""
     import json
     argv: list[str] = []
+    booleans = _bool_fields()
     for key, value in data.items():
         if key in skip or value is None:
             continue
         argv.append(f"--{key}")
-        if isinstance(value, bool):
+        if isinstance(value, bool) and key not in booleans:
+            argv.append("yes" if value else "no")
+        elif isinstance(value, bool):
             argv.append(str(value).lower())
         elif isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
             argv.append(json.dumps(value))   # a list of records (dataset_mixture) is one JSON value
@@ -171,6 +208,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
             raise ConfigError(f"{name}={getattr(training_args, name)} must be at least 1.")
     checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
     check_output_dir(training_args, run_args, checkpoint)
+    with (output_lock(training_args.output_dir) if training_args.do_train and training_args.process_index == 0
+          else contextlib.nullcontext()):
+        return _train(model_args, data_args, run_args, training_args, checkpoint, callbacks, started)
+
+
+def _train(model_args, data_args, run_args, training_args, checkpoint, callbacks, started) -> dict:
     set_seed(training_args.seed)   # before the model exists: a from-scratch init is then reproducible
     model, tokenizer = load_model_and_tokenizer(model_args)
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)

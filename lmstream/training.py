@@ -86,10 +86,22 @@ def read_data_states(checkpoint: str) -> list[dict] | None:
     if ranks != list(range(len(ranks))) or not ranks:
         raise ConfigError(f"Checkpoint '{checkpoint}' has data positions of ranks {ranks}, not 0..N-1 (a file is "
                           "missing): resume from a complete checkpoint.")
+    from .elastic import reader_states
+    from .pipeline import position_problem
     states = []
     for r in ranks:
-        with open(data_state_path(checkpoint, r)) as f:
-            states.append(json.load(f))
+        path = data_state_path(checkpoint, r)
+        try:
+            with open(path) as f:
+                states.append(json.load(f))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"Checkpoint data position '{path}' is unreadable ({type(err).__name__}: {err}): resume "
+                              "from an earlier checkpoint.") from None
+        readers = reader_states(states[-1])
+        problems = [p for p in map(position_problem, readers) if p] or ([] if readers else ["no reader state in it"])
+        if problems:
+            raise ConfigError(f"Checkpoint data position '{path}' is corrupt ({problems[0]}): resume from an earlier "
+                              "checkpoint.")
     return states
 
 

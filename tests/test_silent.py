@@ -1,0 +1,169 @@
+"""Nothing silently wrong: inputs that used to give a wrong result with exit status 0 now work or stop with one
+sentence naming the culprit, and nothing already written is changed."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import lmstream
+import lmstream.train as lt
+from lmstream.config import ConfigError
+from lmstream.retry import Unreadable
+from conftest import SAMPLE, TINY_MODEL, make_docs, write_jsonl, write_parquet
+
+
+def _tiny(out, *extra, steps=4):
+    return ["--dataset_streaming", "true", "--do_train", "--dataset_name", SAMPLE, "--dataset_config_name", "python-docs",
+            "--config_name", TINY_MODEL, "--output_dir", str(out), "--max_steps", str(steps),
+            "--per_device_train_batch_size", "2", "--dataset_block_size", "64", "--logging_steps", "1",
+            "--save_steps", "2", "--use_cpu", "true", "--dataloader_num_workers", "0", "--disable_tqdm", "true",
+            "--report_to", "none", *extra]
+
+
+def _reader(obj):
+    """The reader state (the dict with data settings) inside a saved loader state."""
+    if isinstance(obj, dict):
+        if "settings" in obj:
+            return obj
+        return next((r for r in map(_reader, obj.values()) if r is not None), None)
+    return None
+
+
+def _tree(folder):
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and ".lmstream" not in p.parts}
+
+
+def test_a_tokenizer_with_swapped_entries_is_refused_on_resume(tmp_path, tokenizer):
+    from transformers import AutoTokenizer
+    spec = json.loads(open(os.path.join(TINY_MODEL, "tokenizer.json"), encoding="utf-8").read())
+    vocab = spec["model"]["vocab"]
+    for a, b in (("the", "of"), ("Ġthe", "Ġof")):          # same size, same EOS, four ids swapped
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+    other = tmp_path / "tok"
+    shutil.copytree(TINY_MODEL, other)
+    (other / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    swapped = AutoTokenizer.from_pretrained(str(other))
+    assert len(swapped) == len(tokenizer) and swapped.eos_token_id == tokenizer.eos_token_id
+    args = lmstream.DataArguments(dataset_name=SAMPLE, dataset_config_name="python-docs", dataset_block_size=32)
+    blocks = lmstream.build_pipeline(args, tokenizer)
+    next(iter(blocks))
+    with pytest.raises(ConfigError, match="saved with another tokenizer"):
+        lmstream.build_pipeline(args, swapped).load_state_dict(blocks.state_dict())
+    same = AutoTokenizer.from_pretrained(str(shutil.copytree(TINY_MODEL, tmp_path / "copy")))
+    lmstream.build_pipeline(args, same).load_state_dict(blocks.state_dict())   # a copy elsewhere is the same
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, caplog):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "lmstream.train", *_tiny(out, "--save_steps", "1000", steps=60)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    lock = out / ".lmstream" / "run.lock"
+    deadline = time.time() + 120
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "lmstream.train", *_tiny(out, "--seed", "7")], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert second.returncode == 2
+    assert second.stderr.startswith(f"error: output_dir '{out}' is in use by another run (pid {first.pid}")
+    assert not lock.exists()                            # released at the end
+    ghost = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    other = tmp_path / "other"
+    (other / ".lmstream").mkdir(parents=True)
+    (other / ".lmstream" / "run.lock").write_text(json.dumps({"host": os.uname().nodename, "pid": int(ghost.stdout),
+                                                              "started": "earlier"}))
+    lt.train(*lt.parse_args(_tiny(other, steps=2)))
+    assert any("taking over the lock of a run that is gone" in r.getMessage() for r in caplog.records)
+
+
+def test_a_plain_folder_has_no_test_split_and_no_other_train_split(tmp_path):
+    write_parquet(tmp_path / "pq", make_docs(60, seed=3), shards=2)
+    with pytest.raises(ConfigError, match=r"has no split 'test'.*--dataset_holdout_fraction"):
+        lmstream.plan_dataset(lmstream.DataArguments(dataset_name=str(tmp_path / "pq")), "test")
+    with pytest.raises(ConfigError, match="has no split 'validation'"):
+        lmstream.plan_dataset(lmstream.DataArguments(dataset_name=str(tmp_path / "pq"), dataset_train_split="validation"))
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="has no split 'test'"):
+        lt.train(*lt.parse_args(_tiny(out, "--do_eval", "--dataset_name", str(tmp_path / "pq"),
+                                      "--dataset_config_name", "", steps=2)))
+
+
+def test_a_non_text_column_is_refused_and_null_rows_are_counted(tmp_path, tokenizer):
+    pq.write_table(pa.table({"text": list(range(20))}), tmp_path / "ints.parquet")
+    with pytest.raises(ConfigError, match=r"Column 'text' of shard '.*ints.parquet' holds int64, not text"):
+        lmstream.plan_dataset(lmstream.DataArguments(dataset_name=str(tmp_path / "ints.parquet")))
+    write_jsonl(str(tmp_path / "d.jsonl"), ["fine", {"a": 1}])
+    args = lmstream.DataArguments(dataset_name=str(tmp_path / "d.jsonl"), dataset_block_size=4)
+    with pytest.raises(ConfigError, match=r"Line 2 of '.*d.jsonl': field 'text' holds dict, not text"):
+        list(lmstream.build_pipeline(args, tokenizer))
+    docs = make_docs(30, seed=2)
+    pq.write_table(pa.table({"text": [None if i % 3 == 0 else d for i, d in enumerate(docs)]}), tmp_path / "n.parquet")
+    args = lmstream.DataArguments(dataset_name=str(tmp_path / "n.parquet"), dataset_block_size=16, dataset_cycle=False)
+    blocks = lmstream.build_pipeline(args, tokenizer)
+    list(blocks)
+    assert blocks.stats["docs_null"] == 10 and blocks.stats["rows_read"] == 30 and blocks.stats["docs"] in (19, 20)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda st: st.update(doc=10 ** 6), "corrupt: document 1000000 of window"),
+    (lambda st: st.update(start=[999, 0], next=[999, 5]), r"corrupt: window start \(piece 999, row 0\) lies outside"),
+    (lambda st: st.update(token=-5), r"rank-0.json' is corrupt \(token=-5, not a count\)"),
+    (lambda st: st.update(token=10 ** 7), "corrupt: token 10000000 of a document"),
+    ("empty", r"rank-0.json' is unreadable \(JSONDecodeError"),
+    ("truncated", r"rank-0.json' is unreadable \(JSONDecodeError"),
+])
+def test_a_damaged_data_position_is_refused_naming_the_file(tmp_path, damage, message):
+    out = tmp_path / "run"
+    lt.train(*lt.parse_args(_tiny(out, steps=4)))
+    path = out / "checkpoint-2" / "lmstream_data" / "rank-0.json"
+    raw = path.read_text()
+    if damage == "empty":
+        path.write_text("")
+    elif damage == "truncated":
+        path.write_text(raw[: len(raw) // 2])
+    else:
+        state = json.loads(raw)
+        damage(_reader(state))
+        path.write_text(json.dumps(state))
+    before = _tree(out)
+    with pytest.raises(ConfigError, match=message):
+        lt.train(*lt.parse_args(_tiny(out, "--resume_from_checkpoint", str(out / "checkpoint-2"), steps=4)))
+    assert _tree(out) == before                       # nothing written, nothing overwritten
+
+
+def test_an_error_in_a_dataloader_worker_reads_as_its_own_sentence(tmp_path, tokenizer):
+    paths = write_parquet(tmp_path / "pq", make_docs(80, seed=4), shards=1, rows_per_group=20)
+    meta = pq.read_metadata(paths[0])
+    col = meta.row_group(2).column(0)
+    data = bytearray(open(paths[0], "rb").read())
+    start = col.dictionary_page_offset or col.data_page_offset
+    data[start:start + col.total_compressed_size] = os.urandom(col.total_compressed_size)   # row group 2 unreadable
+    open(paths[0], "wb").write(bytes(data))
+    args = lmstream.DataArguments(dataset_name=paths[0], dataset_block_size=16, dataset_shuffle=False)
+    loader = lmstream.build_loader(lmstream.build_pipeline(args, tokenizer), 2, num_workers=2)
+    with pytest.raises(Unreadable) as err:
+        for _ in loader:
+            pass
+    text = str(err.value)
+    assert text.startswith("Could not read row group 2 of") and "Caught" not in text and "Traceback" not in text
+    assert text.endswith("(in DataLoader worker process 0)") and "\n" not in text
+
+
+def test_yaml_no_stays_no_for_flags_and_from_papermill(tmp_path):
+    cfg = tmp_path / "args.yaml"
+    cfg.write_text(f"dataset_name: {SAMPLE}\ndataset_config_name: python-docs\ndo_train: true\neval_strategy: no\n"
+                   f"output_dir: {tmp_path / 'o'}\nmax_steps: 2\n")
+    *_, training = lt.parse_args([str(cfg)])
+    assert training.eval_strategy.value == "no" and training.do_train is True
+    # papermill's -f reads YAML 1.1: the notebook receives False for eval_strategy
+    assert lt.mapping_to_argv({"eval_strategy": False, "do_train": True}) == ["--eval_strategy", "no", "--do_train", "true"]
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        cfg.write_text("dataset_name: [unclosed\n")
+        lt.parse_args([str(cfg)])
