@@ -103,6 +103,26 @@ def _caches_in(output_dir: str) -> None:
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(own, "matplotlib"))
 
 
+def _forward_signals_to_kernel() -> list:
+    """SIGTERM/SIGINT to this process go to the notebook's kernel (in a session of its own), which saves a
+    checkpoint at the next step boundary and stops; returns the list of the signals forwarded so far."""
+    import signal
+    got: list = []
+
+    def forward(signum, frame):
+        got.append(signum)
+        try:
+            import psutil
+            for child in psutil.Process().children(recursive=True):
+                if any("ipykernel" in part for part in child.cmdline()):
+                    child.send_signal(signum)
+        except Exception:  # noqa: BLE001 - no psutil, or the kernel is gone: nothing to forward to
+            pass
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
+    return got
+
+
 def full_help(prog: str) -> str:
     from transformers import HfArgumentParser
     from .train import ARG_CLASSES
@@ -133,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     _caches_in(output_dir)
     report = report_path(output_dir)
     print(f"lmstream: running the training notebook; its report: {report}", flush=True)
+    forwarded = _forward_signals_to_kernel()
     try:
         pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
                             stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd(),
                             extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no kernel transport notices
     except pm.PapermillExecutionError as err:
+        if err.ename == "Stopped" and forwarded:
+            print(f"lmstream: {err.evalue}; report: {report}", flush=True)
+            return 128 + forwarded[-1]
         if err.ename in USER_ERRORS:
             print(f"error: {err.evalue}", file=sys.stderr)
             return 2

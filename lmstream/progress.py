@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import time
 
 from tqdm.auto import tqdm
@@ -50,6 +51,7 @@ class TerminalProgress(TrainerCallback):
         if "eval_loss" in logs:
             tqdm.write(f"eval  step {state.global_step} | loss {logs['eval_loss']:.4f} | perplexity "
                        f"{logs.get('eval_perplexity', float('nan')):,.2f} | {logs.get('eval_tokens', 0):,} tokens")
+        sys.stdout.flush()   # a log file or a pipe sees each line as it is printed
 
     def line(self, step: int, total: int, logs: dict, elapsed: float) -> str:
         frac = step / total if total > 0 else 0.0

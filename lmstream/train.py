@@ -29,6 +29,7 @@ from .config import ConfigError, DataArguments, ModelArguments, RunArguments
 from .data import build_datasets
 from .models import load_model_and_tokenizer
 from .runlock import output_lock
+from .stopping import StopAtStepBoundary, stop_on_signals
 from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say, summary
 from .training import (DATA_STATE_DIR, StreamingTrainer, is_cut_short, is_stream, last_complete_checkpoint,
                        read_data_states)
@@ -258,7 +259,15 @@ def _train(model_args, data_args, run_args, training_args, checkpoint, callbacks
             say(resume_line(checkpoint, data_states))
     metrics: dict = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        with stop_on_signals() as stop:
+            stopper = StopAtStepBoundary(stop)
+            trainer.add_callback(stopper)
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+        if stopper.at_step is not None:
+            logging.getLogger("transformers.trainer").removeFilter(tied)
+            where = os.path.join(training_args.output_dir, f"checkpoint-{stopper.at_step}")
+            raise Stopped(stop.signum, f"stopped by {stop.name} at step {stopper.at_step}: {where} saved; continue "
+                                       "with --resume_from_checkpoint true")
         metrics.update(result.metrics)
         metrics.update({f"data_{k}": v for k, v in trainer.data_stats().items()})
         trainer.save_model()
@@ -281,6 +290,14 @@ def _train(model_args, data_args, run_args, training_args, checkpoint, callbacks
     return metrics
 
 
+class Stopped(Exception):
+    """Training stopped on a signal after saving a checkpoint; the exit status is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
@@ -288,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Stopped as err:
+        print(f"lmstream: {err}", flush=True)
+        return 128 + err.signum
     return 0
 
 
