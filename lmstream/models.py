@@ -41,9 +41,16 @@ def load_model_and_tokenizer(args: ModelArguments):
         if args.config_overrides:
             try:
                 config.update_from_string(args.config_overrides)
-            except ValueError as err:
-                raise ConfigError(f"config_overrides '{args.config_overrides}': {err}") from None
-        model = AutoModelForCausalLM.from_config(config, dtype=_dtype(args.torch_dtype) if args.torch_dtype != "auto" else None, **kwargs)
+            except (ValueError, TypeError, AttributeError) as err:
+                raise ConfigError(f"config_overrides '{args.config_overrides}' cannot be applied ({err}): write "
+                                  "name=value pairs of the config's fields, e.g. 'n_layer=2,n_embd=64'.") from None
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=_dtype(args.torch_dtype) if args.torch_dtype != "auto"
+                                                     else None, **kwargs)
+        except (ValueError, AssertionError, TypeError, RuntimeError) as err:
+            what = f"config_overrides '{args.config_overrides}'" if args.config_overrides else f"config '{args.config_name}'"
+            raise ConfigError(f"{what} gives a model that cannot be built ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else 'inconsistent sizes'}): fix the values.") from None
     if getattr(model, "loss_type", "") is None:   # GPT2LMHeadModel's name does not say ForCausalLM
         model.loss_type = "ForCausalLM"
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

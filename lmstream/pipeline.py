@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -34,6 +35,7 @@ from .sources import resolve_shards
 from .stopping import ignore_signals_in_worker
 from .tokenize import Encoder, build_encoder
 
+log = logging.getLogger("lmstream")
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
 STATE_VERSION = 2
@@ -74,6 +76,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         # Variables for checkpointing
         self._state: dict | None = None     # position after the last sample yielded (or loaded)
         self._starts: dict[int, dict] = {}  # slot -> initial state after an elastic resume
+        self._warned_short = False
 
     def _settings(self) -> dict:
         names = [os.path.basename(s.url) for s in self.plan.shards]
@@ -275,6 +278,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             stats["tokens_dropped"] += packer.drop_remainder()
             if in_epoch == 0 and not owed:
                 raise ConfigError(self._empty_message(state))
+            if cap is not None and in_epoch < cap and not owed and not self._warned_short:
+                self._warned_short = True   # max_train_samples asks more blocks than the data holds: say so, once
+                log.warning("The data gave reader %d only %d of the %d blocks its epoch should have "
+                            "(max_train_samples=%d): epochs are shorter than asked.", state["slot"], in_epoch, cap,
+                            self.max_samples)
             epoch, phase = self._next_phase(epoch, phase)
             widx, start, doc0, tok0, in_epoch, resumed = 0, (0, 0), 0, 0, 0, False
             if not self.cycle:   # publish the final counters; a new iter() starts the next epoch

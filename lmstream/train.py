@@ -54,7 +54,12 @@ def parse_args(argv: list[str] | None = None):
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
     parser = _Parser(ARG_CLASSES)
-    parsed = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    try:
+        parsed = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:   # TrainingArguments' own checks (e.g. logging_steps 0): one sentence
+        raise ConfigError(f"{str(err).strip().splitlines()[0]} (see --help).") from None
     if parsed[-1]:
         raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m lmstream.train --help`.")
     explicit = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
@@ -137,6 +142,29 @@ def mapping_to_argv(data: dict, skip=()) -> list[str]:
     return argv
 
 
+def check_training_numbers(a: TrainingArguments) -> None:
+    """The TrainingArguments numbers a typo can make nonsense of: finite, and in range (one sentence each)."""
+    import math
+    at_least_one = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+    for name in at_least_one:
+        if getattr(a, name) < 1:
+            raise ConfigError(f"{name}={getattr(a, name)} must be at least 1.")
+    for name in ("learning_rate", "weight_decay", "max_grad_norm", "adam_epsilon", "warmup_ratio"):
+        v = getattr(a, name, None)
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise ConfigError(f"{name}={v} must be a finite number, 0 or more.")
+    if getattr(a, "warmup_ratio", 0) and a.warmup_ratio > 1:
+        raise ConfigError(f"warmup_ratio={a.warmup_ratio} must be at most 1.")
+    for name in ("logging_steps", "save_steps", "eval_steps"):
+        v = getattr(a, name, None)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{name}={v} must be positive.")
+    if a.dataloader_num_workers < 0:
+        raise ConfigError(f"dataloader_num_workers={a.dataloader_num_workers} must be 0 or more.")
+    if a.num_train_epochs is not None and (not math.isfinite(a.num_train_epochs) or a.num_train_epochs < 0):
+        raise ConfigError(f"num_train_epochs={a.num_train_epochs} must be a finite number, 0 or more.")
+
+
 def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
     """Refuse to write into a folder that holds another run (nothing is overwritten)."""
     out = training_args.output_dir
@@ -204,9 +232,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
 
     `callbacks`: extra transformers TrainerCallbacks (instances or classes) added to the Trainer."""
     started = time.perf_counter()
-    for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
-        if getattr(training_args, name) < 1:
-            raise ConfigError(f"{name}={getattr(training_args, name)} must be at least 1.")
+    check_training_numbers(training_args)
     checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
     check_output_dir(training_args, run_args, checkpoint)
     with (output_lock(training_args.output_dir) if training_args.do_train and training_args.process_index == 0

@@ -3,7 +3,6 @@ errors, files written only where they belong, and the job from an installed whee
 import os
 import subprocess
 import sys
-import time
 
 import papermill as pm
 import pytest

@@ -167,3 +167,30 @@ def test_yaml_no_stays_no_for_flags_and_from_papermill(tmp_path):
     with pytest.raises(ConfigError, match="is not valid YAML"):
         cfg.write_text("dataset_name: [unclosed\n")
         lt.parse_args([str(cfg)])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--learning_rate", "nan"], "learning_rate=nan must be a finite number"),
+    (["--learning_rate=-1e-3"], "learning_rate=-0.001 must be a finite number, 0 or more"),
+    (["--logging_steps", "0"], "requires non-zero --logging_steps"),
+    (["--dataloader_num_workers=-1"], "dataloader_num_workers=-1 must be 0 or more"),
+    (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps=0 must be at least 1"),
+    (["--max_steps", "ten"], "invalid int value: 'ten'"),
+    (["--dataset_retry_budget", "inf"], "dataset_retry_budget=inf must be a finite number of seconds"),
+    (["--config_overrides", "n_layer=two"], "config_overrides 'n_layer=two' cannot be applied"),
+    (["--config_overrides", "n_embd=65,n_head=2"], "config_overrides 'n_embd=65,n_head=2' gives a model that cannot be built"),
+])
+def test_flags_a_typo_makes_nonsense_of_stop_with_one_sentence(tmp_path, flags, message):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        lt.train(*lt.parse_args(_tiny(out, *flags, steps=2)))
+    assert not out.exists() or not any(p for p in out.rglob("*") if p.is_file() and ".lmstream" not in p.parts)
+
+
+def test_max_train_samples_beyond_the_data_is_said_once(tmp_path, tokenizer, caplog):
+    write_parquet(tmp_path / "pq", make_docs(20, seed=8), shards=1)
+    args = lmstream.DataArguments(dataset_name=str(tmp_path / "pq"), dataset_block_size=16)
+    blocks = lmstream.build_pipeline(args, tokenizer, max_samples=10 ** 6)
+    n = sum(1 for _ in blocks) + sum(1 for _ in blocks)   # two epochs
+    short = [r for r in caplog.records if "epochs are shorter than asked" in r.getMessage()]
+    assert n > 0 and len(short) == 1 and "max_train_samples=1000000" in short[0].getMessage()
