@@ -83,10 +83,21 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
         if do_eval:
             eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, None)
         return train, eval_ds
+    if args.tokenized_dataset_save_dir and args.dataset_streaming:
+        raise ConfigError("tokenized_dataset_save_dir saves the data as blocks, which a streamed run never holds: pass "
+                          "--dataset_streaming false to save them and then train on them, or run "
+                          "`python -m lmstream.prepare` to only save them.")
     if not args.dataset_streaming:
         if args.dataset_mixture:
             raise ConfigError("dataset_mixture needs dataset_streaming true (or pre-tokenize each source separately).")
-        train = materialize(args, tokenizer, seed, max_positions).with_format("torch")
+        if args.tokenized_dataset_save_dir and os.path.isdir(args.tokenized_dataset_save_dir) and \
+                os.listdir(args.tokenized_dataset_save_dir):
+            raise ConfigError(f"tokenized_dataset_save_dir '{args.tokenized_dataset_save_dir}' is not empty: choose a "
+                              "new folder (nothing was overwritten).")
+        blocks = materialize(args, tokenizer, seed, max_positions)
+        if args.tokenized_dataset_save_dir:   # as the reference script does: save the blocks, then train on them
+            save_blocks(blocks, args.tokenized_dataset_save_dir)
+        train = blocks.with_format("torch")
         if run.max_train_samples:
             train = train.select(range(min(run.max_train_samples, len(train))))
         plan = None

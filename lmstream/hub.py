@@ -127,7 +127,10 @@ def readme_configs(text: str) -> list[dict] | None:
     m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
     if not m:
         return None
-    meta = yaml.safe_load(m.group(1)) or {}
+    try:
+        meta = yaml.safe_load(m.group(1)) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"The dataset card's YAML header is invalid ({str(err).splitlines()[0]}): fix README.md.") from None
     configs = meta.get("configs") if isinstance(meta, dict) else None
     return configs if isinstance(configs, list) and configs else None
 

@@ -26,7 +26,12 @@ def load_model_and_tokenizer(args: ModelArguments):
     source = args.model_name_or_path or args.config_name
     if source is None:
         raise ConfigError("Pass model_name_or_path (pretrained weights) or config_name (train from scratch).")
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or source)
+    except (OSError, ValueError) as err:
+        name = "tokenizer_name" if args.tokenizer_name else "model_name_or_path" if args.model_name_or_path else "config_name"
+        raise ConfigError(f"{name} '{args.tokenizer_name or source}' has no tokenizer that loads "
+                          f"({str(err).splitlines()[0][:200]}): check the path or Hub id.") from None
     kwargs = {}
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
@@ -37,7 +42,11 @@ def load_model_and_tokenizer(args: ModelArguments):
                               "from scratch, or point to a folder with model.safetensors.")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(args.torch_dtype), **kwargs)
     else:
-        config = AutoConfig.from_pretrained(args.config_name)
+        try:
+            config = AutoConfig.from_pretrained(args.config_name)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"config_name '{args.config_name}' has no model config that loads "
+                              f"({str(err).splitlines()[0][:200]}): check the path or Hub id.") from None
         if args.config_overrides:
             try:
                 config.update_from_string(args.config_overrides)

@@ -159,6 +159,10 @@ def check_training_numbers(a: TrainingArguments) -> None:
         v = getattr(a, name, None)
         if v is not None and v <= 0:
             raise ConfigError(f"{name}={v} must be positive.")
+    for name in ("seed", "data_seed"):
+        v = getattr(a, name, None)
+        if v is not None and not 0 <= v < 2 ** 32:
+            raise ConfigError(f"{name}={v} must be in [0, 2**32).")
     if a.dataloader_num_workers < 0:
         raise ConfigError(f"dataloader_num_workers={a.dataloader_num_workers} must be 0 or more.")
     if a.num_train_epochs is not None and (not math.isfinite(a.num_train_epochs) or a.num_train_epochs < 0):
@@ -181,7 +185,24 @@ def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, r
 
 
 def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
-    """resume_from_checkpoint as a folder: a path, or 'true'/'last' for the newest in output_dir."""
+    """resume_from_checkpoint as a folder: a path, or 'true'/'last' for the newest in output_dir; its
+    trainer_state.json must be readable (a damaged one is named, not a JSONDecodeError traceback)."""
+    folder = _checkpoint_folder(training_args)
+    if folder is not None:
+        import json
+        state = os.path.join(folder, "trainer_state.json")
+        try:
+            with open(state) as f:
+                if not isinstance(json.load(f).get("global_step"), int):
+                    raise ValueError("no global_step")
+        except FileNotFoundError:
+            raise ConfigError(f"Checkpoint '{folder}' has no trainer_state.json: resume from a complete checkpoint.") from None
+        except (OSError, ValueError, AttributeError) as err:
+            raise ConfigError(f"Checkpoint file '{state}' is unreadable ({err}): resume from an earlier checkpoint.") from None
+    return folder
+
+
+def _checkpoint_folder(training_args: TrainingArguments) -> str | None:
     resume = training_args.resume_from_checkpoint
     if resume in (None, "", "false", "False", False):
         return None
@@ -235,9 +256,43 @@ def train(model_args: ModelArguments, data_args: DataArguments, run_args: RunArg
     check_training_numbers(training_args)
     checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
     check_output_dir(training_args, run_args, checkpoint)
-    with (output_lock(training_args.output_dir) if training_args.do_train and training_args.process_index == 0
-          else contextlib.nullcontext()):
-        return _train(model_args, data_args, run_args, training_args, checkpoint, callbacks, started)
+    try:
+        with (output_lock(training_args.output_dir) if training_args.do_train and training_args.process_index == 0
+              else contextlib.nullcontext()):
+            return _train(model_args, data_args, run_args, training_args, checkpoint, callbacks, started)
+    except (OSError, RuntimeError) as err:
+        sentence = storage_error(err, training_args.output_dir)
+        if sentence is None:
+            raise
+        raise ConfigError(sentence) from None
+
+
+def storage_error(err: BaseException, output_dir: str) -> str | None:
+    """One sentence for a full or unwritable disk (None for anything else)."""
+    import errno
+    where = getattr(err, "filename", None) or output_dir
+    code = getattr(err, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err) or "file write failed" in str(err):
+        return (f"No space left on the device while writing '{where}': free space or choose another output_dir "
+                "(files are written whole or not at all; the last complete checkpoint is intact).")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Cannot write '{where}' ({err.strerror}): choose an output_dir you can write to."
+    return None
+
+
+def save_final(trainer, output_dir: str) -> None:
+    """The final model, config and tokenizer, each file complete or absent: written into a scratch folder in
+    output_dir, then moved into place file by file (a rename is atomic)."""
+    import shutil
+    scratch = os.path.join(output_dir, ".lmstream", f"final-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        trainer.save_model(scratch)
+        if trainer.args.should_save:
+            for name in os.listdir(scratch):
+                os.replace(os.path.join(scratch, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train(model_args, data_args, run_args, training_args, checkpoint, callbacks, started) -> dict:
@@ -296,7 +351,7 @@ def _train(model_args, data_args, run_args, training_args, checkpoint, callbacks
                                        "with --resume_from_checkpoint true")
         metrics.update(result.metrics)
         metrics.update({f"data_{k}": v for k, v in trainer.data_stats().items()})
-        trainer.save_model()
+        save_final(trainer, training_args.output_dir)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
     if training_args.do_eval:

@@ -194,3 +194,32 @@ def test_max_train_samples_beyond_the_data_is_said_once(tmp_path, tokenizer, cap
     n = sum(1 for _ in blocks) + sum(1 for _ in blocks)   # two epochs
     short = [r for r in caplog.records if "epochs are shorter than asked" in r.getMessage()]
     assert n > 0 and len(short) == 1 and "max_train_samples=1000000" in short[0].getMessage()
+
+
+def test_a_full_disk_during_the_final_save_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
+    """ENOSPC while the final tokenizer is written (simulated: half a tokenizer.json, then the error)."""
+    import errno
+    import lmstream.models
+    real = lmstream.models.load_model_and_tokenizer
+
+    def load(args):
+        model, tok = real(args)
+        save = tok.save_pretrained
+
+        def full_disk(folder, *a, **k):
+            if "final-" not in str(folder):
+                return save(folder, *a, **k)
+            with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+                f.write('{"version": "1.0", "trunc')
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(folder, "tokenizer.json"))
+        tok.save_pretrained = full_disk
+        return model, tok
+    monkeypatch.setattr(lt, "load_model_and_tokenizer", load)
+    out = tmp_path / "run"
+    assert lt.main(_tiny(out, steps=2)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on the device while writing '") and "tokenizer.json" in err
+    top = sorted(p.name for p in out.iterdir())
+    assert "tokenizer.json" not in top and "model.safetensors" not in top    # complete or absent
+    assert (out / "checkpoint-2" / "lmstream_complete.json").exists()        # the last checkpoint is intact
+    assert not list((out / ".lmstream").glob("final-*"))                     # no scratch left behind
