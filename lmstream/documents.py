@@ -147,9 +147,9 @@ def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None
     policy, stats = policy or RetryPolicy(), {"retries": 0}
 
     def footer(i):
-        if shards[i].format != "parquet":
-            return ranges.content_digest(shards[i], policy)
         try:
+            if shards[i].format != "parquet":
+                return _digest(shards[i], policy)
             return _read_footer(shards[i], text_field, policy, stats)
         except Unreadable as err:
             if not skip_bad:
@@ -161,6 +161,16 @@ def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None
     skipped = [s.url for s, f in zip(shards, found) if f is None]
     kept = [(s, f) for s, f in zip(shards, found) if f is not None]
     return assemble_plan(kept, skipped, stats)
+
+
+def _digest(shard: Shard, policy: RetryPolicy):
+    """A non-Parquet shard's content digest; a missing or forbidden file named as _read_footer names it."""
+    try:
+        return ranges.content_digest(shard, policy)
+    except Unreadable as err:
+        if getattr(err.cause, "status", None) == 404 or isinstance(err.cause, FileNotFoundError):
+            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
+        raise
 
 
 def assemble_plan(kept: list, skipped: list, stats: dict) -> Plan:

@@ -82,3 +82,13 @@ def test_giving_up_names_the_url_and_the_last_error(served):
     with FileServer(folder, faults=["503"] * 50) as url:
         with pytest.raises(ConfigError, match=f"Gave up on '{url}/{names[0]}' after 3 attempts.*503"):
             _read(url, names[:1], dataset_max_retries=3)
+
+
+def test_a_missing_line_based_shard_is_skipped_when_asked_or_named(served):
+    """The plan fingerprints JSON Lines / text shards too: a 404 there obeys dataset_skip_bad_shards like a footer."""
+    folder, names = served
+    with FileServer(folder) as url:
+        docs, _ = _read(url, names[:1] + ["gone.jsonl.gz"], dataset_skip_bad_shards=True)
+        assert docs
+        with pytest.raises(ConfigError, match="Shard 'http://127.0.0.1:\\d+/gone.jsonl.gz' does not exist"):
+            _read(url, names[:1] + ["gone.jsonl.gz"])
