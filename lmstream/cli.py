@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
                             stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd(),
-                            extra_arguments=["--IPKernelApp.log_level=ERROR"])   # no kernel transport notices
+                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])   # no kernel notices (TCP, shutdown interrupts)
     except pm.PapermillExecutionError as err:
         if err.ename == "Stopped" and forwarded:
             print(f"lmstream: {err.evalue}; report: {report}", flush=True)
