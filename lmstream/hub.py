@@ -66,7 +66,7 @@ def call(fn, repo: str, what: str, policy: RetryPolicy):
         known = _hub_error(err, repo)
         if known is not None:
             raise known from None
-        if err.cause is not None and is_transient_in(err.cause):
+        if err.cause is not None and is_transient(err.cause):
             raise ConfigError(f"The Hub kept failing while trying to {what} dataset '{repo}' ({err.cause}): "
                               "the service may be down or rate-limiting; retry later or raise "
                               "dataset_retry_budget.") from None
@@ -255,11 +255,6 @@ def from_builder_url(url: str) -> Shard:
         return Shard(url, shard_format(url))
     repo, sha, path = m.groups()
     return Shard(resolve_url(repo, sha, urllib.parse.unquote(path)), shard_format(path), name=f"{repo}@{sha}/{path}")
-
-
-def is_transient_in(err: BaseException) -> bool:
-    """A transient fault anywhere in the exception's chain (as raised through `datasets`)."""
-    return is_transient(err)
 
 
 def is_pinned_hub_url(url: str) -> bool:

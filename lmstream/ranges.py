@@ -72,9 +72,7 @@ def _auth_headers(url: str) -> dict:
 def _http_range(url: str, start: int, end: int | None, size: int | None, timeout: float | None):
     """Bytes [start, end) of an http(s) URL (end None with start < 0: the last -start bytes); and the file size."""
     import httpx
-    spec = f"bytes={start}-" if end is None and start < 0 else f"bytes={start}-{end - 1}"
-    if end is None and start < 0:
-        spec = f"bytes={start}"
+    spec = f"bytes={start}" if end is None and start < 0 else f"bytes={start}-{end - 1}"   # bytes=-n: the last n
     headers = {"Range": spec, "Accept-Encoding": "identity", **_auth_headers(url)}
     t = httpx.Timeout(timeout) if timeout else httpx.Timeout(None)
     r = client().get(url, headers=headers, timeout=t)

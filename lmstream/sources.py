@@ -15,7 +15,7 @@ import re
 
 from . import hub
 from .config import ConfigError
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_transient
 from .shards import Shard, shard_format
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -44,7 +44,7 @@ def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy
         try:
             return datasets.load_dataset_builder(name, config)
         except ValueError as err:   # unknown config: datasets lists the available ones
-            if local or not hub.is_transient_in(err):
+            if local or not is_transient(err):
                 raise ConfigError(f"dataset_config_name '{config}' is not a config of dataset '{name}': {err}") from None
             raise
     if local:
