@@ -32,7 +32,7 @@ from .longtext import LongText
 from .planfile import fingerprint
 from .packing import BlockPacker, pad_document
 from .sources import resolve_shards
-from .stopping import ignore_signals_in_worker
+from .stopping import ignore_signals_in_worker, kill_workers_at_exit
 from .tokenize import Encoder, build_encoder
 
 log = logging.getLogger("lmstream")
@@ -603,6 +603,7 @@ def build_loader(dataset: StreamingBlocks, batch_size: int, num_workers: int = 0
         kwargs.setdefault("prefetch_factor", 4)
         kwargs.setdefault("collate_fn", collate_arrays)
         kwargs.setdefault("worker_init_fn", ignore_signals_in_worker)
+        kill_workers_at_exit()
     else:
         kwargs.pop("prefetch_factor", None)
         kwargs.pop("persistent_workers", None)

@@ -10,7 +10,10 @@ process group does not kill the readers whose positions the checkpoint needs.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import multiprocessing
+import multiprocessing.util  # noqa: F401 - its exit handler is registered before ours, so ours runs first
 import signal
 import threading
 
@@ -53,6 +56,25 @@ def ignore_signals_in_worker(_worker_id: int) -> None:
     """DataLoader worker_init_fn: the main process handles SIGTERM/SIGINT (workers exit when it does)."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+
+
+_reaper = []
+
+
+def kill_workers_at_exit() -> None:
+    """Call in the process that starts DataLoader workers. At interpreter exit, multiprocessing terminates the
+    daemonic children still alive (SIGTERM, which these workers ignore) and then joins them: it would wait
+    forever for the workers of an iterator that was never closed. They are killed first (their positions are
+    the parent's business, and it is exiting)."""
+    if not _reaper:
+        _reaper.append(atexit.register(_kill_daemonic_children))
+
+
+def _kill_daemonic_children() -> None:
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(5)
 
 
 class StopAtStepBoundary(TrainerCallback):

@@ -101,3 +101,18 @@ def test_the_console_entry_forwards_sigterm_to_the_notebook_job(tmp_path):
     assert rc == 128 + signal.SIGTERM, err[-3000:]
     assert any(line.startswith("lmstream: stopped by SIGTERM at step ") for line in lines), lines[-5:]
     assert len([p for p in out.glob("checkpoint-*") if (p / "lmstream_complete.json").exists()]) == 1
+
+
+def test_a_process_with_a_live_loader_iterator_exits(tmp_path):
+    """Workers ignore SIGTERM, so the interpreter's exit (terminate daemonic children, then join) must not wait for
+    them: a script that ends while its loader still has workers exits at once."""
+    code = (
+        "import sys; from transformers import AutoTokenizer; from lmstream import DataArguments\n"
+        "from lmstream.pipeline import build_loader, build_pipeline\n"
+        f"tok = AutoTokenizer.from_pretrained({TINY_MODEL!r})\n"
+        f"args = DataArguments(dataset_name={SAMPLE!r}, dataset_block_size=32)\n"
+        "loader = build_loader(build_pipeline(args, tok, rank=0, world_size=1), 2, num_workers=2)\n"
+        "it = iter(loader); next(it); keep = [it, loader]; keep.append(keep)   # alive until the interpreter exits\n"
+        "print('one batch', flush=True)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 0 and "one batch" in proc.stdout, proc.stderr[-2000:]
