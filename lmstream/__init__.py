@@ -9,12 +9,13 @@ import torch or transformers.
 """
 import importlib
 
-from .config import ConfigError, DataArguments, ModelArguments, RunArguments
+from .config import DataArguments, ModelArguments, RunArguments
+from .errors import ConfigError
 
 _WHERE = {
     "data_arguments": "job", "generate_sample": "job", "job_from_parameters": "job", "notebook_parameters": "job",
     "run_job": "job", "SAMPLE_DATASET": "models", "TINY_MODEL": "models", "load_model_and_tokenizer": "models",
-    "StreamingBlocks": "pipeline", "build_loader": "pipeline", "build_pipeline": "pipeline", "merge_stats": "pipeline",
+    "StreamingBlocks": "pipeline", "build_loader": "loader", "build_pipeline": "data", "merge_stats": "state",
     "plan_dataset": "pipeline", "resolve_block_size": "pipeline", "Shard": "shards", "resolve_shards": "sources",
     "build_encoder": "tokenize",
 }

@@ -24,7 +24,9 @@ import numpy as np
 
 from .config import DataArguments
 from .models import SAMPLE_DATASET, TINY_MODEL
-from .pipeline import build_loader, build_pipeline, plan_dataset
+from .data import build_pipeline
+from .loader import build_loader
+from .pipeline import plan_dataset
 from .tokenize import build_encoder
 
 
@@ -166,17 +168,7 @@ def bench_train(args, model_dir: str, block: int, batch: int, workers: int, step
             str(steps * 10), "--use_cpu", "true", "--disable_tqdm", "true", "--report_to", "none"]
     if args.dataset_config_name:
         argv += ["--dataset_config_name", args.dataset_config_name]
-    from . import training
-    orig = training.StreamingTrainer.__init__
-
-    def init(self, *a, **k):
-        orig(self, *a, **k)
-        self.add_callback(Rss())
-    training.StreamingTrainer.__init__ = init
-    try:
-        train(*parse_args(argv))
-    finally:
-        training.StreamingTrainer.__init__ = orig
+    train(*parse_args(argv), callbacks=[Rss()])
     with open(os.path.join(folder, "trainer_state.json")) as f:
         hist = [h for h in json.load(f)["log_history"] if "data_wait_fraction" in h]
     early = rss[len(rss) // 10] if rss else 0

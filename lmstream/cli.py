@@ -16,7 +16,7 @@ import enum
 import os
 import sys
 
-from .config import ConfigError
+from .errors import ConfigError
 from .helptext import help_text
 
 # parameters whose notebook default stays unless given: W&B-if-key rule, no progress bars in the report

@@ -4,12 +4,41 @@
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .errors import ConfigError
+from .retry import RetryPolicy
 
-class ConfigError(ValueError):
-    """A mistake a user can make in the arguments; the message names the flag and what to do."""
+
+SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
+
+
+def parse_mixture(spec) -> list[dict]:
+    """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError as err:
+            raise ConfigError(f"dataset_mixture is not valid JSON ({err}): pass a list like "
+                              '[{"name": "...", "weight": 0.7}, ...].') from None
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError("dataset_mixture must be a non-empty list of sources, each with a name and a weight.")
+    sources = []
+    for i, src in enumerate(spec):
+        if not isinstance(src, dict) or "name" not in src or "weight" not in src:
+            raise ConfigError(f"dataset_mixture source {i} needs a 'name' and a 'weight' (got {src!r}).")
+        unknown = set(src) - SOURCE_KEYS
+        if unknown:
+            raise ConfigError(f"dataset_mixture source {i} has unknown key(s) {sorted(unknown)}; "
+                              f"the keys are {sorted(SOURCE_KEYS)}.")
+        if not isinstance(src["weight"], (int, float)) or src["weight"] <= 0:
+            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): weight must be a positive number.")
+        if src.get("on_exhausted", "cycle") not in ("cycle", "stop"):
+            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): on_exhausted must be 'cycle' or 'stop'.")
+        sources.append({"config": None, "split": "train", "text_field": "text", "on_exhausted": "cycle", **src})
+    return sources
 
 
 @dataclass
@@ -66,7 +95,6 @@ class DataArguments:
 
     def __post_init__(self):
         if self.dataset_mixture is not None:
-            from .mixture import parse_mixture
             parse_mixture(self.dataset_mixture)
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
             raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at least 2 tokens per block.")
@@ -87,8 +115,7 @@ class DataArguments:
         if self.dataset_tokenize_batch_size < 1:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")
 
-    def retry_policy(self):
-        from .retry import RetryPolicy
+    def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(self.dataset_max_retries, self.dataset_retry_backoff, read_timeout=self.dataset_read_timeout,
                            max_wait=self.dataset_max_retry_wait, budget=self.dataset_retry_budget)
 

@@ -13,11 +13,23 @@ import logging
 import os
 import tempfile
 
-from .config import ConfigError, DataArguments, RunArguments
-from .pipeline import build_pipeline, plan_dataset, resolve_block_size
+from .config import DataArguments, RunArguments
+from .errors import ConfigError
+from .mixture import build_mixture
+from .pipeline import build_stream, plan_dataset, resolve_block_size
 from .planfile import shared_plan
 
 log = logging.getLogger("lmstream")
+
+
+def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
+                   world_size: int | None = None, split: str = "train", max_positions: int | None = None,
+                   max_samples: int | None = None, plan=None):
+    """The blocks of `rank` of `world_size` (default: RANK/WORLD_SIZE env): a MixtureBlocks for dataset_mixture,
+    else one source's StreamingBlocks (see lmstream.pipeline.build_stream for the arguments)."""
+    if args.dataset_mixture:
+        return build_mixture(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples)
+    return build_stream(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan)
 
 
 def _blocks_of_slots(args: DataArguments, tokenizer, seed: int, block_size: int, slots: list[int], n_slots: int):

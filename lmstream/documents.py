@@ -1,9 +1,10 @@
 """Documents: read shards piece by piece (Parquet row groups), split between ranks and workers,
 hold out an evaluation set, skip empty texts, and shuffle within bounded windows, resumably.
 
-    plan = plan_pieces(shards, "text")          # once, in the main process
+    plan = plan_pieces(shards, "text")          # once, in the main process (lmstream.plan)
     stream = DocumentStream(plan, args, seed, slot=0, n_slots=1)
-    for window in stream.windows(stream.start()): window.docs
+    for window in stream.windows(epoch=0, index=0, start=(0, 0)): window.docs
+    for text in iter_documents(plan, args): ...  # one epoch's documents, in order, unshuffled
 
 A *piece* is a Parquet row group or a whole JSON Lines / text file. Each epoch the shards are
 permuted from (seed, epoch), their pieces listed in that order, and piece k goes to slot
@@ -16,76 +17,25 @@ re-permuted identically, which is what makes resume exact and cheap.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
-import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
-from . import ranges
-from .config import ConfigError, DataArguments
+from . import ranges, textfiles
+from .config import DataArguments
+from .errors import ConfigError
 from .longtext import LongText, with_long_texts
+from .plan import Piece, Plan, WindowRest, split_item
 from .readahead import ReadAhead
-from .retry import RetryPolicy, Unreadable, is_transient, on_fault, with_retries
-from .sources import Shard, open_binary
+from .retry import Unreadable, on_fault, with_retries
+from .shards import Shard
 
 log = logging.getLogger("lmstream")
 _WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_null", "docs_heldout", "docs_invalid_utf8")   # counted by _fill
 OTHER = "another reader's row"   # a row a strided piece leaves to another reader: advances the position only
-
-
-@dataclass(frozen=True)
-class Piece:
-    shard: int            # index into plan.shards
-    row_group: int        # Parquet row group, or -1 for a whole file
-    num_rows: int | None  # rows in the piece when known (Parquet)
-    stride: int = 1       # keep rows with index % stride == offset (only when pieces < slots)
-    offset: int = 0
-    first_row: int = 0    # rows before this one were read already (elastic resume)
-
-
-@dataclass(frozen=True)
-class WindowRest:
-    """What another reader had not yet trained on of one shuffle window (elastic resume).
-
-    Reading `pieces` from row `start_row` of the first and permuting with `key` re-creates that
-    reader's window exactly; its documents from `doc` on are this item's rows, the first of them
-    without its first `token` tokens. stride/offset/first_row act on those rows as on a Piece's.
-    """
-    pieces: tuple         # Piece / WindowRest items the window was read from
-    start_row: int
-    key: tuple | None     # RNG key of the window's permutation (None: not shuffled)
-    doc: int
-    token: int
-    stride: int = 1
-    offset: int = 0
-    first_row: int = 0
-
-
-def split_item(item, parts: int) -> list:
-    """`item` as `parts` disjoint items by row stride (so more readers can share it)."""
-    return [replace(item, stride=item.stride * parts, offset=item.offset + item.stride * r)
-            for r in range(parts)]
-
-
-@dataclass
-class Plan:
-    """Shards (with sizes and content digests), their pieces, and Parquet footers: read once, in one process,
-    reused by every reader and saved with each checkpoint (lmstream.planfile), so that a resume reads neither
-    a listing nor a footer again."""
-    shards: list[Shard]
-    pieces: list[Piece]
-    footers: dict  # shard index -> pyarrow FileMetaData
-    skipped: list = field(default_factory=list)  # URLs of unreadable shards left out (dataset_skip_bad_shards)
-    stats: dict = field(default_factory=dict)    # retries while planning
-    raw_footers: dict = field(default_factory=dict)   # shard index -> the footer's bytes as in the file
-    digests: dict = field(default_factory=dict)       # shard index -> content digest (footer, or sampled bytes)
-    source: dict = field(default_factory=dict)        # the arguments it was planned from (name, config, split, field)
 
 
 @dataclass(frozen=True)
@@ -100,95 +50,6 @@ class Window:
     last: bool                  # the slot's epoch ends with this window
     skips: list[int]            # tokens of each document trained on before an elastic resume (mostly 0)
     key: tuple | None           # RNG key of the permutation (None: not shuffled)
-
-
-def _read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict, check_field: bool = True):
-    """(footer, its raw bytes, shard with its size): one tail request for a remote file, retried."""
-    import pyarrow.parquet as pq
-
-    def read():
-        tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
-        # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched before it
-        meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a, b: bytes(b - a))).metadata
-        raw = next(iter(tail.values()))
-        return meta, raw[len(raw) - int.from_bytes(raw[-8:-4], "little") - 8:], size
-    try:
-        meta, raw, size = with_retries(read, shard.url, policy, "read the Parquet footer of", stats)
-    except Unreadable as err:
-        if isinstance(err.cause, FileNotFoundError) and not is_transient(err.cause):
-            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
-        if getattr(err.cause, "status", None) == 404:
-            raise Unreadable(f"Shard '{shard.url}' does not exist (HTTP 404): check dataset_name.", err.cause) from None
-        if getattr(err.cause, "status", None) in (401, 403):
-            raise Unreadable(f"Shard '{shard.url}' is not readable with these credentials (HTTP "
-                             f"{err.cause.status}): for a gated Hub dataset set HF_TOKEN.", err.cause) from None
-        if err.cause is not None and not is_transient(err.cause):
-            raise Unreadable(f"Shard '{shard.url}' is not a valid Parquet file "
-                             f"({type(err.cause).__name__}: {err.cause}).", err.cause) from None
-        raise
-    schema = meta.schema.to_arrow_schema()
-    if check_field and text_field not in schema.names:
-        raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(schema.names)}): "
-                          "set dataset_text_field to one of them.")
-    kind = schema.field(text_field).type if check_field else None
-    if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-        raise ConfigError(f"Column '{text_field}' of shard '{shard.url}' holds {kind}, not text: set "
-                          "dataset_text_field to a string column.")
-    return meta, raw, replace(shard, size=size)
-
-
-def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None = None,
-                skip_bad: bool = False, threads: int = 16) -> Plan:
-    """List the pieces of all shards, reading Parquet footers in parallel (one request each when remote).
-
-    With `skip_bad`, a shard whose footer cannot be read is left out with a warning (counted in
-    `plan.skipped`); otherwise the first such shard fails the plan with its reason.
-    """
-    policy, stats = policy or RetryPolicy(), {"retries": 0}
-
-    def footer(i):
-        try:
-            if shards[i].format != "parquet":
-                return _digest(shards[i], policy)
-            return _read_footer(shards[i], text_field, policy, stats)
-        except Unreadable as err:
-            if not skip_bad:
-                raise
-            log.warning("skipping shard %s: %s", shards[i].url, err)
-            return None
-    with ThreadPoolExecutor(max(1, min(threads, len(shards)))) as pool:
-        found = list(pool.map(footer, range(len(shards))))
-    skipped = [s.url for s, f in zip(shards, found) if f is None]
-    kept = [(s, f) for s, f in zip(shards, found) if f is not None]
-    return assemble_plan(kept, skipped, stats)
-
-
-def _digest(shard: Shard, policy: RetryPolicy):
-    """A non-Parquet shard's content digest; a missing or forbidden file named as _read_footer names it."""
-    try:
-        return ranges.content_digest(shard, policy)
-    except Unreadable as err:
-        if getattr(err.cause, "status", None) == 404 or isinstance(err.cause, FileNotFoundError):
-            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
-        raise
-
-
-def assemble_plan(kept: list, skipped: list, stats: dict) -> Plan:
-    """A Plan from (shard, (footer, raw footer, shard) or (digest, shard)) pairs, in shard order."""
-    import hashlib as _h
-    plan = Plan([], [], {}, skipped, stats)
-    for i, (shard, info) in enumerate(kept):
-        if shard.format == "parquet":
-            meta, raw, shard = info
-            plan.footers[i], plan.raw_footers[i] = meta, raw
-            plan.digests[i] = _h.blake2b(raw, digest_size=16).hexdigest()
-            plan.pieces += [Piece(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
-        else:
-            plan.digests[i], shard = info
-            plan.pieces.append(Piece(i, -1, None))
-        plan.shards.append(shard)
-    return plan
-
 
 def _holdout_bucket(text) -> float:
     """A stable number in [0, 1) from the document text, identical on every machine."""
@@ -211,6 +72,11 @@ class DocumentStream:
         self.policy = args.retry_policy()
         self.stats = {"rows_read": 0, "docs_empty": 0, "docs_null": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "retries": 0,
                       "shards_skipped": 0, "read_seconds": 0.0, "read_wait_seconds": 0.0}
+
+    def restore_counters(self, saved: dict) -> None:
+        """Continue the read counters from a saved position's."""
+        for k in self.stats:
+            self.stats[k] = saved.get(k, 0)
 
     def slot_pieces(self, epoch: int) -> list[Piece]:
         """The pieces this slot reads in `epoch`, in order."""
@@ -297,10 +163,10 @@ class DocumentStream:
                 on_fault(err, shard.url, self.policy, attempt, "read", self.stats, started)
 
     def _parse_lines(self, shard: Shard):
-        raw = _decompressed_lines(shard.url, self.policy.read_timeout)
+        raw = textfiles.lines(shard.url, self.policy.read_timeout)
         if shard.format == "json":
-            return _json_texts(raw, shard.url, self.args.dataset_text_field)
-        return _text_samples(raw, self.args.dataset_text_sample_by)
+            return textfiles.json_texts(raw, shard.url, self.args.dataset_text_field)
+        return textfiles.text_samples(raw, self.args.dataset_text_sample_by)
 
     def _rows(self, pieces: list, start: tuple[int, int]):
         """(position after the row, text, invalid_utf8, token skip, new) for every row from `start` to the end."""
@@ -396,61 +262,8 @@ class DocumentStream:
             start, index = pos, index + 1
 
 
-def _decompressed_lines(url: str, timeout: float | None = None):
-    """Binary lines of a (possibly .gz/.zst/.bz2/.xz compressed) file, streamed."""
-    from fsspec.compression import compr
-    from fsspec.utils import infer_compression
-    comp = "zstd" if url.endswith(".zst") else infer_compression(url)
-    with open_binary(url, timeout=timeout) as raw:
-        if comp is None:
-            yield from raw
-        elif comp == "zstd":
-            import zstandard
-            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
-        else:
-            with compr[comp](raw, mode="rb") as f:
-                yield from f
-
-
-def _decode(line: bytes) -> tuple[str, bool]:
-    try:
-        return line.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return line.decode("utf-8", "replace"), True
-
-
-def _json_texts(lines, url: str, field: str):
-    for n, line in enumerate(lines, 1):
-        text, bad = _decode(line)
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except ValueError as err:
-            raise ConfigError(f"Line {n} of '{url}' is not valid JSON ({err}): fix or remove the shard.") from None
-        if not isinstance(row, dict) or field not in row:
-            cols = ", ".join(row) if isinstance(row, dict) else type(row).__name__
-            raise ConfigError(f"Line {n} of '{url}' has no field '{field}' (fields: {cols}): "
-                              "set dataset_text_field to one of them.")
-        value = row[field]
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"Line {n} of '{url}': field '{field}' holds {type(value).__name__}, not text: set "
-                              "dataset_text_field to a string field.")
-        yield value, bad
-
-
-def _text_samples(lines, sample_by: str):
-    if sample_by == "line":
-        for line in lines:
-            yield _decode(line.rstrip(b"\r\n"))
-        return
-    buf: list[bytes] = []
-    for line in lines:
-        if sample_by == "paragraph" and not line.strip():
-            if buf:
-                yield _decode(b"".join(buf))
-            buf = []
-            continue
-        buf.append(line)
-    if buf:
-        yield _decode(b"".join(buf))
+def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0, split: str = "all"):
+    """The documents of one epoch as one reader reads them (shuffled only if args.dataset_shuffle)."""
+    stream = DocumentStream(plan, args, seed, 0, 1, split=split)
+    for window in stream.windows(epoch, 0, (0, 0)):
+        yield from window.docs

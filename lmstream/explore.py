@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from .config import DataArguments
-from .documents import DocumentStream, Plan
+from .documents import DocumentStream
+from .plan import Plan
 from .sources import open_binary
 
 

@@ -19,7 +19,8 @@ import torch
 
 from .config import DataArguments
 from .models import SAMPLE_DATASET, TINY_MODEL
-from .pipeline import build_loader, build_pipeline
+from .data import build_pipeline
+from .loader import build_loader
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 GPT2_SMALL = "n_layer=12,n_embd=768,n_head=12,n_positions=1024,n_ctx=1024"

@@ -19,7 +19,7 @@ import os
 import re
 import urllib.parse
 
-from .config import ConfigError
+from .errors import ConfigError
 from . import ranges
 from .ranges import RemoteError, client, endpoint
 from .retry import RetryPolicy, Unreadable, is_transient, with_retries

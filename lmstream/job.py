@@ -14,7 +14,8 @@ import os
 import types
 from dataclasses import dataclass, field
 
-from .config import ConfigError, DataArguments
+from .config import DataArguments
+from .errors import ConfigError
 from .models import SAMPLE_DATASET, TINY_MODEL
 
 # names IPython puts in a notebook's namespace, besides those starting with "_"

@@ -13,45 +13,17 @@ epoch ("cycle", the default) or ends the whole mixture ("stop"); both are logged
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 
 import numpy as np
 import torch
 
-from .config import ConfigError, DataArguments
-from .elastic import find_dicts, share
+from .config import DataArguments, parse_mixture
+from .errors import ConfigError
+from .pipeline import build_stream
+from .state import find_dicts, share
 
 log = logging.getLogger("lmstream")
-SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
-
-
-def parse_mixture(spec) -> list[dict]:
-    """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except ValueError as err:
-            raise ConfigError(f"dataset_mixture is not valid JSON ({err}): pass a list like "
-                              '[{"name": "...", "weight": 0.7}, ...].') from None
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError("dataset_mixture must be a non-empty list of sources, each with a name and a weight.")
-    sources = []
-    for i, src in enumerate(spec):
-        if not isinstance(src, dict) or "name" not in src or "weight" not in src:
-            raise ConfigError(f"dataset_mixture source {i} needs a 'name' and a 'weight' (got {src!r}).")
-        unknown = set(src) - SOURCE_KEYS
-        if unknown:
-            raise ConfigError(f"dataset_mixture source {i} has unknown key(s) {sorted(unknown)}; "
-                              f"the keys are {sorted(SOURCE_KEYS)}.")
-        if not isinstance(src["weight"], (int, float)) or src["weight"] <= 0:
-            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): weight must be a positive number.")
-        if src.get("on_exhausted", "cycle") not in ("cycle", "stop"):
-            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): on_exhausted must be 'cycle' or 'stop'.")
-        sources.append({"config": None, "split": "train", "text_field": "text", "on_exhausted": "cycle", **src})
-    return sources
-
-
 def source_arguments(args: DataArguments, src: dict) -> DataArguments:
     return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"], dataset_config_name=src["config"],
                                dataset_train_split=src["split"], dataset_text_field=src["text_field"],
@@ -79,7 +51,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
 
     def __iter__(self):
-        slot = self.streams[0]._slot()[0]
+        slot = self.streams[0].identity().slot
         if self._n == 0 and slot in self._starts:
             start = self._starts.pop(slot)
             self._n, self._counts, self._gen = start["n"], list(start["counts"]), start["gen"]
@@ -173,11 +145,10 @@ class ChainBlocks(torch.utils.data.IterableDataset):
 def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_size: int, split: str,
                   max_positions: int | None, max_samples: int | None):
     """MixtureBlocks for training (ChainBlocks for evaluation) over the sources of dataset_mixture."""
-    from .pipeline import build_pipeline
     if max_samples is not None and split == "train":
         raise ConfigError("max_train_samples is not supported with dataset_mixture: bound the run with max_steps.")
     sources = parse_mixture(args.dataset_mixture)
-    streams = [build_pipeline(source_arguments(args, src), tokenizer, seed=seed, rank=rank, world_size=world_size,
+    streams = [build_stream(source_arguments(args, src), tokenizer, seed=seed, rank=rank, world_size=world_size,
                               split=split, max_positions=max_positions, max_samples=max_samples if split != "train" else None)
                for src in sources]
     if split != "train":

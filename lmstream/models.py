@@ -9,7 +9,8 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from .config import ConfigError, ModelArguments
+from .config import ModelArguments
+from .errors import ConfigError
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 TINY_MODEL = os.path.join(ASSETS, "tiny-gpt2")       # GPT-2's tokenizer and a 2-layer, 64-wide config

@@ -20,8 +20,8 @@ import logging
 import os
 
 from . import ranges
-from .config import ConfigError
-from .documents import Plan, _read_footer, assemble_plan
+from .errors import ConfigError
+from .plan import Plan, assemble_plan, read_footer
 from .hub import is_pinned_hub_url
 from .shards import Shard
 
@@ -127,7 +127,7 @@ def changed(plan: Plan, policy) -> list[tuple[str, str]]:
             continue
         try:
             if s.format == "parquet":
-                _, raw, now = _read_footer(Shard(s.url, s.format), "", policy, {}, check_field=False)
+                _, raw, now = read_footer(Shard(s.url, s.format), "", policy, {}, check_field=False)
                 digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
             else:
                 digest, now = ranges.content_digest(Shard(s.url, s.format), policy)

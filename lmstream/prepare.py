@@ -11,7 +11,7 @@ import sys
 
 from transformers import AutoConfig, AutoTokenizer
 
-from .config import ConfigError
+from .errors import ConfigError
 from .data import materialize, save_blocks
 from .train import parse_args
 

@@ -122,7 +122,7 @@ def banner(model, data_args, training_args, plan, block_size: int | None, checkp
 
 def resume_line(checkpoint: str, states: list[dict]) -> str:
     """Where the stream resumes: rank 0's first reader's epoch, window, document and token."""
-    from .elastic import reader_states
+    from .state import reader_states
     readers = reader_states(states[:1])
     name = os.path.basename(os.path.normpath(checkpoint))
     if not readers:

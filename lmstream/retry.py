@@ -15,7 +15,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from .config import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger("lmstream")
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}

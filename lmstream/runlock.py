@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-from .config import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger("lmstream")
 LOCK = os.path.join(".lmstream", "run.lock")

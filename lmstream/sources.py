@@ -14,7 +14,7 @@ import os
 import re
 
 from . import hub
-from .config import ConfigError
+from .errors import ConfigError
 from .retry import RetryPolicy, is_transient
 from .shards import Shard, shard_format
 

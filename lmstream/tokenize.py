@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from .config import ConfigError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,18 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments, default_data_collator, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .config import ConfigError, DataArguments, ModelArguments, RunArguments
+from .config import DataArguments, ModelArguments, RunArguments
+from .errors import ConfigError
 from .data import build_datasets
 from .models import load_model_and_tokenizer
 from .runlock import output_lock
 from .stopping import StopAtStepBoundary, stop_on_signals
+from . import planfile
 from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say, summary
-from .training import (DATA_STATE_DIR, StreamingTrainer, is_cut_short, is_stream, last_complete_checkpoint,
-                       read_data_states)
+from .checkpoints import DATA_STATE_DIR, is_cut_short, last_complete_checkpoint, read_data_states
+from .pipeline import plan_source
+from .state import stream_epoch
+from .trainer import StreamingTrainer, is_stream
 
 log = logging.getLogger("lmstream")
 ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
@@ -224,8 +228,6 @@ def pinned_plan(checkpoint: str, data_args: DataArguments):
     """(plan, restart epoch or False) for resuming from `checkpoint`: the plan it saved, so nothing is listed and
     no footer read again, when its data is unchanged. Changed data is refused naming the file, or, with
     dataset_accept_changed_data, planned anew and restarted at the checkpoint's epoch."""
-    from . import planfile
-    from .pipeline import plan_source, stream_epoch
     folder = os.path.join(checkpoint, DATA_STATE_DIR)
     if data_args.dataset_mixture or not os.path.isdir(folder):
         return None, False

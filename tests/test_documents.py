@@ -1,7 +1,8 @@
 import collections
 
 from lmstream.config import DataArguments
-from lmstream.documents import DocumentStream, plan_pieces
+from lmstream.documents import DocumentStream
+from lmstream.plan import plan_pieces
 from lmstream.sources import resolve_shards
 
 

@@ -108,7 +108,7 @@ def test_a_process_with_a_live_loader_iterator_exits(tmp_path):
     them: a script that ends while its loader still has workers exits at once."""
     code = (
         "import sys; from transformers import AutoTokenizer; from lmstream import DataArguments\n"
-        "from lmstream.pipeline import build_loader, build_pipeline\n"
+        "from lmstream import build_loader, build_pipeline\n"
         f"tok = AutoTokenizer.from_pretrained({TINY_MODEL!r})\n"
         f"args = DataArguments(dataset_name={SAMPLE!r}, dataset_block_size=32)\n"
         "loader = build_loader(build_pipeline(args, tok, rank=0, world_size=1), 2, num_workers=2)\n"

@@ -7,7 +7,8 @@ import torch
 
 import lmstream
 from lmstream.config import ConfigError
-from lmstream.documents import DocumentStream, plan_pieces
+from lmstream.documents import DocumentStream
+from lmstream.plan import plan_pieces
 from lmstream.sources import resolve_shards
 from conftest import SAMPLE, make_docs, write_jsonl, write_parquet
 from httpserver import FileServer

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from lmstream import DataArguments
-from lmstream.pipeline import build_loader, build_pipeline
+from lmstream import build_loader, build_pipeline
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "state_v2")
 

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 import lmstream.train as lt
 from lmstream.config import ConfigError
-from lmstream.training import StreamingTrainer
+from lmstream.trainer import StreamingTrainer
 from conftest import SAMPLE, TINY_MODEL, no_timings
 
 SEED_FLAGS = ["--dataset_streaming", "true", "--do_train", "--eval_strategy", "no",

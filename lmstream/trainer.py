@@ -10,7 +10,6 @@ no reading everything and keeping every n-th). At every save each rank writes it
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -19,44 +18,15 @@ import time
 import torch
 from transformers import Trainer, default_data_collator
 
-from .config import ConfigError
-from .pipeline import StreamingBlocks, build_loader, merge_stats, stream_epoch
+from .checkpoints import COMPLETE, DATA_STATE_DIR, atomic_json, data_state_path, saved_shape
+from .errors import ConfigError
+from .loader import build_loader
+from .mixture import MixtureBlocks
+from .pipeline import StreamingBlocks
+from .planfile import save as save_plan
+from .state import merge_stats, stream_epoch
 
 log = logging.getLogger("lmstream")
-DATA_STATE_DIR = "lmstream_data"
-COMPLETE = "lmstream_complete.json"   # written last: a checkpoint without it was cut short (killed mid-save)
-
-
-def is_complete(checkpoint: str) -> bool:
-    return os.path.isfile(os.path.join(checkpoint, COMPLETE))
-
-
-def is_cut_short(checkpoint: str) -> bool:
-    """An lmstream checkpoint whose save did not finish (no marker, while lmstream wrote it or its siblings)."""
-    if is_complete(checkpoint):
-        return False
-    parent = os.path.dirname(os.path.abspath(checkpoint))
-    siblings = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("checkpoint-")]
-    return os.path.isdir(os.path.join(checkpoint, DATA_STATE_DIR)) or any(is_complete(p) for p in siblings)
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint-N of output_dir whose save finished; None if there is none.
-
-    Folders from other scripts (no lmstream marker in any checkpoint) are taken as complete.
-    """
-    if not os.path.isdir(output_dir):
-        return None
-    found = []
-    for name in os.listdir(output_dir):
-        path = os.path.join(output_dir, name)
-        if name.startswith("checkpoint-") and name[11:].isdigit() and os.path.isdir(path):
-            found.append((int(name[11:]), path))
-    found.sort()
-    if not any(is_complete(p) for _, p in found):
-        return found[-1][1] if found else None
-    done = [p for _, p in found if is_complete(p)]
-    return done[-1]
 
 
 def source_shares(stats: dict) -> dict:
@@ -68,59 +38,7 @@ def source_shares(stats: dict) -> dict:
 
 def is_stream(ds) -> bool:
     """A rank-local resumable stream (StreamingBlocks or a mixture of them), not a map-style dataset."""
-    from .mixture import MixtureBlocks
     return isinstance(ds, (StreamingBlocks, MixtureBlocks))
-
-
-def data_state_path(checkpoint: str, rank: int) -> str:
-    return os.path.join(checkpoint, DATA_STATE_DIR, f"rank-{rank}.json")
-
-
-def read_data_states(checkpoint: str) -> list[dict] | None:
-    """The loader state of every rank that saved `checkpoint`, by rank; None if it holds none."""
-    folder = os.path.join(checkpoint, DATA_STATE_DIR)
-    if not os.path.isdir(folder):
-        return None
-    ranks = sorted(int(f[5:-5]) for f in os.listdir(folder)
-                   if f.startswith("rank-") and f.endswith(".json") and f[5:-5].isdigit())
-    if ranks != list(range(len(ranks))) or not ranks:
-        raise ConfigError(f"Checkpoint '{checkpoint}' has data positions of ranks {ranks}, not 0..N-1 (a file is "
-                          "missing): resume from a complete checkpoint.")
-    from .elastic import reader_states
-    from .pipeline import position_problem
-    states = []
-    for r in ranks:
-        path = data_state_path(checkpoint, r)
-        try:
-            with open(path) as f:
-                states.append(json.load(f))
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"Checkpoint data position '{path}' is unreadable ({type(err).__name__}: {err}): resume "
-                              "from an earlier checkpoint.") from None
-        readers = reader_states(states[-1])
-        problems = [p for p in map(position_problem, readers) if p] or ([] if readers else ["no reader state in it"])
-        if problems:
-            raise ConfigError(f"Checkpoint data position '{path}' is corrupt ({problems[0]}): resume from an earlier "
-                              "checkpoint.")
-    return states
-
-
-def saved_shape(states: list[dict]) -> tuple[int, int]:
-    """(processes, DataLoader workers per process) of the run that saved these loader states."""
-    from .elastic import reader_states
-    readers = reader_states(states)
-    workers = {st["workers"] for st in readers} or {1}
-    return len(states), max(workers)
-
-
-def _atomic_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class StreamingTrainer(Trainer):
@@ -176,16 +94,15 @@ class StreamingTrainer(Trainer):
             os.remove(marker)   # rewriting this step's checkpoint: incomplete until the end
         super()._save_checkpoint(model, trial)
         if self.loader is not None:
-            _atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
+            atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
             plan = getattr(self.train_dataset, "plan", None)
             if self.args.should_save and plan is not None:   # what the data position refers to, pinned
-                from . import planfile
-                planfile.save(plan, os.path.join(folder, DATA_STATE_DIR),
+                save_plan(plan, os.path.join(folder, DATA_STATE_DIR),
                               cache_dir=os.path.join(self._get_output_dir(trial=trial), ".lmstream"))
         if self.args.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()   # every rank's files are on disk before the checkpoint counts
         if self.args.should_save:
-            _atomic_json(marker, {"step": self.state.global_step, "world_size": self.args.world_size})
+            atomic_json(marker, {"step": self.state.global_step, "world_size": self.args.world_size})
 
     # -- logging ----------------------------------------------------------------------------------
     def data_stats(self) -> dict:

@@ -1,0 +1,127 @@
+"""The loader: torchdata's StatefulDataLoader over a stream, with every worker's data position in its state_dict,
+batches passed from workers as NumPy arrays, and the consumer's waits timed (data starvation).
+
+    loader = build_loader(blocks, batch_size=8, num_workers=8)
+    state = loader.state_dict()          # every worker's reader state (lmstream.state)
+"""
+from __future__ import annotations
+
+import re
+import time
+import warnings
+
+import numpy as np
+import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from .errors import ConfigError
+from .stopping import ignore_signals_in_worker, kill_workers_at_exit
+
+# torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+
+
+class ArrayBatch:
+    """A batch as NumPy arrays on its way from a worker: pickled by value through the worker's queue.
+
+    torch would move tensors through shared memory, one file-descriptor hand-over (a socket connection)
+    per tensor, which costs the consuming process about twice as much per batch as unpickling 2 x 64 KB.
+    The loader's pin-memory thread calls `pin_memory` (off the training thread); otherwise the iterator
+    turns it into tensors (zero-copy).
+    """
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+
+    def tensors(self) -> dict:
+        return {k: torch.from_numpy(v) for k, v in self.arrays.items()}
+
+    def pin_memory(self, device=None) -> dict:
+        return {k: t.pin_memory() for k, t in self.tensors().items()}
+
+
+def collate_arrays(samples: list[dict]) -> ArrayBatch:
+    """Stack the samples' tensors into arrays (in the worker)."""
+    return ArrayBatch({k: np.stack([s[k].numpy() for s in samples]) for k in samples[0]})
+
+
+class _TimedIterator:
+    """Adds the seconds spent waiting for each batch to the loader's `wait_seconds`."""
+
+    def __init__(self, it, loader):
+        self.it, self.loader = it, loader
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        try:
+            batch = next(self.it)
+            return batch.tensors() if isinstance(batch, ArrayBatch) else batch
+        except ConfigError as err:
+            raise own_message(err) from None
+        finally:
+            self.loader.wait_seconds += time.perf_counter() - t0
+
+
+def own_message(err: ConfigError) -> ConfigError:
+    """An lmstream error re-raised by a DataLoader worker ("Caught Unreadable in DataLoader worker process 1.
+    Original Traceback ...") as its own sentence first, the worker named after it."""
+    text = str(err)
+    m = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.", text)
+    if not m:
+        return err
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(prefix)
+    body = text[at + len(prefix):] if at >= 0 else text.strip().splitlines()[-1]
+    sentence = " ".join(line.strip() for line in body.strip().splitlines())
+    try:
+        return type(err)(f"{sentence} (in {m.group(1)})")
+    except TypeError:
+        return ConfigError(f"{sentence} (in {m.group(1)})")
+
+
+class BlockLoader(StatefulDataLoader):
+    """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
+
+    def __iter__(self):
+        done = getattr(self, "_iterator", None)
+        if (done is not None and not self._initial_iter_for_state_dict and self.num_workers > 0
+                and not self.persistent_workers and hasattr(self.dataset, "carry_over")):
+            # a new iterator has new worker processes: hand them where the last ones stood (the last batch
+            # yielded) with their counters, as a re-iterated in-process stream continues
+            self.dataset.carry_over(done.state_dict())
+        return _TimedIterator(super().__iter__(), self)
+
+    def __len__(self) -> int:
+        """Batches per epoch of a sized stream (max_train_samples): each worker's samples in batches."""
+        sizes = self.dataset.epoch_samples(self.num_workers) if hasattr(self.dataset, "epoch_samples") else None
+        if sizes is None:
+            raise TypeError("a stream without max_train_samples has no length")
+        return sum(-(-n // self.batch_size) for n in sizes)
+
+    def set_epoch(self, epoch: int) -> None:
+        """A fresh stream starts at `epoch` (the Trainer calls this before each epoch); one with a position
+        (resumed, or continued from the last iterator) goes on from it. A sized stream ends with each epoch."""
+        if hasattr(self.dataset, "start_epoch"):
+            self.dataset.start_epoch = epoch
+
+
+def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:
+    """A loader over `dataset` whose state_dict holds every worker's data position."""
+    if batch_size < 1:
+        raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
+    if num_workers > 0:
+        kwargs.setdefault("prefetch_factor", 4)
+        kwargs.setdefault("collate_fn", collate_arrays)
+        kwargs.setdefault("worker_init_fn", ignore_signals_in_worker)
+        kill_workers_at_exit()
+    else:
+        kwargs.pop("prefetch_factor", None)
+        kwargs.pop("persistent_workers", None)
+    return BlockLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
