@@ -154,7 +154,8 @@ def bench_train(args, model_dir: str, block: int, batch: int, workers: int, step
 
     import psutil
     from transformers import TrainerCallback
-    from .train import parse_args, train
+    from .arguments import parse_args
+    from .train import train
     rss = []
 
     class Rss(TrainerCallback):

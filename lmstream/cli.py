@@ -39,10 +39,10 @@ def _plain(value):
 
 def notebook_parameters_from_flags(argv: list[str], declared: set[str], parsed=None) -> dict:
     """Notebook parameters equivalent to `python -m lmstream.train ARGV` (its defaults included)."""
-    from .train import parse_args
+    from .arguments import parse_args
     parsed = parsed or parse_args(argv)
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        from .train import file_to_argv
+        from .arguments import file_to_argv
         argv = file_to_argv(argv[0])
     named = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     fields = {f.name: obj for obj in parsed for f in dataclasses.fields(obj)}
@@ -77,7 +77,8 @@ def preflight(argv: list[str], declared: set[str]) -> dict:
     nothing: the flags, the output folder (another run's is refused), the checkpoint to resume from, that the
     dataset resolves (its files are listed, not read) and that local model and tokenizer folders exist."""
     from .sources import resolve_shards
-    from .train import check_output_dir, parse_args, resolve_checkpoint
+    from .arguments import parse_args
+    from .resume import check_output_dir, resolve_checkpoint
     parsed = parse_args(argv)
     model_args, data_args, run_args, training_args = parsed
     params = notebook_parameters_from_flags(argv, declared, parsed)
@@ -125,7 +126,7 @@ def _forward_signals_to_kernel() -> list:
 
 def full_help(prog: str) -> str:
     from transformers import HfArgumentParser
-    from .train import ARG_CLASSES
+    from .arguments import ARG_CLASSES
     return HfArgumentParser(ARG_CLASSES, prog=prog).format_help()
 
 

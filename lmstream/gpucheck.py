@@ -90,7 +90,7 @@ def _pipeline_alone(data_args, tokenizer, a, device) -> dict:
     return {"tokens_per_second": a.steps * a.batch * a.block / (time.perf_counter() - t0)}
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=SAMPLE_DATASET)
     ap.add_argument("--config", default=None, help="dataset config name")
@@ -104,7 +104,34 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (a faster GPU is harder to feed)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="tiny model and sizes on the CPU")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _measure(name: str, a, data_args, tokenizer, device, bf16: bool, device_name: str) -> dict:
+    """One timed run: the model fed synthetic batches or the pipeline's, with tokens/s and MFU."""
+    torch.manual_seed(0)
+    model, config = _model(a.model, device, "sdpa")
+    if a.compile:
+        model = torch.compile(model)
+    if name == "synthetic":
+        batches = _synthetic(a.batch, a.block, config.vocab_size)
+    else:
+        batches = _loader(data_args, tokenizer, a, device)
+    r = _run(model, batches, a.steps, a.warmup, device, bf16)
+    n_params = sum(p.numel() for p in model.parameters())
+    flops_per_token = 6 * n_params + 12 * config.n_layer * config.n_embd * a.block
+    r["tokens_per_second"] = a.steps * a.batch * a.block / r["seconds"]
+    peak = next((v for k, v in PEAK_BF16.items() if k in device_name), None)
+    r["mfu"] = r["tokens_per_second"] * flops_per_token / peak if peak else None
+    r["params"] = n_params
+    del model, batches
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return r
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
     if a.cpu_dry_run:
         a.steps, a.warmup, a.batch, a.block, a.workers = 6, 2, 2, 64, 2
         a.model = "n_layer=2,n_embd=64,n_head=2,n_positions=256,n_ctx=256"
@@ -122,25 +149,7 @@ def main(argv=None) -> int:
     runs: dict[str, list[dict]] = {"synthetic": [], "pipeline": []}
     for _ in range(a.rounds):        # alternate the two, so that clock and thermal drift hit both alike
         for name in ("synthetic", "pipeline"):
-            torch.manual_seed(0)
-            model, config = _model(a.model, device, "sdpa")
-            if a.compile:
-                model = torch.compile(model)
-            if name == "synthetic":
-                batches = _synthetic(a.batch, a.block, config.vocab_size)
-            else:
-                batches = _loader(data_args, tokenizer, a, device)
-            r = _run(model, batches, a.steps, a.warmup, device, bf16)
-            n_params = sum(p.numel() for p in model.parameters())
-            flops_per_token = 6 * n_params + 12 * config.n_layer * config.n_embd * a.block
-            r["tokens_per_second"] = a.steps * a.batch * a.block / r["seconds"]
-            peak = next((v for k, v in PEAK_BF16.items() if k in results["device"]), None)
-            r["mfu"] = r["tokens_per_second"] * flops_per_token / peak if peak else None
-            r["params"] = n_params
-            runs[name].append(r)
-            del model, batches
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            runs[name].append(_measure(name, a, data_args, tokenizer, device, bf16, results["device"]))
     for name, rs in runs.items():    # the best round of each; every round is kept under "rounds"
         results[name] = dict(max(rs, key=lambda r: r["tokens_per_second"]), rounds=rs)
     results["pipeline_over_synthetic"] = results["pipeline"]["tokens_per_second"] / results["synthetic"]["tokens_per_second"]

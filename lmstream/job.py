@@ -37,7 +37,7 @@ class Job:
 
     def arguments(self):
         """(model, data, run, training) argument dataclasses, as the command line would give them."""
-        from .train import parse_args
+        from .arguments import parse_args
         return parse_args(self.argv)
 
 
@@ -101,14 +101,15 @@ def job_from_parameters(namespace: dict) -> Job:
     n = params.get("num_processes", 1)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"num_processes={n!r} must be a positive integer.")
-    from .train import mapping_to_argv
+    from .arguments import mapping_to_argv
     job = Job(params, mapping_to_argv({**params, **extra}, skip=NOTEBOOK_ONLY), n)
     job.arguments()   # parse now: unknown extra_args and bad values fail before anything runs
     return job
 
 
 def _train_argv(argv: list[str]) -> dict:
-    from .train import parse_args, train
+    from .arguments import parse_args
+    from .train import train
     return train(*parse_args(argv))
 
 

@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from .errors import ConfigError
 from .data import materialize, save_blocks
-from .train import parse_args
+from .arguments import parse_args
 
 log = logging.getLogger("lmstream")
 

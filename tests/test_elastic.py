@@ -6,6 +6,8 @@ import random
 import pytest
 import torch
 
+import json
+
 import lmstream
 from lmstream.config import ConfigError
 

@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 import lmstream.train as lt
+from lmstream.checkpoints import last_complete_checkpoint
 from lmstream.config import ConfigError
 from lmstream.trainer import StreamingTrainer
 from conftest import SAMPLE, TINY_MODEL, no_timings
@@ -203,7 +204,7 @@ def test_killed_runs_resume_from_the_last_complete_checkpoint(tmp_path):
     (newest / "optimizer.pt").write_bytes(b"\0" * 10)
     with pytest.raises(ConfigError, match="is incomplete"):
         lt.resolve_checkpoint(lt.parse_args(_tiny(out, "--resume_from_checkpoint", str(newest)))[3])
-    assert lt.last_complete_checkpoint(str(out)) != str(newest)
+    assert last_complete_checkpoint(str(out)) != str(newest)
     done = subprocess.run(_train_cmd(out, "--resume_from_checkpoint", "true"), capture_output=True, text=True, env=env,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
