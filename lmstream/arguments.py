@@ -33,14 +33,25 @@ class OneSentenceParser(HfArgumentParser):
         raise ConfigError(f"{message[0].upper()}{message[1:]}: see --help.")
 
 
+def expand(argv: list[str]) -> list[str]:
+    """The flags themselves: one YAML/JSON file's content as flags, else `argv` as it is."""
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        return file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
+    return list(argv)
+
+
+def given(argv: list[str]) -> set[str]:
+    """The names of the arguments a command line (or its file) sets explicitly."""
+    return {a[2:].split("=", 1)[0] for a in expand(argv) if a.startswith("--")}
+
+
 def parse_args(argv: list[str] | None = None):
     """(model, data, run, training) arguments from flags or from one YAML/JSON file; unknown names fail."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv:
         HfArgumentParser(ARG_CLASSES, prog="python -m lmstream.train").print_help()
         sys.exit(0)
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        argv = file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
+    argv = expand(argv)
     parser = OneSentenceParser(ARG_CLASSES)
     try:
         parsed = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
@@ -50,9 +61,8 @@ def parse_args(argv: list[str] | None = None):
         raise ConfigError(f"{str(err).strip().splitlines()[0]} (see --help).") from None
     if parsed[-1]:
         raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m lmstream.train --help`.")
-    explicit = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
     model_args, data_args, run_args, training_args = parsed[:-1]
-    if "report_to" not in explicit:   # like the reference: W&B when a key is set, else no remote tracking
+    if "report_to" not in given(argv):   # like the reference: W&B when a key is set, else no remote tracking
         training_args.report_to = []
         if os.environ.get("WANDB_API_KEY"):
             if importlib.util.find_spec("wandb") is None:

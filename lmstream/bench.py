@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from .config import DataArguments
-from .models import SAMPLE_DATASET, TINY_MODEL
+from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 from .data import build_pipeline
 from .loader import build_loader
 from .pipeline import plan_dataset
@@ -31,9 +31,8 @@ from .tokenize import build_encoder
 
 
 def _texts(args: DataArguments) -> list[str]:
-    from .documents import DocumentStream
-    stream = DocumentStream(plan_dataset(args), args, 0, 0, 1, shuffle=False)
-    return [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+    from .documents import iter_documents
+    return list(iter_documents(plan_dataset(args), args, shuffle=False))
 
 
 def _timed(fn):
@@ -216,7 +215,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.block, a.batch, a.early, a.late, a.steps, a.train_block = 128, 4, 2, 20, 6, 64
     from transformers import AutoTokenizer
-    config = a.config or ("python-docs" if a.dataset == SAMPLE_DATASET else None)
+    config = a.config or (SAMPLE_CONFIG if a.dataset == SAMPLE_DATASET else None)
     args = DataArguments(dataset_name=a.dataset, dataset_config_name=config)
     tokenizer = AutoTokenizer.from_pretrained(a.tokenizer)
     os.makedirs(a.out, exist_ok=True)

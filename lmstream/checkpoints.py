@@ -12,6 +12,7 @@ import os
 import re
 
 from .errors import ConfigError
+from .planfile import atomic_write
 from .state import position_problem, reader_states
 
 DATA_STATE_DIR = "lmstream_data"
@@ -97,9 +98,4 @@ def saved_shape(states: list[dict]) -> tuple[int, int]:
 
 def atomic_json(path: str, obj) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj).encode())

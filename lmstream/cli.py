@@ -39,12 +39,9 @@ def _plain(value):
 
 def notebook_parameters_from_flags(argv: list[str], declared: set[str], parsed=None) -> dict:
     """Notebook parameters equivalent to `python -m lmstream.train ARGV` (its defaults included)."""
-    from .arguments import parse_args
+    from .arguments import given, parse_args
     parsed = parsed or parse_args(argv)
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        from .arguments import file_to_argv
-        argv = file_to_argv(argv[0])
-    named = {a[2:].split("=", 1)[0] for a in argv if a.startswith("--")}
+    named = given(argv)
     fields = {f.name: obj for obj in parsed for f in dataclasses.fields(obj)}
     unknown = named - set(fields)
     if unknown:

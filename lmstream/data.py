@@ -126,5 +126,4 @@ def _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions, 
     import dataclasses
     eval_args = dataclasses.replace(args, dataset_group_text=args.dataset_group_text_validation)
     return build_pipeline(eval_args, tokenizer, seed=seed, rank=rank, world_size=world_size, split="eval",
-                          max_positions=max_positions, max_samples=run.max_eval_samples,
-                          plan=plan if args.dataset_holdout_fraction > 0 else None)
+                          max_positions=max_positions, max_samples=run.max_eval_samples, plan=plan)

@@ -262,8 +262,9 @@ class DocumentStream:
             start, index = pos, index + 1
 
 
-def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0, split: str = "all"):
-    """The documents of one epoch as one reader reads them (shuffled only if args.dataset_shuffle)."""
-    stream = DocumentStream(plan, args, seed, 0, 1, split=split)
+def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0, split: str = "train",
+                   shuffle: bool = True):
+    """The documents of one epoch as one reader reads them (shuffled if `shuffle` and args.dataset_shuffle)."""
+    stream = DocumentStream(plan, args, seed, 0, 1, split=split, shuffle=shuffle)
     for window in stream.windows(epoch, 0, (0, 0)):
         yield from window.docs

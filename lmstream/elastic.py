@@ -23,7 +23,7 @@ from dataclasses import replace
 from .documents import DocumentStream
 from .errors import ConfigError
 from .plan import Piece, WindowRest, split_item
-from .state import Phase, ReaderState, share
+from .state import Phase, ReaderState, share, sum_counters
 
 
 # -- items as JSON ------------------------------------------------------------------------------
@@ -107,10 +107,7 @@ def redistribute(old: list[ReaderState], stream_of, plan, n_slots: int, regular_
                           "(a rank's file is missing or from another run): resume from a complete checkpoint.")
     phases = _phases(old, [stream_of(st.who.slot, n_old) for st in old], plan, n_slots, regular_cap)
     gen = max(st.phase.gen for st in old) + 1
-    totals: dict = {}
-    for st in old:
-        for k, v in st.stats.items():
-            totals[k] = totals.get(k, 0) + v
+    totals = sum_counters(st.stats for st in old)
     starts = {}
     for slot in range(n_slots):
         mine = [(e, encode_items(items[slot::n_slots], plan), None if cap is None else share(cap, n_slots, slot))

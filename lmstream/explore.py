@@ -1,17 +1,18 @@
 """Measurements the tutorial notebooks show: previews, shard splits, throughput, lengths, packing vs truncation.
 
-    docs = preview(args, 5)                       # a DataFrame of the first documents
+    docs = preview(plan, args, 5)                 # a DataFrame of the first documents
     kept = kept_tokens(lengths, max_len=1024, block_size=1024)
 """
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .config import DataArguments
-from .documents import DocumentStream
+from .documents import DocumentStream, iter_documents
 from .plan import Plan
 from .sources import open_binary
 
@@ -42,8 +43,8 @@ def preview(plan: Plan, args: DataArguments, n: int = 5, width: int = 160):
             table = pq.ParquetFile(f).read_row_group(0).slice(0, n)
         df = table.to_pandas()
     else:
-        stream = DocumentStream(plan, args, 0, 0, 1, shuffle=False)
-        df = pd.DataFrame({args.dataset_text_field: next(stream.windows(0, 0, (0, 0))).docs[:n]})
+        docs = itertools.islice(iter_documents(plan, args, shuffle=False), n)
+        df = pd.DataFrame({args.dataset_text_field: list(docs)})
     text = df[args.dataset_text_field]
     df.insert(0, "chars", text.str.len())
     df[args.dataset_text_field] = text.str.slice(0, width).str.replace("\n", " ⏎ ")
@@ -66,12 +67,8 @@ def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, 
 
 def measure_documents(plan: Plan, args: DataArguments, n_docs: int = 500) -> dict:
     """Read up to `n_docs` documents from the stream; documents/s, MB/s and the texts."""
-    stream = DocumentStream(plan, args, 0, 0, 1, shuffle=False)
-    t0, texts = time.perf_counter(), []
-    for window in stream.windows(0, 0, (0, 0)):
-        texts.extend(window.docs[: n_docs - len(texts)])
-        if len(texts) >= n_docs:
-            break
+    t0 = time.perf_counter()
+    texts = list(itertools.islice(iter_documents(plan, args, shuffle=False), n_docs))
     dt = max(time.perf_counter() - t0, 1e-9)
     nbytes = sum(len(t.encode("utf-8")) for t in texts)
     return {"documents": len(texts), "seconds": dt, "docs_per_s": len(texts) / dt, "MB_per_s": nbytes / dt / 1e6,

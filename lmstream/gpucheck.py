@@ -18,7 +18,7 @@ import time
 import torch
 
 from .config import DataArguments
-from .models import SAMPLE_DATASET, TINY_MODEL
+from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 from .data import build_pipeline
 from .loader import build_loader
 
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     config_name = a.config
     if a.dataset == SAMPLE_DATASET and not config_name:
         # the sample's Parquet folder, read directly: the GPU image has no `datasets` to parse a README config
-        a.dataset = os.path.join(SAMPLE_DATASET, "data", "python-docs")
+        a.dataset = os.path.join(SAMPLE_DATASET, "data", SAMPLE_CONFIG)
     data_args = DataArguments(dataset_name=a.dataset, dataset_config_name=config_name, dataset_block_size=a.block)
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "settings": vars(a),
                "torch": torch.__version__, "cpus": os.cpu_count()}

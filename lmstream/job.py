@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .config import DataArguments
 from .errors import ConfigError
-from .models import SAMPLE_DATASET, TINY_MODEL
+from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 
 # names IPython puts in a notebook's namespace, besides those starting with "_"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
@@ -26,19 +26,20 @@ NOTEBOOK_ONLY = {"num_processes", "extra_args", "sample_prompt", "sample_max_new
 
 @dataclass
 class Job:
-    """A training run described by the notebook's parameters."""
+    """A training run described by the notebook's parameters, parsed once."""
     params: dict                                  # every declared parameter and its value
     argv: list[str] = field(default_factory=list) # the equivalent command line of `python -m lmstream.train`
     num_processes: int = 1
+    args: tuple = ()                              # (model, data, run, training) arguments parsed from argv
+    given: set = field(default_factory=set)       # the arguments argv sets explicitly
 
     @property
     def output_dir(self) -> str:
         return self.params["output_dir"]
 
     def arguments(self):
-        """(model, data, run, training) argument dataclasses, as the command line would give them."""
-        from .arguments import parse_args
-        return parse_args(self.argv)
+        """(model, data, run, training) argument dataclasses, as the command line gives them."""
+        return self.args
 
 
 def notebook_parameters(namespace: dict) -> dict:
@@ -57,7 +58,7 @@ def notebook_parameters(namespace: dict) -> dict:
     if "output_dir" in params and params["output_dir"] is None:
         params["output_dir"] = demo_output_dir()
     if "dataset_name" in params and params["dataset_name"] is None and not params.get("dataset_mixture"):
-        params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, "python-docs"
+        params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, SAMPLE_CONFIG
     if "config_name" in params and params.get("model_name_or_path") is None and params["config_name"] is None:
         params["config_name"] = TINY_MODEL
     if "tokenizer_name" in params and params["tokenizer_name"] is None and "config_name" not in params:
@@ -101,13 +102,14 @@ def job_from_parameters(namespace: dict) -> Job:
     n = params.get("num_processes", 1)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"num_processes={n!r} must be a positive integer.")
-    from .arguments import mapping_to_argv
-    job = Job(params, mapping_to_argv({**params, **extra}, skip=NOTEBOOK_ONLY), n)
-    job.arguments()   # parse now: unknown extra_args and bad values fail before anything runs
-    return job
+    from .arguments import given, mapping_to_argv, parse_args
+    argv = mapping_to_argv({**params, **extra}, skip=NOTEBOOK_ONLY)
+    # parsed now, once: unknown extra_args and bad values fail before anything runs
+    return Job(params, argv, n, parse_args(argv), given(argv))
 
 
 def _train_argv(argv: list[str]) -> dict:
+    """Train in a launched process: it parses the flags itself (TrainingArguments takes its rank and device then)."""
     from .arguments import parse_args
     from .train import train
     return train(*parse_args(argv))
@@ -124,7 +126,8 @@ def run_job(job: Job) -> dict:
         from accelerate import notebook_launcher
         notebook_launcher(_train_argv, (job.argv,), num_processes=job.num_processes)
         return read_metrics(job.output_dir)
-    return _train_argv(job.argv)
+    from .train import train
+    return train(*job.args)
 
 
 def read_metrics(output_dir: str) -> dict:
@@ -139,9 +142,8 @@ def read_metrics(output_dir: str) -> dict:
 def arguments_table(job: Job):
     """The arguments this job sets, as a DataFrame (for the report)."""
     import pandas as pd
-    named = {a[2:] for a in job.argv if a.startswith("--")}
     rows = [(type(obj).__name__, f.name, repr(getattr(obj, f.name))[:80])
-            for obj in job.arguments() for f in dataclasses.fields(obj) if f.name in named]
+            for obj in job.args for f in dataclasses.fields(obj) if f.name in job.given]
     return pd.DataFrame(rows, columns=["group", "argument", "value"])
 
 

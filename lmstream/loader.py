@@ -19,6 +19,7 @@ from .stopping import ignore_signals_in_worker, kill_workers_at_exit
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+PREFETCH_FACTOR = 4   # batches in flight per worker, unless dataloader_prefetch_factor says otherwise
 
 
 class ArrayBatch:
@@ -117,7 +118,7 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
     if num_workers > 0:
-        kwargs.setdefault("prefetch_factor", 4)
+        kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
         kwargs.setdefault("collate_fn", collate_arrays)
         kwargs.setdefault("worker_init_fn", ignore_signals_in_worker)
         kill_workers_at_exit()

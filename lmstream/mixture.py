@@ -21,9 +21,10 @@ import torch
 from .config import DataArguments, parse_mixture
 from .errors import ConfigError
 from .pipeline import build_stream
-from .state import find_dicts, share
+from .state import find_dicts, share, sum_counters
 
 log = logging.getLogger("lmstream")
+DRAWS = 0x6D6978   # "mix" in ASCII: keeps the source draws apart from the other RNG streams of the same seed
 def source_arguments(args: DataArguments, src: dict) -> DataArguments:
     return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"], dataset_config_name=src["config"],
                                dataset_train_split=src["split"], dataset_text_field=src["text_field"],
@@ -33,11 +34,10 @@ def source_arguments(args: DataArguments, src: dict) -> DataArguments:
 class MixtureBlocks(torch.utils.data.IterableDataset):
     """Blocks drawn from several StreamingBlocks in proportion to their weights."""
 
-    def __init__(self, streams: list, names: list[str], weights: list[float], seed: int, stop_when_exhausted: list[bool]):
+    def __init__(self, streams: list, names: list[str], weights: list[float], seed: int):
         self.streams, self.names, self.seed = streams, names, seed
         w = np.asarray(weights, dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
-        self.stop = stop_when_exhausted
         self.block_size = streams[0].block_size
         # Variables for checkpointing
         self._n = 0                              # blocks yielded by this reader
@@ -46,7 +46,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         self._starts: dict[int, dict] = {}       # slot -> n, counts, gen to start from (elastic resume, carry-over)
 
     def _pick(self, slot: int, n: int) -> int:
-        key = [self.seed, 0x6D6978, slot, n] + ([self._gen] if self._gen else [])
+        key = [self.seed, DRAWS, slot, n] + ([self._gen] if self._gen else [])
         u = np.random.default_rng(key).random()
         return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
 
@@ -70,10 +70,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
 
     def state_dict(self) -> dict:
         states = [s.state_dict() for s in self.streams]
-        stats: dict = {}
-        for st in states:
-            for key, v in st["stats"].items():
-                stats[key] = stats.get(key, 0) + v
+        stats = sum_counters(st["stats"] for st in states)
         for name, c in zip(self.names, self._counts):
             stats[f"tokens/{name}"] = c * self.block_size
         return {"version": states[0]["version"], "settings": {"mixture": self.names, "cum": self.cum.tolist()},
@@ -156,5 +153,4 @@ def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_si
     names = [src["name"] + (f":{src['config']}" if src["config"] else "") for src in sources]
     log.info("dataset_mixture: %s", ", ".join(f"{n} weight {src['weight']} ({src['on_exhausted']} when exhausted)"
                                               for n, src in zip(names, sources)))
-    return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed,
-                         [src["on_exhausted"] == "stop" for src in sources])
+    return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed)

@@ -14,7 +14,8 @@ from .errors import ConfigError
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 TINY_MODEL = os.path.join(ASSETS, "tiny-gpt2")       # GPT-2's tokenizer and a 2-layer, 64-wide config
-SAMPLE_DATASET = os.path.join(ASSETS, "sample")      # 96 documents, config "python-docs"
+SAMPLE_DATASET = os.path.join(ASSETS, "sample")      # 96 documents
+SAMPLE_CONFIG = "python-docs"                       # its config (data/python-docs/*.parquet)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 

@@ -250,7 +250,8 @@ def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None
         split: "train", or "eval": the test split if the dataset has one, else the held-out documents.
         max_positions: the model's positions, to check the block size against.
         max_samples: samples per epoch over all ranks (max_train_samples / max_eval_samples).
-        plan: shards and pieces already resolved (shared by train and eval pipelines).
+        plan: the training split's shards and pieces, already resolved (shared by the train pipeline and the
+            held-out evaluation; an evaluation on the test split plans that split itself).
     """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size

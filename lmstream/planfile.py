@@ -72,7 +72,8 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
     return plan
 
 
-def _atomic_bytes(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes) -> None:
+    """`data` at `path` whole or not at all (written aside, synced, renamed into place)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
@@ -90,16 +91,16 @@ def save(plan: Plan, folder: str, cache_dir: str | None = None) -> str:
         os.makedirs(cache_dir, exist_ok=True)
         cached = os.path.join(cache_dir, f"plan-{fp}.json.gz")
         if not os.path.isfile(cached):
-            _atomic_bytes(cached, gzip.compress(json.dumps(to_dict(plan)).encode(), mtime=0))
+            atomic_write(cached, gzip.compress(json.dumps(to_dict(plan)).encode(), mtime=0))
         tmp = f"{target}.tmp-{os.getpid()}"
         try:
             os.link(cached, tmp)
         except OSError:   # no hard links here: a copy
             with open(cached, "rb") as f:
-                _atomic_bytes(tmp, f.read())
+                atomic_write(tmp, f.read())
         os.replace(tmp, target)
         return target
-    _atomic_bytes(target, gzip.compress(json.dumps(to_dict(plan)).encode(), mtime=0))
+    atomic_write(target, gzip.compress(json.dumps(to_dict(plan)).encode(), mtime=0))
     return target
 
 

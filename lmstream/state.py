@@ -160,14 +160,19 @@ def reader_states(obj) -> list[dict]:
     return sorted(found, key=lambda st: st["slot"])
 
 
-def merge_stats(loader_state) -> dict:
-    """Sum the counters of every stream (reader, or mixture of readers) found in a loader state."""
+def sum_counters(counters) -> dict:
+    """Counter dicts added up, key by key."""
     total: dict = {}
-    for st in find_dicts(loader_state, lambda d: d.get("version") in READABLE_VERSIONS and "settings" in d
-                         and "stats" in d):
-        for k, v in st["stats"].items():
+    for c in counters:
+        for k, v in c.items():
             total[k] = total.get(k, 0) + v
     return total
+
+
+def merge_stats(loader_state) -> dict:
+    """Sum the counters of every stream (reader, or mixture of readers) found in a loader state."""
+    return sum_counters(st["stats"] for st in find_dicts(
+        loader_state, lambda d: d.get("version") in READABLE_VERSIONS and "settings" in d and "stats" in d))
 
 
 def stream_epoch(loader_state) -> int:

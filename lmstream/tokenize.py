@@ -111,7 +111,6 @@ class Encoder:
         self.tokenizer = tokenizer
         self.tiktoken = tiktoken_encoding(tokenizer) if use_tiktoken else None
         self.backend = "tiktoken" if self.tiktoken is not None else "hf"
-        self.name = getattr(tokenizer, "name_or_path", "") or ""
         self.vocab_size = len(tokenizer)
         self.fingerprint = tokenizer_fingerprint(tokenizer)
 

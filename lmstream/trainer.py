@@ -20,7 +20,7 @@ from transformers import Trainer, default_data_collator
 
 from .checkpoints import COMPLETE, DATA_STATE_DIR, atomic_json, data_state_path, saved_shape
 from .errors import ConfigError
-from .loader import build_loader
+from .loader import PREFETCH_FACTOR, build_loader
 from .mixture import MixtureBlocks
 from .pipeline import StreamingBlocks
 from .planfile import save as save_plan
@@ -57,7 +57,7 @@ class StreamingTrainer(Trainer):
         a = self.args
         self.loader = build_loader(self.train_dataset, self._train_batch_size, a.dataloader_num_workers,
                                    pin_memory=a.dataloader_pin_memory and torch.cuda.is_available(),
-                                   prefetch_factor=a.dataloader_prefetch_factor or 4,
+                                   prefetch_factor=a.dataloader_prefetch_factor or PREFETCH_FACTOR,
                                    persistent_workers=a.dataloader_persistent_workers)
         if self.data_states is not None:
             (world, workers), now = saved_shape(self.data_states), (a.world_size, max(1, a.dataloader_num_workers))

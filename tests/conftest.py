@@ -1,4 +1,5 @@
 """Shared fixtures: the bundled GPT-2 tokenizer and small synthetic datasets built per test."""
+import collections
 import gzip
 import json
 import os
@@ -79,3 +80,56 @@ def no_timings(obj):
     if isinstance(obj, dict):
         return {k: no_timings(v) for k, v in obj.items() if not k.endswith("_seconds")}
     return [no_timings(v) for v in obj] if isinstance(obj, list) else obj
+
+
+# -- a corpus whose every token names its document: for "each document once" accounting (elastic, epochs) ----
+BLOCK = 32
+
+
+def word_tokens(tokenizer, n):
+    """n GPT-2 words that encode as one token each, also when repeated: token -> document id."""
+    words = []
+    for tok, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        w = tok[1:]
+        if tok.startswith("Ġ") and w.isascii() and w.isalpha() and w.islower() and len(w) > 3:
+            if tokenizer.encode(f" {w} {w}") == [i, i]:
+                words.append((w, i))
+        if len(words) == n:
+            return words
+    raise AssertionError("not enough single-token words")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, tokenizer):
+    """60 documents, each one distinct word repeated 40 to 120 times (>= a block, so that no document
+    can vanish whole into a dropped final block), in 3 Parquet shards of 4-row groups."""
+    rng = random.Random(7)
+    words = word_tokens(tokenizer, 60)
+    docs, lengths, owner = [], {}, {}
+    for d, (w, tok) in enumerate(words):
+        k = rng.randint(40, 120)
+        docs.append(" " + " ".join([w] * k))   # leading space: every word is the same token
+        lengths[d], owner[tok] = k, d
+    folder = tmp_path_factory.mktemp("elastic") / "pq"
+    write_parquet(folder, docs, shards=3, rows_per_group=4)
+    return str(folder), lengths, owner
+
+
+def account(batches, lengths, owner):
+    counts = collections.Counter()
+    for b in batches:
+        for t in b.flatten().tolist():
+            if t in owner:
+                counts[owner[t]] += 1
+    return counts
+
+
+def check_once(counts, lengths, readers):
+    """Each document once. Only the final partial block of each of `readers` readers that ended the
+    epoch is dropped: shorter than a block, shorter than any document, so it cuts at most one tail."""
+    twice = {d: c for d, c in counts.items() if c > lengths[d]}
+    missing = [d for d in lengths if counts[d] == 0]
+    assert not twice, f"documents trained on twice: {twice}"
+    assert not missing, f"documents skipped: {missing}"
+    short = {d: lengths[d] - counts[d] for d in lengths if counts[d] < lengths[d]}
+    assert len(short) <= readers and all(v < BLOCK for v in short.values()), short

@@ -18,6 +18,20 @@ import threading
 import time
 
 
+def parse_range(header: str | None, size: int):
+    """(start, end inclusive, partial) for a Range header (bytes=a-b, a-, -n)."""
+    m = re.match(r"bytes=(\d*)-(\d*)", header or "")
+    if not m:
+        return 0, size - 1, False
+    if m.group(1):
+        start = int(m.group(1))
+        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    else:
+        start = max(0, size - int(m.group(2)))
+        end = size - 1
+    return start, end, True
+
+
 class FaultyRangeHandler(http.server.SimpleHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -48,14 +62,8 @@ class FaultyRangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_error(404)
             return
         size = os.path.getsize(path)
-        start, end = 0, size - 1
-        m = re.match(r"bytes=(\d*)-(\d*)", self.headers.get("Range") or "")
-        if m:
-            if m.group(1):
-                start = int(m.group(1))
-                end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-            else:
-                start = max(0, size - int(m.group(2)))
+        start, end, partial = parse_range(self.headers.get("Range"), size)
+        if partial:
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         else:

@@ -31,21 +31,9 @@ import threading
 import time
 import urllib.parse
 
+from httpserver import parse_range
+
 LFS_SUFFIXES = (".parquet", ".arrow", ".gz", ".zst")
-
-
-def parse_range(header: str | None, size: int):
-    """(start, end inclusive, partial) for a Range header (bytes=a-b, a-, -n)."""
-    m = re.match(r"bytes=(\d*)-(\d*)", header or "")
-    if not m:
-        return 0, size - 1, False
-    if m.group(1):
-        start = int(m.group(1))
-        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-    else:
-        start = max(0, size - int(m.group(2)))
-        end = size - 1
-    return start, end, True
 
 
 class _Snapshot:

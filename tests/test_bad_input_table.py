@@ -2,7 +2,6 @@
 exit status 2, the first line of stderr is one sentence naming the culprit, and an existing run's files are
 byte for byte what they were (nothing lost, nothing overwritten). More by theme: test_silent.py, test_job.py."""
 import json
-import os
 import shutil
 
 import pyarrow as pa

@@ -1,47 +1,14 @@
 """Elastic resume: a data position saved by W ranks x K workers continues on W' x K' readers with every
 document of the epoch trained on exactly once (token accounting), and exactly again on the same shape."""
 import collections
-import random
+import json
 
 import pytest
 import torch
 
-import json
-
 import lmstream
+from conftest import BLOCK, account, check_once, word_tokens
 from lmstream.config import ConfigError
-
-BLOCK = 32
-
-
-def _word_tokens(tokenizer, n):
-    """n GPT-2 words that encode as one token each, also when repeated: token -> document id."""
-    words = []
-    for tok, i in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        w = tok[1:]
-        if tok.startswith("Ġ") and w.isascii() and w.isalpha() and w.islower() and len(w) > 3:
-            if tokenizer.encode(f" {w} {w}") == [i, i]:
-                words.append((w, i))
-        if len(words) == n:
-            return words
-    raise AssertionError("not enough single-token words")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, tokenizer):
-    """60 documents, each one distinct word repeated 40 to 120 times (>= a block, so that no document
-    can vanish whole into a dropped final block), in 3 Parquet shards of 4-row groups."""
-    from conftest import write_parquet
-    rng = random.Random(7)
-    words = _word_tokens(tokenizer, 60)
-    docs, lengths, owner = [], {}, {}
-    for d, (w, tok) in enumerate(words):
-        k = rng.randint(40, 120)
-        docs.append(" " + " ".join([w] * k))   # leading space: every word is the same token
-        lengths[d], owner[tok] = k, d
-    folder = tmp_path_factory.mktemp("elastic") / "pq"
-    write_parquet(folder, docs, shards=3, rows_per_group=4)
-    return str(folder), lengths, owner
 
 
 @pytest.fixture(scope="module")
@@ -92,26 +59,6 @@ def _drain(loaders):
     return out, stats
 
 
-def _account(batches, lengths, owner):
-    counts = collections.Counter()
-    for b in batches:
-        for t in b.flatten().tolist():
-            if t in owner:
-                counts[owner[t]] += 1
-    return counts
-
-
-def _check_once(counts, lengths, readers):
-    """Each document once. Only the final partial block of each of `readers` readers that ended the
-    epoch is dropped: shorter than a block, shorter than any document, so it cuts at most one tail."""
-    twice = {d: c for d, c in counts.items() if c > lengths[d]}
-    missing = [d for d in lengths if counts[d] == 0]
-    assert not twice, f"documents trained on twice: {twice}"
-    assert not missing, f"documents skipped: {missing}"
-    short = {d: lengths[d] - counts[d] for d in lengths if counts[d] < lengths[d]}
-    assert len(short) <= readers and all(v < BLOCK for v in short.values()), short
-
-
 @pytest.mark.parametrize("old,new,steps", [((2, 2), (1, 0), 3), ((1, 2), (2, 2), 4), ((2, 0), (3, 1), 5),
                                            ((1, 0), (2, 0), 7)])
 def test_elastic_resume_trains_every_document_once(corpus, tokenizer, old, new, steps):
@@ -119,7 +66,7 @@ def test_elastic_resume_trains_every_document_once(corpus, tokenizer, old, new, 
     before, states = _take(_loaders(folder, tokenizer, *old), steps)
     inside = [st for st in lmstream.state.reader_states(states) if st["token"] > 0]
     after, stats = _drain(_loaders(folder, tokenizer, *new, resume=states))
-    _check_once(_account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))
+    check_once(account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))
     assert sum(s["docs"] for s in stats) >= len(lengths) - len(stats) * max(1, new[1])
     if old == (1, 0):
         assert inside, "the test should cut a document at the resume point"
@@ -137,8 +84,8 @@ def test_elastic_twice_then_exact_on_the_same_shape(corpus, tokenizer):
     straight, _ = _drain(_resumed_exact(folder, tokenizer, s3))
     again, _ = _drain(_resumed_exact(folder, tokenizer, s3))
     assert len(straight) == len(again) and all(torch.equal(x, y) for x, y in zip(straight, again))
-    counts = _account(a + b + c + straight, lengths, owner)
-    _check_once(counts, lengths, readers=3)
+    counts = account(a + b + c + straight, lengths, owner)
+    check_once(counts, lengths, readers=3)
 
 
 def _resumed_exact(folder, tokenizer, states):
@@ -182,7 +129,7 @@ def test_elastic_resume_across_epochs_owes_the_later_epoch(corpus, tokenizer):
                 break
             new_epoch[epoch].append(sample["input_ids"])
     for epoch in (0, 1):   # at most 3 readers end each epoch
-        _check_once(_account(old_epoch[epoch] + new_epoch[epoch], lengths, owner), lengths, readers=3)
+        check_once(account(old_epoch[epoch] + new_epoch[epoch], lengths, owner), lengths, readers=3)
 
 
 def test_elastic_refuses_other_settings_and_incomplete_checkpoints(corpus, tokenizer):
@@ -231,7 +178,7 @@ def test_training_job_resumes_elastically_from_two_workers_to_none(corpus, tmp_p
     # published when the next batch is asked for, after the epoch's last, possibly partial, batch)
     epoch0 = [b for b, e in zip(seen, [0] + epochs[:-1]) if e == 0]
     assert 0 < len(epoch0) < len(seen)   # the run went on into epoch 1
-    _check_once(_account(first + epoch0, lengths, owner), lengths, readers=1)
+    check_once(account(first + epoch0, lengths, owner), lengths, readers=1)
 
 
 def test_mixture_resumes_elastically_without_repeating_a_document(corpus, tmp_path, tokenizer):
@@ -240,7 +187,7 @@ def test_mixture_resumes_elastically_without_repeating_a_document(corpus, tmp_pa
     import json
     from conftest import write_parquet
     folder, lengths, owner = corpus
-    words = [w for w, _ in _word_tokens(tokenizer, 120)[60:]]
+    words = [w for w, _ in word_tokens(tokenizer, 120)[60:]]
     second = tmp_path / "second"
     write_parquet(second, [" " + " ".join([w] * 50) for w in words], shards=2, rows_per_group=5)
     owner2 = {tokenizer.encode(" " + w)[0]: 100 + i for i, w in enumerate(words)}
@@ -259,7 +206,7 @@ def test_mixture_resumes_elastically_without_repeating_a_document(corpus, tmp_pa
         return out
     before, states = _take(loaders(2, 0), 6)
     after, stats = _drain(loaders(1, 2, resume=states))
-    counts = _account(before + after, {**lengths, **lengths2}, {**owner, **owner2})
+    counts = account(before + after, {**lengths, **lengths2}, {**owner, **owner2})
     assert all(counts[d] <= n for d, n in {**lengths, **lengths2}.items())
     assert sum(1 for d in lengths if counts[d]) > 20 and sum(1 for d in lengths2 if counts[d]) > 20
     assert stats[0]["tokens/" + folder] > 0 and stats[0]["tokens/" + str(second)] > 0
@@ -277,7 +224,7 @@ def test_elastic_resume_of_a_sized_stream_keeps_the_epoch_size(corpus, tokenizer
         news.append(lmstream.build_loader(ds, batch_size=2, num_workers=2))
     after, _ = _drain(news)
     assert sum(len(b) for b in after) == 30 - 16
-    counts = _account(before + after, lengths, owner)
+    counts = account(before + after, lengths, owner)
     assert all(counts[d] <= n for d, n in lengths.items())
 
 
@@ -287,4 +234,4 @@ def test_elastic_resume_with_fewer_pieces_than_readers(few_pieces, tokenizer, ol
     folder, lengths, owner = few_pieces
     before, states = _take(_loaders(folder, tokenizer, *old), 3)
     after, _ = _drain(_loaders(folder, tokenizer, *new, resume=states))
-    _check_once(_account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))
+    check_once(account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))

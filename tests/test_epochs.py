@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lmstream
-from test_elastic import BLOCK, _account, _check_once, corpus  # noqa: F401 - the corpus fixture
+from conftest import BLOCK, account, check_once
 
 
 def _args(folder, **kw):
@@ -28,7 +28,7 @@ def test_epoch_rollover_reshuffles_deterministically(corpus, tokenizer):
     folder, lengths, owner = corpus
     a, b, other = _epochs(folder, tokenizer, 3), _epochs(folder, tokenizer, 3), _epochs(folder, tokenizer, 4)
     for epoch in (0, 1):
-        _check_once(_account(a[epoch], lengths, owner), lengths, readers=1)   # every document once per epoch
+        check_once(account(a[epoch], lengths, owner), lengths, readers=1)   # every document once per epoch
         assert len(a[epoch]) == len(b[epoch]) and all(torch.equal(x, y) for x, y in zip(a[epoch], b[epoch]))
     order = [[int(s[0]) for s in a[e]] for e in (0, 1)]
     assert order[0] != order[1]                                              # a new shuffle each epoch

@@ -17,7 +17,7 @@ import torch
 import lmstream
 from lmstream import planfile, ranges
 from lmstream.config import ConfigError
-from lmstream.documents import DocumentStream
+from lmstream.documents import DocumentStream, iter_documents
 from conftest import TINY_MODEL, make_docs
 from hubserver import HubServer
 
@@ -76,7 +76,7 @@ def hub_env(monkeypatch, tmp_path):
 
 
 def _docs(plan, args):
-    return [d for w in DocumentStream(plan, args, 0, 0, 1).windows(0, 0, (0, 0)) for d in w.docs]
+    return list(iter_documents(plan, args))
 
 
 def _args(**kw):

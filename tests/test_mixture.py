@@ -7,7 +7,7 @@ import torch
 import lmstream
 import lmstream.train as lt
 from lmstream.config import ConfigError
-from conftest import SAMPLE, TINY_MODEL, make_docs, write_parquet
+from conftest import TINY_MODEL, make_docs, write_parquet
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lmstream
-from lmstream.documents import DocumentStream
+from lmstream.documents import DocumentStream, iter_documents
 from conftest import make_docs
 
 moto_server = pytest.importorskip("moto.server")
@@ -43,7 +43,7 @@ def test_s3_glob_streams_the_same_documents_and_blocks(s3, tmp_path, tokenizer):
     args = lmstream.DataArguments(dataset_name="s3://corpus/fineweb/*.parquet", dataset_shuffle=False)
     plan = lmstream.plan_dataset(args)
     assert [os.path.basename(s.url) for s in plan.shards] == ["part-0.parquet", "part-1.parquet", "part-2.parquet"]
-    got = [d for w in DocumentStream(plan, args, 0, 0, 1).windows(0, 0, (0, 0)) for d in w.docs]
+    got = list(iter_documents(plan, args))
     assert got == docs
     remote = lmstream.DataArguments(dataset_name="s3://corpus/fineweb/*.parquet", dataset_block_size=16, dataset_cycle=False)
     local = lmstream.DataArguments(dataset_name=str(tmp_path / "*.parquet"), dataset_block_size=16, dataset_cycle=False)

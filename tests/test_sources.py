@@ -1,13 +1,12 @@
 """Every kind of source yields the same documents; user mistakes fail with one clear sentence."""
 import os
-import shutil
 
 import pytest
 import torch
 
 import lmstream
 from lmstream.config import ConfigError
-from lmstream.documents import DocumentStream
+from lmstream.documents import iter_documents
 from lmstream.plan import plan_pieces
 from lmstream.sources import resolve_shards
 from conftest import SAMPLE, make_docs, write_jsonl, write_parquet
@@ -18,7 +17,7 @@ def _docs(name, config=None, field="text", **kw):
     args = lmstream.DataArguments(dataset_name=name, dataset_config_name=config, dataset_text_field=field,
                                   dataset_shuffle=False, **kw)
     plan = plan_pieces(resolve_shards(name, config), field)
-    return [d for w in DocumentStream(plan, args, 0, 0, 1).windows(0, 0, (0, 0)) for d in w.docs]
+    return list(iter_documents(plan, args))
 
 
 def test_local_repository_with_readme_config():
