@@ -13,6 +13,7 @@ import pytest
 
 import lmstream
 import lmstream.train as lt
+from lmstream.arguments import mapping_to_argv
 from lmstream.config import ConfigError
 from lmstream.retry import Unreadable
 from conftest import SAMPLE, TINY_MODEL, make_docs, write_jsonl, write_parquet
@@ -163,7 +164,7 @@ def test_yaml_no_stays_no_for_flags_and_from_papermill(tmp_path):
     *_, training = lt.parse_args([str(cfg)])
     assert training.eval_strategy.value == "no" and training.do_train is True
     # papermill's -f reads YAML 1.1: the notebook receives False for eval_strategy
-    assert lt.mapping_to_argv({"eval_strategy": False, "do_train": True}) == ["--eval_strategy", "no", "--do_train", "true"]
+    assert mapping_to_argv({"eval_strategy": False, "do_train": True}) == ["--eval_strategy", "no", "--do_train", "true"]
     with pytest.raises(ConfigError, match="is not valid YAML"):
         cfg.write_text("dataset_name: [unclosed\n")
         lt.parse_args([str(cfg)])
