@@ -84,7 +84,10 @@ def own_message(err: ConfigError) -> ConfigError:
 
 
 class BlockLoader(StatefulDataLoader):
-    """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits."""
+    """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits.
+
+    The one adapter to torchdata's privates: a new iterator's workers must start where the last iterator's stood,
+    and torchdata has no public hook for it, so `__iter__` reads `_iterator` and `_initial_iter_for_state_dict`."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -42,7 +42,12 @@ def is_stream(ds) -> bool:
 
 
 class StreamingTrainer(Trainer):
-    """A Trainer whose training data is a rank-local StreamingBlocks stream with resumable state."""
+    """A Trainer whose training data is a rank-local StreamingBlocks stream with resumable state.
+
+    The one adapter to transformers' privates (tests/test_structure.py allows them here only): transformers has no
+    public hook for a loader's state in checkpoints nor for restoring the RNG without skipping batches, so this
+    class overrides `_save_checkpoint` and `_run_epoch` and calls `_load_rng_state`, `_get_output_dir` and reads
+    `_train_batch_size`, as the Trainer's own code does."""
 
     def __init__(self, *args, data_states: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)

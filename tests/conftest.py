@@ -13,6 +13,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from transformers import TrainerCallback
 
 ASSETS = os.path.join(os.path.dirname(__file__), "..", "lmstream", "assets")
 TINY_MODEL = os.path.abspath(os.path.join(ASSETS, "tiny-gpt2"))
@@ -133,3 +134,41 @@ def check_once(counts, lengths, readers):
     assert not missing, f"documents skipped: {missing}"
     short = {d: lengths[d] - counts[d] for d in lengths if counts[d] < lengths[d]}
     assert len(short) <= readers and all(v < BLOCK for v in short.values()), short
+
+
+def corpus_job_argv(folder, out, steps, workers, *extra):
+    """The training job's flags for the accounting corpus (tiny model, CPU)."""
+    return ["--dataset_streaming", "true", "--do_train", "--dataset_name", folder, "--config_name", TINY_MODEL,
+            "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", "2",
+            "--dataset_block_size", str(BLOCK), "--dataset_shuffle_buffer", "5", "--dataset_cycle", "false",
+            "--logging_steps", "1", "--save_steps", "4", "--use_cpu", "true", "--seed", "3",
+            "--dataloader_num_workers", str(workers), "--disable_tqdm", "true", "--report_to", "none", *extra]
+
+
+# -- a training run that records the batches the Trainer consumed ---------------------------------------------
+class _StopAt(TrainerCallback):
+    """Stops a run after `stop_at` steps (an interruption)."""
+
+    def __init__(self, stop_at=None):
+        self.stop_at = stop_at
+
+    def on_step_end(self, args, state, control, **kw):
+        if self.stop_at and state.global_step >= self.stop_at:
+            control.should_training_stop = True
+
+
+def train_recording(argv, monkeypatch, stop_at=None):
+    """(the input_ids of every batch trained on, the metrics) of `python -m lmstream.train ARGV` run in process."""
+    import lmstream.train as lt
+    from lmstream.arguments import parse_args
+    from lmstream.trainer import StreamingTrainer
+    batches = []
+    orig_step = StreamingTrainer.training_step
+
+    def step(self, model, inputs, *a, **k):
+        batches.append(inputs["input_ids"].detach().cpu().clone())
+        return orig_step(self, model, inputs, *a, **k)
+    monkeypatch.setattr(StreamingTrainer, "training_step", step)
+    metrics = lt.train(*parse_args(argv), callbacks=[_StopAt(stop_at)])
+    monkeypatch.undo()
+    return batches, metrics

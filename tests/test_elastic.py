@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lmstream
-from conftest import BLOCK, account, check_once, word_tokens
+from conftest import BLOCK, account, check_once, corpus_job_argv as _job_argv, train_recording, word_tokens
 from lmstream.config import ConfigError
 
 
@@ -144,24 +144,14 @@ def test_elastic_refuses_other_settings_and_incomplete_checkpoints(corpus, token
 
 
 # -- through the training job ---------------------------------------------------------------------
-def _job_argv(folder, out, steps, workers, *extra):
-    from conftest import TINY_MODEL
-    return ["--dataset_streaming", "true", "--do_train", "--dataset_name", folder, "--config_name", TINY_MODEL,
-            "--output_dir", str(out), "--max_steps", str(steps), "--per_device_train_batch_size", "2",
-            "--dataset_block_size", str(BLOCK), "--dataset_shuffle_buffer", "5", "--dataset_cycle", "false",
-            "--logging_steps", "1", "--save_steps", "4", "--use_cpu", "true", "--seed", "3",
-            "--dataloader_num_workers", str(workers), "--disable_tqdm", "true", "--report_to", "none", *extra]
-
-
 def test_training_job_resumes_elastically_from_two_workers_to_none(corpus, tmp_path, monkeypatch, caplog):
     """Stopped after 4 steps with 2 DataLoader workers, resumed in-process: the first epoch ends with
     every document trained on once (tokens counted from the batches the model saw)."""
     import lmstream.train as lt
     from lmstream.trainer import StreamingTrainer
-    from test_training import _run
     folder, lengths, owner = corpus
     out = tmp_path / "run"
-    first, _ = _run(_job_argv(folder, out, 200, 2), monkeypatch, stop_at=4)
+    first, _ = train_recording(_job_argv(folder, out, 200, 2), monkeypatch, stop_at=4)
     assert len(first) == 4
     seen, epochs = [], []
     orig = StreamingTrainer.training_step

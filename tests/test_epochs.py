@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import lmstream
-from conftest import BLOCK, account, check_once
+from conftest import BLOCK, account, check_once, corpus_job_argv as _job_argv
 
 
 def _args(folder, **kw):
@@ -57,7 +57,6 @@ def test_sized_stream_has_a_length_and_epochs(corpus, tokenizer, workers):
 def test_num_train_epochs_with_max_train_samples(corpus, tmp_path, monkeypatch):
     """No max_steps: 2 epochs of 24 blocks at batch 2 are 24 steps; the log shows both epochs."""
     import lmstream.train as lt
-    from test_elastic import _job_argv
     folder, _, _ = corpus
     out = tmp_path / "epochs"
     argv = _job_argv(folder, out, -1, 2, "--max_train_samples", "24", "--num_train_epochs", "2",

@@ -4,13 +4,13 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 
 import lmstream.train as lt
 from lmstream.checkpoints import last_complete_checkpoint
 from lmstream.config import ConfigError
-from lmstream.trainer import StreamingTrainer
 from conftest import SAMPLE, TINY_MODEL, no_timings
+from conftest import train_recording as _run
 
 SEED_FLAGS = ["--dataset_streaming", "true", "--do_train", "--eval_strategy", "no",
               "--dataset_name", SAMPLE, "--dataset_config_name", "python-docs",
@@ -54,38 +54,6 @@ def test_seed_command_line_parses_flag_for_flag(tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**keys, "max_stepz": 3}))
     with pytest.raises(ConfigError, match="max_stepz"):
         lt.parse_args([str(tmp_path / "bad.yaml")])
-
-
-class _Record(TrainerCallback):
-    """Stops a run after `stop_at` steps (an interruption); the trainer records each batch."""
-
-    def __init__(self, stop_at=None):
-        self.stop_at = stop_at
-
-    def on_step_end(self, args, state, control, **kw):
-        if self.stop_at and state.global_step >= self.stop_at:
-            control.should_training_stop = True
-
-
-def _run(argv, monkeypatch, stop_at=None):
-    batches = []
-    orig_step = StreamingTrainer.training_step
-
-    def step(self, model, inputs, *a, **k):
-        batches.append(inputs["input_ids"].detach().cpu().clone())
-        return orig_step(self, model, inputs, *a, **k)
-
-    orig_init = StreamingTrainer.__init__
-
-    def init(self, *a, **k):
-        orig_init(self, *a, **k)
-        self.add_callback(_Record(stop_at))
-
-    monkeypatch.setattr(StreamingTrainer, "training_step", step)
-    monkeypatch.setattr(StreamingTrainer, "__init__", init)
-    metrics = lt.train(*lt.parse_args(argv))
-    monkeypatch.undo()
-    return batches, metrics
 
 
 def _losses(out):
