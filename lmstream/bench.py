@@ -14,8 +14,8 @@ Each prints a table and writes a JSON and a PNG chart into --out (default bench-
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -26,83 +26,7 @@ from .config import DataArguments
 from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 from .data import build_pipeline
 from .loader import build_loader
-from .pipeline import plan_dataset
-from .tokenize import build_encoder
-
-
-def _texts(args: DataArguments) -> list[str]:
-    from .documents import iter_documents
-    return list(iter_documents(plan_dataset(args), args, shuffle=False))
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def _lmstream_epoch(args, tokenizer, batch: int, workers: int) -> int:
-    ds = build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)
-    return sum(int(b["input_ids"].numel()) for b in build_loader(ds, batch, workers))
-
-
-def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, workers: int) -> int:
-    """The reference script's pipeline: datasets streaming, map(tokenize, truncation), map(group_texts)."""
-    import datasets
-    import torch
-    files = [s.url for s in plan_dataset(args).shards]
-    stream = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
-    cols = list(stream.features or [args.dataset_text_field])
-    tok = stream.map(lambda ex: tokenizer(ex[args.dataset_text_field], truncation=True, max_length=block),
-                     batched=True, remove_columns=cols)
-
-    def group_texts(examples):   # as in the HF examples: concatenate, drop each batch's remainder
-        concat = {k: list(itertools.chain(*examples[k])) for k in examples}
-        total = len(concat["input_ids"]) // block * block
-        out = {k: [t[i:i + block] for i in range(0, total, block)] for k, t in concat.items()}
-        out["labels"] = out["input_ids"].copy()
-        return out
-    grouped = tok.map(group_texts, batched=True)
-    loader = torch.utils.data.DataLoader(grouped.with_format("torch"), batch_size=batch, num_workers=workers)
-    return sum(int(b["input_ids"].numel()) for b in loader)
-
-
-def _best_of(fn, repeats: int) -> tuple[object, float]:
-    """fn's result and its fastest time over `repeats` runs (the machine's noise only ever slows a run)."""
-    runs = [_timed(fn) for _ in range(repeats)]
-    return runs[0][0], min(t for _, t in runs)
-
-
-def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeats: int = 3, passes: int = 1) -> dict:
-    texts = _texts(args)
-    corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
-    _, hf_s = _best_of(lambda: tokenizer(texts, verbose=False), repeats)
-    tk = build_encoder(tokenizer).tiktoken
-    _, tk_s = _best_of(lambda: tk.encode_batch(texts, allowed_special="all", num_threads=workers or 1), repeats) \
-        if tk else (None, None)
-    args = dataclasses.replace(args, dataset_block_size=block)
-    lm_tokens, lm_s = _best_of(lambda: _lmstream_epoch(args, tokenizer, batch, workers), repeats)
-    if passes > 1:   # the same shards listed `passes` times: one long epoch, start-up paid once
-        shards = ",".join(s.url for s in plan_dataset(args).shards)
-        many = dataclasses.replace(args, dataset_name=",".join([shards] * passes), dataset_config_name=None)
-        n, t = _best_of(lambda: _lmstream_epoch(many, tokenizer, batch, workers), repeats)
-        long_rate = n / t
-    else:
-        long_rate = None
-    ref_tokens, ref_s = _timed(lambda: reference_pipeline(args, tokenizer, block, batch, workers))
-    r = {"corpus_tokens": corpus_tokens, "documents": len(texts),
-         "hf_tokenizer_tok_s": corpus_tokens / hf_s, "tiktoken_tok_s": corpus_tokens / tk_s if tk_s else None,
-         "lmstream_tok_s": lm_tokens / lm_s, "lmstream_kept": lm_tokens / corpus_tokens,
-         "reference_tok_s": ref_tokens / ref_s, "reference_kept": ref_tokens / corpus_tokens,
-         "reference_corpus_tok_s": corpus_tokens / ref_s, "lmstream_corpus_tok_s": corpus_tokens / lm_s,
-         "lmstream_long_tok_s": long_rate, "passes": passes}
-    r["ratio_vs_hf_bound"] = r["lmstream_tok_s"] / r["hf_tokenizer_tok_s"]
-    r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]            # tokens delivered to training
-    r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]   # corpus processed
-    r["tiktoken_vs_hf"] = (r["tiktoken_tok_s"] or 0) / r["hf_tokenizer_tok_s"]
-    if long_rate:
-        r["long_ratio_vs_hf_bound"] = long_rate / r["hf_tokenizer_tok_s"]
-    return r
+from .bench_pipeline import bench_pipeline, bench_prepare
 
 
 def _first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
@@ -183,8 +107,11 @@ def _chart(results: dict, path: str) -> None:
     from .plots import bars
     p = results.get("pipeline")
     if p:
-        bars({"reference": p["reference_tok_s"], "lmstream": p["lmstream_tok_s"], "HF tokenizer bound": p["hf_tokenizer_tok_s"],
-              "tiktoken bound": p["tiktoken_tok_s"] or 0}, "pipeline throughput (tokens/s)", "tokens/s", path)
+        names = [b for b in ("hf", "tiktoken", "fastokens") if f"{b}_alone_tok_s" in p]
+        bars({"reference": p["reference_tok_s"], f"lmstream, {p['workers']} workers": p["lmstream_tok_s"],
+              **{f"lmstream {b}, 1 process": p[f"lmstream_{b}_tok_s"] for b in names},
+              **{f"{b} alone": p[f"{b}_alone_tok_s"] for b in names}},
+             "pipeline throughput (tokens/s)", "tokens/s", path)
     r = results.get("resume")
     if r:
         bars({"lmstream early": r["lmstream_early_s"], "lmstream late": r["lmstream_late_s"],
@@ -193,9 +120,18 @@ def _chart(results: dict, path: str) -> None:
              "time to first batch after resume (s)", "seconds", path.replace(".png", "-resume.png"), fmt="{:.2f}")
 
 
+def _repeated(args: DataArguments, passes: int) -> DataArguments:
+    """The dataset's shards listed `passes` times over: a longer run with the same content."""
+    if passes <= 1:
+        return args
+    from .pipeline import plan_dataset
+    shards = ",".join(s.url for s in plan_dataset(args).shards)
+    return dataclasses.replace(args, dataset_name=",".join([shards] * passes), dataset_config_name=None)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["pipeline", "resume", "train", "all"])
+    ap.add_argument("what", choices=["pipeline", "prepare", "resume", "train", "all"])
     ap.add_argument("--dataset", default=SAMPLE_DATASET)
     ap.add_argument("--config", default=None)
     ap.add_argument("--tokenizer", default=TINY_MODEL)
@@ -222,6 +158,8 @@ def main(argv=None) -> int:
     results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "settings": vars(a)}
     if a.what in ("pipeline", "all"):
         results["pipeline"] = bench_pipeline(args, tokenizer, a.block, a.batch, a.workers, 1 if a.quick else 3, a.repeat)
+    if a.what in ("prepare", "all") and importlib.util.find_spec("fastokens"):
+        results["prepare"] = bench_prepare(_repeated(args, a.repeat), a.tokenizer, a.block, a.out)
     if a.what in ("resume", "all"):
         results["resume"] = bench_resume(args, tokenizer, a.block, a.batch, a.workers, a.early, a.late,
                                          1 if a.quick else 7)
@@ -239,10 +177,13 @@ def main(argv=None) -> int:
 
 # (section, what, numerator key, denominator key or None, target as (">=" | "<=", value))
 TARGETS = [
-    ("pipeline", "lmstream / HF tokenizer bound (texts in memory)", "lmstream_tok_s", "hf_tokenizer_tok_s", (">=", 0.85)),
+    ("pipeline", "lmstream / HF tokenizer bound (texts in memory)", "lmstream_tok_s", "hf_tokenizer_tok_s", (">=", 5.0)),
+    ("pipeline", "lmstream in one process / fastest tokenizer alone", "in_process_vs_fastest", None, (">=", 0.5)),
+    ("pipeline", "loader with workers / lmstream in one process", "workers_vs_in_process", None, (">=", 0.8)),
     ("pipeline", "lmstream / reference pipeline (corpus tokens/s)", "lmstream_corpus_tok_s", "reference_corpus_tok_s", (">=", 3.0)),
-    ("pipeline", "tiktoken / HF tokenizer (fast path)", "tiktoken_tok_s", "hf_tokenizer_tok_s", (">=", 2.0)),
+    ("pipeline", "fastokens / HF tokenizer (fast path)", "fastokens_alone_tok_s", "hf_tokenizer_tok_s", (">=", 10.0)),
     ("pipeline", "tokens that reach training, lmstream", "lmstream_kept", None, (">=", 0.99)),
+    ("prepare", "prepare, all cores / (cores x one-thread fastokens)", "prepare_vs_cores_x_single", None, (">=", 0.7)),
     ("resume", "time to first batch after resume, late / early", "lmstream_late_over_early", None, ("<=", 1.2)),
     ("resume", "Trainer's skip / lmstream, late", "skip_over_lmstream_late", None, (">=", 1.0)),
     ("train", "data wait, fraction of step time", "data_wait_fraction", None, ("<=", 0.02)),
@@ -268,7 +209,7 @@ def report(results: dict, quick: bool) -> list[str]:
         lines.append(f"{'lmstream-train --help, seconds':52s} {results['help_seconds']:10.3f}   <= 2      "
                      f"{'met' if results['help_seconds'] <= 2 else 'MISSED'}")
     lines.append("raw figures: " + ", ".join(f"{s}.{k}={v:,.3f}" if isinstance(v, float) else f"{s}.{k}={v}"
-                                             for s in ("pipeline", "resume", "train")
+                                             for s in ("pipeline", "prepare", "resume", "train")
                                              for k, v in (results.get(s) or {}).items()))
     return lines
 

@@ -75,6 +75,9 @@ class DataArguments:
         "Fraction of documents (chosen by a hash of their text) held out of training for evaluation, "
         "when the dataset has no evaluation split. 0 disables.")})
     dataset_text_sample_by: str = field(default="document", metadata={"help": "Plain-text files: 'document' (one file), 'paragraph' or 'line' per sample."})
+    dataset_tokenizer_backend: str = field(default="auto", metadata={"help": (
+        "Tokenizer backend: auto (the fastest that reproduces the tokenizer id for id: fastokens, then tiktoken, then "
+        "the HF tokenizer), or fastokens, tiktoken or hf to insist on one.")})
     dataset_tokenize_batch_size: int = field(default=256, metadata={"help": "Documents per tokenizer call."})
     dataset_cycle: bool = field(default=True, metadata={"help": "Start the next epoch (new shuffle) when the training stream ends."})
     dataset_max_retries: int = field(default=30, metadata={"help": "Attempts per remote read before giving up (transient faults)."})
@@ -112,6 +115,9 @@ class DataArguments:
             v = getattr(self, name)
             if not (v >= 0 and v < float("inf")):
                 raise ConfigError(f"{name}={v} must be a finite number of seconds, 0 or more.")
+        if self.dataset_tokenizer_backend not in ("auto", "fastokens", "tiktoken", "hf"):
+            raise ConfigError(f"dataset_tokenizer_backend={self.dataset_tokenizer_backend!r} must be auto, fastokens, "
+                              "tiktoken or hf.")
         if self.dataset_tokenize_batch_size < 1:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")
 

@@ -13,6 +13,7 @@ import logging
 import os
 import tempfile
 
+from . import backends
 from .config import DataArguments, RunArguments
 from .errors import ConfigError
 from .mixture import build_mixture
@@ -42,11 +43,14 @@ def _blocks_of_slots(args: DataArguments, tokenizer, seed: int, block_size: int,
             yield {k: v.numpy() for k, v in sample.items()}
 
 
-def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None):
-    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (torch format)."""
+def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
+                processes: int | None = None):
+    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (torch format), made by `processes`
+    (default dataset_num_proc, else 1) processes, each reading its share of the row groups."""
     import datasets
     block_size = resolve_block_size(args, tokenizer, max_positions)
-    n = max(1, args.dataset_num_proc or 1)
+    n = max(1, processes or args.dataset_num_proc or 1)
+    backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
     # a fresh cache: datasets' fingerprint sees the arguments, not the files' contents
     ds = datasets.Dataset.from_generator(
         _blocks_of_slots, num_proc=n if n > 1 else None, cache_dir=tempfile.mkdtemp(prefix="lmstream-blocks-"),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from . import backends
 from .errors import ConfigError
 from .stopping import ignore_signals_in_worker, kill_workers_at_exit
 
@@ -116,6 +117,12 @@ class BlockLoader(StatefulDataLoader):
             self.dataset.start_epoch = epoch
 
 
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: signals are the main process's; the node's cores are shared between workers."""
+    ignore_signals_in_worker(worker_id)
+    backends.limit_threads(backends.tokenizer_threads(torch.utils.data.get_worker_info().num_workers))
+
+
 def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:
     """A loader over `dataset` whose state_dict holds every worker's data position."""
     if batch_size < 1:
@@ -123,7 +130,7 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     if num_workers > 0:
         kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
         kwargs.setdefault("collate_fn", collate_arrays)
-        kwargs.setdefault("worker_init_fn", ignore_signals_in_worker)
+        kwargs.setdefault("worker_init_fn", init_worker)
         kill_workers_at_exit()
     else:
         kwargs.pop("prefetch_factor", None)

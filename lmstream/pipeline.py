@@ -237,6 +237,17 @@ def plan_source(args: DataArguments, split: str | None = None) -> dict:
             "split": split or args.dataset_train_split, "text_field": args.dataset_text_field}
 
 
+def encoder_for(args: DataArguments, tokenizer) -> Encoder:
+    """The encoder dataset_tokenizer_backend asks for; a named backend that can't reproduce the tokenizer is refused."""
+    if args.dataset_tokenizer_backend == "auto":
+        return build_encoder(tokenizer)
+    enc = build_encoder(tokenizer, allowed=(args.dataset_tokenizer_backend,))
+    if enc.backend != args.dataset_tokenizer_backend:
+        raise ConfigError(f"dataset_tokenizer_backend={args.dataset_tokenizer_backend} does not reproduce tokenizer "
+                          f"'{tokenizer.name_or_path}' id for id (or is not installed): use auto (it falls back) or hf.")
+    return enc
+
+
 def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
                    world_size: int | None = None, split: str = "train", max_positions: int | None = None,
                    max_samples: int | None = None, plan: Plan | None = None) -> StreamingBlocks:
@@ -272,4 +283,4 @@ def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None
                           f"block per epoch: use max_train_samples >= {world_size}.")
     if plan is None:
         plan = plan_dataset(args)
-    return StreamingBlocks(plan, args, build_encoder(tokenizer), block_size, seed, rank, world_size, mode, max_samples)
+    return StreamingBlocks(plan, args, encoder_for(args, tokenizer), block_size, seed, rank, world_size, mode, max_samples)

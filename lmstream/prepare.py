@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 
 from transformers import AutoConfig, AutoTokenizer
 
@@ -19,7 +21,8 @@ log = logging.getLogger("lmstream")
 
 
 def prepare(model_args, data_args, training_args) -> int:
-    """Tokenize and pack one epoch into `tokenized_dataset_save_dir`; return the number of blocks."""
+    """Tokenize and pack one epoch into `tokenized_dataset_save_dir` with all cores (dataset_num_proc processes,
+    default: one per core); return blocks, tokens, seconds, processes and tokens/s."""
     if not data_args.tokenized_dataset_save_dir:
         raise ConfigError("Pass --tokenized_dataset_save_dir FOLDER: where the blocks are written.")
     source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
@@ -32,20 +35,35 @@ def prepare(model_args, data_args, training_args) -> int:
         config = AutoConfig.from_pretrained(config_source)
         positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
-    ds = materialize(data_args, tokenizer, seed, positions)
+    processes = data_args.dataset_num_proc or len(os.sched_getaffinity(0))
+    t0 = time.perf_counter()
+    ds = materialize(data_args, tokenizer, seed, positions, processes)
+    seconds = time.perf_counter() - t0
     save_blocks(ds, data_args.tokenized_dataset_save_dir)
-    return len(ds)
+    tokens = _tokens(ds)
+    log.info("prepared %d blocks, %d tokens in %.1f s: %.0f tokens/s with %d processes", len(ds), tokens, seconds,
+             tokens / max(seconds, 1e-9), processes)
+    return {"blocks": len(ds), "tokens": tokens, "seconds": seconds, "processes": processes,
+            "tokens_per_second": tokens / max(seconds, 1e-9)}
+
+
+def _tokens(ds) -> int:
+    """Tokens in the blocks: attention-masked ones when padded, else every position."""
+    if "attention_mask" in ds.column_names:
+        return int(sum(sum(m) for m in ds.with_format(None)["attention_mask"]))
+    return len(ds) * (len(ds[0]["input_ids"]) if len(ds) else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     try:
         model_args, data_args, _, training_args = parse_args(argv)
-        n = prepare(model_args, data_args, training_args)
+        done = prepare(model_args, data_args, training_args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{n} blocks written to {data_args.tokenized_dataset_save_dir}")
+    print(f"{done['blocks']} blocks ({done['tokens']:,} tokens) written to {data_args.tokenized_dataset_save_dir} in "
+          f"{done['seconds']:.1f} s: {done['tokens_per_second']:,.0f} tokens/s with {done['processes']} processes")
     return 0
 
 

@@ -87,9 +87,9 @@ class Reader:
                     stats["docs"] += nd
                     stats["bytes"] += nb
                     stats.update(stream.stats)
-                    last = state.moved(epoch=win.epoch, window=win.index, start=tuple(win.start),
-                                       next=tuple(win.next), key=win.key, doc=j, token=off,
-                                       samples_in_epoch=in_epoch, stats=dict(stats))
+                    # the constructor, not dataclasses.replace: this runs once per sample
+                    last = ReaderState(state.who, win.epoch, win.index, win.start, win.next, win.key, j, off,
+                                       in_epoch, state.phase, dict(stats))
                     yield sample, last
                     if cap is not None and in_epoch >= cap:
                         return last

@@ -178,3 +178,19 @@ def test_killed_runs_resume_from_the_last_complete_checkpoint(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = _losses(tmp_path / "straight"), _losses(out)
     assert [a[s] for s in range(1, 11)] == [b[s] for s in range(1, 11)]
+
+
+def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):
+    """Pre-tokenizing with 2 processes (each its share of the row groups) keeps every token but one partial block
+    per process, and says how fast it went."""
+    import datasets
+
+    import lmstream.prepare as lp
+    common = ["--dataset_name", SAMPLE, "--dataset_config_name", "python-docs", "--config_name", TINY_MODEL,
+              "--dataset_block_size", "64"]
+    assert lp.main([*common, "--dataset_num_proc", "1", "--tokenized_dataset_save_dir", str(tmp_path / "one")]) == 0
+    assert lp.main([*common, "--dataset_num_proc", "2", "--tokenized_dataset_save_dir", str(tmp_path / "two")]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s with 1 processes" in out and "tokens/s with 2 processes" in out
+    one, two = datasets.load_from_disk(str(tmp_path / "one")), datasets.load_from_disk(str(tmp_path / "two"))
+    assert 0 <= len(one) - len(two) <= 1 and len(two) > 100

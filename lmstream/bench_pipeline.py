@@ -1,0 +1,172 @@
+"""The pipeline benchmark: each tokenizer backend alone on texts in memory (the bounds), lmstream in one process on
+each backend, lmstream's loader with workers, and the Hugging Face examples' pipeline (map + group_texts), side by
+side on the same corpus (see lmstream.bench for the command and the targets).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+
+from .config import DataArguments
+from .data import build_pipeline
+from .loader import build_loader
+from .pipeline import plan_dataset
+from .tokenize import build_encoder
+
+
+def _texts(args: DataArguments) -> list[str]:
+    from .documents import iter_documents
+    return list(iter_documents(plan_dataset(args), args, shuffle=False))
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _lmstream_epoch(args, tokenizer, batch: int, workers: int) -> tuple[int, float, float]:
+    """(tokens, seconds, start-up seconds) of one epoch of a freshly built pipeline: the start-up (plan, tokenizer
+    backend and its self-check) is timed apart, the epoch from the loader's first request to its last batch."""
+    t0 = time.perf_counter()
+    ds = build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)
+    t1 = time.perf_counter()
+    n = sum(int(b["input_ids"].numel()) for b in build_loader(ds, batch, workers))
+    return n, time.perf_counter() - t1, t1 - t0
+
+
+def _epoch_rate(args, tokenizer, batch: int, workers: int, repeats: int) -> tuple[float, float]:
+    """(best tokens/s over `repeats` fresh pipelines, their least start-up seconds)."""
+    runs = [_lmstream_epoch(args, tokenizer, batch, workers) for _ in range(repeats)]
+    return max(n / t for n, t, _ in runs), min(s for _, _, s in runs)
+
+
+def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, workers: int) -> int:
+    """The reference script's pipeline: datasets streaming, map(tokenize, truncation), map(group_texts)."""
+    import datasets
+    import torch
+    files = [s.url for s in plan_dataset(args).shards]
+    stream = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
+    cols = list(stream.features or [args.dataset_text_field])
+    tok = stream.map(lambda ex: tokenizer(ex[args.dataset_text_field], truncation=True, max_length=block),
+                     batched=True, remove_columns=cols)
+
+    def group_texts(examples):   # as in the HF examples: concatenate, drop each batch's remainder
+        concat = {k: list(itertools.chain(*examples[k])) for k in examples}
+        total = len(concat["input_ids"]) // block * block
+        out = {k: [t[i:i + block] for i in range(0, total, block)] for k, t in concat.items()}
+        out["labels"] = out["input_ids"].copy()
+        return out
+    grouped = tok.map(group_texts, batched=True)
+    loader = torch.utils.data.DataLoader(grouped.with_format("torch"), batch_size=batch, num_workers=workers)
+    return sum(int(b["input_ids"].numel()) for b in loader)
+
+
+def _best_of(fn, repeats: int) -> tuple[object, float]:
+    """fn's result and its fastest time over `repeats` runs (the machine's noise only ever slows a run)."""
+    runs = [_timed(fn) for _ in range(repeats)]
+    return runs[0][0], min(t for _, t in runs)
+
+
+def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
+    """Tokens/s of each backend alone on texts in memory (the bounds): HF (batches of 256), tiktoken (one thread,
+    one call per text, as the pipeline calls it) and fastokens (one flat call, its own threads)."""
+    from . import backends
+    out = {}
+    batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
+    n, hf_s = _best_of(lambda: sum(len(x) for b in batches for x in tokenizer(b, verbose=False)["input_ids"]), repeats)
+    out["hf"] = n / hf_s
+    tk = backends.tiktoken_backend(tokenizer)
+    if tk is not None:
+        n, t = _best_of(lambda: sum(len(tk.encode(x, allowed_special="all")) for x in texts), repeats)
+        out["tiktoken"] = n / t
+    fast = backends.fastokens_backend(tokenizer)
+    if fast is not None:   # a fresh tokenizer per run (built untimed): its segment cache would remember the texts
+        rates = []
+        for _ in range(repeats):
+            tok = type(fast).from_json_str(backends.tokenizer_json(tokenizer))
+            n, t = _timed(lambda: len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4)
+            rates.append(n / t)
+        out["fastokens"] = max(rates)
+    return out
+
+
+def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeats: int = 3, passes: int = 1) -> dict:
+    texts = _texts(args)
+    corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
+    alone = _backends_alone(texts, tokenizer, repeats)
+    args = dataclasses.replace(args, dataset_block_size=block)
+    per_backend, startup = {}, {}
+    for name in alone:                # lmstream in one process on each backend
+        one = dataclasses.replace(args, dataset_tokenizer_backend=name)
+        per_backend[name], startup[name] = _epoch_rate(one, tokenizer, batch, 0, repeats)
+    default = build_encoder(tokenizer).backend
+    lm_rate, _ = _epoch_rate(args, tokenizer, batch, workers, repeats)
+    lm_tokens, lm_s, _ = _lmstream_epoch(args, tokenizer, batch, workers)
+    long_rate = None
+    if passes > 1:   # the same shards listed `passes` times: one long epoch, start-up paid once
+        many = dataclasses.replace(args, dataset_name=",".join([",".join(s.url for s in plan_dataset(args).shards)]
+                                                                   * passes), dataset_config_name=None)
+        long_rate, _ = _epoch_rate(many, tokenizer, batch, workers, repeats)
+    ref_tokens, ref_s = _timed(lambda: reference_pipeline(args, tokenizer, block, batch, workers))
+    fastest = max(alone.values())
+    r = {"corpus_tokens": corpus_tokens, "documents": len(texts), "backend": default,
+         **{f"{k}_alone_tok_s": v for k, v in alone.items()},
+         **{f"lmstream_{k}_tok_s": v for k, v in per_backend.items()},
+         "hf_tokenizer_tok_s": alone["hf"], "tiktoken_tok_s": alone.get("tiktoken"), "fastest_alone_tok_s": fastest,
+         "lmstream_in_process_tok_s": per_backend[default], "workers": workers,
+         **{f"startup_{k}_seconds": v for k, v in startup.items()},
+         "lmstream_tok_s": lm_rate, "lmstream_kept": lm_tokens / corpus_tokens,
+         "reference_tok_s": ref_tokens / ref_s, "reference_kept": ref_tokens / corpus_tokens,
+         "reference_corpus_tok_s": corpus_tokens / ref_s, "lmstream_corpus_tok_s": corpus_tokens / lm_s,
+         "lmstream_long_tok_s": long_rate, "passes": passes}
+    r["ratio_vs_hf_bound"] = r["lmstream_tok_s"] / r["hf_tokenizer_tok_s"]
+    r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]            # tokens delivered to training
+    r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]   # corpus processed
+    r["in_process_vs_fastest"] = r["lmstream_in_process_tok_s"] / fastest
+    r["workers_vs_in_process"] = r["lmstream_tok_s"] / r["lmstream_in_process_tok_s"]
+    if long_rate:
+        r["long_ratio_vs_hf_bound"] = long_rate / r["hf_tokenizer_tok_s"]
+    return r
+
+
+def single_core_rate(args: DataArguments, tokenizer_path: str) -> float:
+    """fastokens alone on one thread (a fresh process with FASTOKENS_BPE_THREADS=1), texts in memory: tokens/s."""
+    import json
+    import os
+    import subprocess
+    import sys
+    code = ("import json, sys, time, dataclasses; from transformers import AutoTokenizer\n"
+            "from lmstream.config import DataArguments; from lmstream import backends\n"
+            "from lmstream.bench_pipeline import _texts\n"
+            "a = DataArguments(**json.loads(sys.argv[1])); texts = _texts(a)\n"
+            "tok = backends.fastokens_backend(AutoTokenizer.from_pretrained(sys.argv[2]))\n"
+            "t0 = time.perf_counter(); n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
+            "print(n / (time.perf_counter() - t0))\n")
+    data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
+    env = {**os.environ, "FASTOKENS_BPE_THREADS": "1", "LMSTREAM_TOKENIZER_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path], capture_output=True, text=True, env=env,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
+    """`python -m lmstream.prepare` on all cores against cores x fastokens' single-core rate."""
+    import os
+    import shutil
+    from .arguments import parse_args
+    from .prepare import prepare
+    folder = os.path.join(out, "prepared")
+    shutil.rmtree(folder, ignore_errors=True)
+    argv = ["--dataset_name", args.dataset_name, "--tokenizer_name", tokenizer_path, "--dataset_block_size", str(block),
+            "--tokenized_dataset_save_dir", folder, "--output_dir", os.path.join(out, "unused")]
+    if args.dataset_config_name:
+        argv += ["--dataset_config_name", args.dataset_config_name]
+    model_args, data_args, _, training_args = parse_args(argv)
+    done = prepare(model_args, data_args, training_args)
+    shutil.rmtree(folder, ignore_errors=True)
+    single = single_core_rate(args, tokenizer_path)
+    return {"prepare_tok_s": done["tokens_per_second"], "processes": done["processes"], "single_core_tok_s": single,
+            "prepare_vs_cores_x_single": done["tokens_per_second"] / (done["processes"] * single)}
