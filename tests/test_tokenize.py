@@ -142,7 +142,7 @@ class _ThreadsOfWorkers(__import__("torch").utils.data.IterableDataset):
 
     def __iter__(self):
         import torch
-        yield torch.tensor([int(os.environ["FASTOKENS_BPE_THREADS"])])
+        yield {"threads": torch.tensor(int(os.environ["FASTOKENS_BPE_THREADS"]))}
 
 
 @pytest.mark.parametrize("workers", [2, 8])
@@ -152,7 +152,7 @@ def test_workers_share_the_cores_without_oversubscribing(workers, monkeypatch):
     monkeypatch.delenv("LMSTREAM_TOKENIZER_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cores = len(os.sched_getaffinity(0))
-    got = [int(b) for b in build_loader(_ThreadsOfWorkers(), 1, num_workers=workers)]
+    got = [int(b["threads"]) for b in build_loader(_ThreadsOfWorkers(), 1, num_workers=workers)]
     assert got == [max(1, cores // workers)] * workers
     assert workers * max(got) <= max(cores, workers)   # one thread at least, never more than the cores allow
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")        # 4 processes on this node (torchrun)
