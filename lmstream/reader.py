@@ -139,16 +139,12 @@ class Reader:
 
     @staticmethod
     def _blocks(packed, stats: dict):
-        """Samples (labels = input_ids) from the packer's output, counted. The blocks of one tokenizer batch become
-        two tensors at once; each sample holds a row of each."""
-        if not packed:
-            return
-        ids = torch.from_numpy(np.stack([p[0] for p in packed]).astype(np.int64))
-        labels = ids.clone()
-        for i, (block, ref, off, nd, nb) in enumerate(packed):
+        """Samples (labels = input_ids) from the packer's output, counted."""
+        for block, ref, off, nd, nb in packed:
             stats["tokens"] += len(block)
             stats["blocks"] += 1
-            yield {"input_ids": ids[i], "labels": labels[i]}, ref, off, nd, nb
+            t = torch.from_numpy(block.astype(np.int64))
+            yield {"input_ids": t, "labels": t.clone()}, ref, off, nd, nb
 
     def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict):
         """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
