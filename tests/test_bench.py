@@ -14,7 +14,9 @@ def test_bench_quick_completes_and_reports(tmp_path):
     assert r["resume"]["lmstream_late_s"] > 0 and r["train"]["steps"] == 6
     assert (tmp_path / "all.png").exists() and (tmp_path / "all-resume.png").exists()
     assert "QUICK RUN (bundled sample" in proc.stdout and "not comparable" in proc.stdout
-    assert "lmstream / HF tokenizer bound (texts in memory)" in proc.stdout and ">= 0.85" in proc.stdout
+    assert "lmstream / HF tokenizer bound (texts in memory)" in proc.stdout and ">= 5" in proc.stdout
+    assert "lmstream in one process / fastest tokenizer alone" in proc.stdout and "prepare, all cores" in proc.stdout
+    assert r["pipeline"]["lmstream_fastokens_tok_s"] > 0 and r["prepare"]["processes"] >= 1
     assert "lmstream-train --help, seconds" in proc.stdout and r["help_seconds"] > 0
 
 
