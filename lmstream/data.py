@@ -33,30 +33,65 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
     return build_stream(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan)
 
 
-def _blocks_of_slots(args: DataArguments, tokenizer, seed: int, block_size: int, slots: list[int], n_slots: int):
-    """One epoch of blocks from the given slots (used by datasets' from_generator, one process per slot)."""
+ROWS_PER_WRITE = 1024   # blocks per Arrow record batch written by a materializing process
+STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8"}   # as saved blocks always were
+
+
+def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot: int, n_slots: int,
+                path: str) -> int:
+    """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time (the blocks
+    of one batch are one array per column: no per-row conversion); returns the number of blocks."""
     import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
     one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
-    for slot in slots:
-        ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots)
-        for sample in ds:
-            yield {k: v.numpy() for k, v in sample.items()}
+    rows, writer, count = [], None, 0
+
+    def flush():
+        nonlocal writer
+        cols = {k: np.stack([r[k] for r in rows]).astype(STORED_TYPES.get(k, "int64")) for k in rows[0]}
+        width = next(iter(cols.values())).shape[1]
+        offsets = pa.array(np.arange(0, len(rows) * width + 1, width, dtype=np.int32))
+        batch = pa.record_batch({k: pa.ListArray.from_arrays(offsets, pa.array(v.reshape(-1))) for k, v in cols.items()})
+        writer = writer or pa.ipc.new_stream(path, batch.schema)
+        writer.write_batch(batch)
+        rows.clear()
+    for sample in build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots):
+        rows.append({k: v.numpy() for k, v in sample.items()})
+        count += 1
+        if len(rows) == ROWS_PER_WRITE:
+            flush()
+    if rows:
+        flush()
+    if writer is not None:
+        writer.close()
+    return count
 
 
 def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
                 processes: int | None = None):
-    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (torch format), made by `processes`
-    (default dataset_num_proc, else 1) processes, each reading its share of the row groups."""
+    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow files), made by
+    `processes` (default dataset_num_proc, else 1) processes, each reading its share of the row groups."""
     import datasets
     block_size = resolve_block_size(args, tokenizer, max_positions)
     n = max(1, processes or args.dataset_num_proc or 1)
     backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
-    # a fresh cache: datasets' fingerprint sees the arguments, not the files' contents
-    ds = datasets.Dataset.from_generator(
-        _blocks_of_slots, num_proc=n if n > 1 else None, cache_dir=tempfile.mkdtemp(prefix="lmstream-blocks-"),
-        gen_kwargs={"args": args, "tokenizer": tokenizer, "seed": seed, "block_size": block_size,
-                    "slots": list(range(n)), "n_slots": n})
-    return ds
+    folder = tempfile.mkdtemp(prefix="lmstream-blocks-")
+    paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(n)]
+    jobs = [(args, tokenizer, seed, block_size, i, n, paths[i]) for i in range(n)]
+    if n == 1:
+        counts = [_write_slot(*jobs[0])]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+            counts = list(pool.map(_write_slot, *zip(*jobs)))
+    parts = [datasets.Dataset.from_file(p) for p, c in zip(paths, counts) if c]
+    if not parts:
+        raise ConfigError(f"Dataset '{args.dataset_name}' gave no complete block of {block_size} tokens: use more "
+                          "data or a smaller dataset_block_size.")
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def save_blocks(ds, folder: str) -> None:
