@@ -69,6 +69,13 @@ def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot
     return count
 
 
+def _one_torch_thread() -> None:
+    """In a forked process: torch's intra-op pool of the parent is not there (a parallel op would wait on it for
+    ever), so torch runs on one thread, as in a DataLoader worker."""
+    import torch
+    torch.set_num_threads(1)
+
+
 def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
                 processes: int | None = None):
     """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow files), made by
@@ -85,7 +92,7 @@ def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | 
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
             counts = list(pool.map(_write_slot, *zip(*jobs)))
     parts = [datasets.Dataset.from_file(p) for p, c in zip(paths, counts) if c]
     if not parts:
