@@ -78,9 +78,17 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                 "sources": states, "stats": stats}
 
     def _check(self, state: dict) -> None:
-        if state.get("settings", {}).get("mixture") != self.names or len(state.get("sources", [])) != len(self.streams):
-            raise ConfigError(f"The data state was saved for another dataset_mixture "
-                              f"({state.get('settings', {}).get('mixture')}): resume with the same sources.")
+        """Refuse another mixture. Sources are matched by content (shard names and content fingerprints, as each
+        source checks its own state), so a copy of the same files under another path resumes; by name only for
+        states saved before sources had content fingerprints."""
+        saved = state.get("settings", {}).get("mixture")
+        sources = state.get("sources", [])
+        same_content = len(sources) == len(self.streams) and all(
+            "data" in st.get("settings", {}) and all(st["settings"].get(k) == s.settings[k] for k in ("data", "shards"))
+            for st, s in zip(sources, self.streams))
+        if len(sources) != len(self.streams) or (saved != self.names and not same_content):
+            raise ConfigError(f"The data state was saved for another dataset_mixture ({saved}): resume with the same "
+                              "sources.")
         if not np.allclose(state["settings"]["cum"], self.cum):
             raise ConfigError("The data state was saved with other dataset_mixture weights: resume with the same weights.")
 

@@ -90,3 +90,25 @@ def test_training_on_a_mixture_logs_source_shares(sources, tmp_path):
     assert all("data_epoch" in h for h in logged)
     state = json.load(open(tmp_path / "out" / "checkpoint-6" / "lmstream_data" / "rank-0.json"))
     assert "mixture_n" in json.dumps(state)
+
+
+def test_a_mixture_resumes_from_a_copy_of_its_files_under_another_path(sources, tokenizer, tmp_path):
+    """The same bytes under other paths (another node's mount) resume exactly; other bytes under the same names
+    are refused."""
+    import shutil
+    web, code = sources
+    run = lmstream.build_pipeline(_mix(web, code), tokenizer, seed=5)
+    it = iter(run)
+    [next(it) for _ in range(25)]
+    state = json.loads(json.dumps(run.state_dict()))
+    ref = [next(it)["input_ids"] for _ in range(20)]
+    moved = tmp_path / "elsewhere"
+    web2, code2 = shutil.copytree(web, moved / "web"), shutil.copytree(code, moved / "code")
+    fresh = lmstream.build_pipeline(_mix(str(web2), str(code2)), tokenizer, seed=5)
+    fresh.load_state_dict(state)
+    it = iter(fresh)
+    assert all(torch.equal(a, next(it)["input_ids"]) for a in ref)
+    write_parquet(moved / "code", [f"other {d}" for d in make_docs(200, seed=9)], shards=2)   # same names, new bytes
+    changed = lmstream.build_pipeline(_mix(str(web2), str(code2)), tokenizer, seed=5)
+    with pytest.raises(ConfigError, match="another dataset_mixture|data changed"):
+        changed.load_state_dict(state)
