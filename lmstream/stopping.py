@@ -71,10 +71,19 @@ def kill_workers_at_exit() -> None:
 
 
 def _kill_daemonic_children() -> None:
-    for child in multiprocessing.active_children():
-        if child.daemon:
-            child.kill()
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if not children:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # torch's SIGCHLD handler raises when a worker dies: mid-loop, it would leave the others alive
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
+    for child in children:
+        try:
             child.join(5)
+        except Exception:  # noqa: BLE001 - exiting: nothing to do about a child that will not be reaped
+            pass
 
 
 class StopAtStepBoundary(TrainerCallback):
