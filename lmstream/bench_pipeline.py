@@ -16,7 +16,7 @@ from .pipeline import plan_dataset
 from .tokenize import build_encoder
 
 
-def _texts(args: DataArguments) -> list[str]:
+def corpus_texts(args: DataArguments) -> list[str]:
     from .documents import iter_documents
     return list(iter_documents(plan_dataset(args), args, shuffle=False))
 
@@ -94,7 +94,7 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
 
 
 def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeats: int = 3, passes: int = 1) -> dict:
-    texts = _texts(args)
+    texts = corpus_texts(args)
     corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
     alone = _backends_alone(texts, tokenizer, repeats)
     args = dataclasses.replace(args, dataset_block_size=block)
@@ -140,8 +140,8 @@ def single_core_rate(args: DataArguments, tokenizer_path: str) -> float:
     import sys
     code = ("import json, sys, time, dataclasses; from transformers import AutoTokenizer\n"
             "from lmstream.config import DataArguments; from lmstream import backends\n"
-            "from lmstream.bench_pipeline import _texts\n"
-            "a = DataArguments(**json.loads(sys.argv[1])); texts = _texts(a)\n"
+            "from lmstream.bench_pipeline import corpus_texts\n"
+            "a = DataArguments(**json.loads(sys.argv[1])); texts = corpus_texts(a)\n"
             "tok = backends.fastokens_backend(AutoTokenizer.from_pretrained(sys.argv[2]))\n"
             "t0 = time.perf_counter(); n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
             "print(n / (time.perf_counter() - t0))\n")

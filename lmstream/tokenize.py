@@ -45,9 +45,11 @@ def tokenizer_fingerprint(tokenizer, spec: dict | None = None) -> str:
     added and special tokens (not padding or truncation settings, not the folder it was loaded from).
     `spec`: the tokenizer's parsed JSON when already at hand."""
     import hashlib
-    text = backends.tokenizer_json(tokenizer) if spec is None else None
-    if spec is not None or text is not None:
-        spec = {k: v for k, v in (spec or json.loads(text)).items() if k not in ("truncation", "padding")}
+    if spec is None:
+        text = backends.tokenizer_json(tokenizer)
+        spec = json.loads(text) if text is not None else None
+    if spec is not None:
+        spec = {k: v for k, v in spec.items() if k not in ("truncation", "padding")}
     else:   # a slow tokenizer: its vocabulary and special tokens
         spec = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])}
     spec["special"] = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
@@ -138,12 +140,10 @@ class Encoder:
             ids, offsets = self.fast.encode_batch_flat(texts, add_special_tokens=True)
             return with_eos(np.frombuffer(ids, np.uint32).view(np.int32), np.frombuffer(offsets, np.uint64), self.eos)
         lists = self.encode_lists(texts)
-        for ids in lists:
-            if not ids or ids[-1] != self.eos:
-                ids.append(self.eos)
-        lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(lengths.sum()))
-        return flat, lengths
+        offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+        return with_eos(flat, offsets, self.eos)
 
     def _encode_long(self, text: str) -> np.ndarray:
         """A long str document's ids (EOS included), encoded in pieces."""
