@@ -17,7 +17,6 @@ import os
 import torch
 
 from .config import DataArguments
-from .documents import DocumentStream
 from .elastic import redistribute
 from .errors import ConfigError
 from .plan import Plan, plan_pieces
@@ -139,13 +138,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             self._check_saved(st)
         workers = max(1, num_workers)
 
-        def stream_of(slot, n):
-            return DocumentStream(self.plan, self.args, self.seed, slot, n, split=self.split, shuffle=self.training)
-
         def regular_cap(st: ReaderState):
             return self.regular_cap(st.who.slot, st.who.n_slots, st.who.world_size)
 
-        starts = redistribute([ReaderState.from_json(st) for st in old], stream_of, self.plan,
+        starts = redistribute([ReaderState.from_json(st) for st in old], self.reader.documents, self.plan,
                               self.world_size * workers, regular_cap)
         mine = range(self.rank * workers, (self.rank + 1) * workers)
         self._starts = {s: ReaderState(self._identity(s, workers), starts[s][0], phase=starts[s][1],

@@ -47,11 +47,14 @@ class Reader:
     max_samples: int | None = None
     warned_short: bool = False
 
+    def documents(self, slot: int, n_slots: int) -> DocumentStream:
+        """The documents reader `slot` of `n_slots` reads (an elastic resume asks this of old readers too)."""
+        return DocumentStream(self.plan, self.args, self.seed, slot, n_slots, split=self.split,
+                              shuffle=self.split == "train")
+
     def samples(self, state: ReaderState):
         """(sample, position after it) from `state` on; a sample None publishes the end of an epoch."""
-        who = state.who
-        stream = DocumentStream(self.plan, self.args, self.seed, who.slot, who.n_slots, split=self.split,
-                                shuffle=self.split == "train")
+        stream = self.documents(state.who.slot, state.who.n_slots)
         stream.restore_counters(state.stats)
         stats = dict(state.stats)
         resumed = state.samples_in_epoch > 0   # only saved states have yielded samples
