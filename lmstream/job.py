@@ -37,10 +37,6 @@ class Job:
     def output_dir(self) -> str:
         return self.params["output_dir"]
 
-    def arguments(self):
-        """(model, data, run, training) argument dataclasses, as the command line gives them."""
-        return self.args
-
 
 def notebook_parameters(namespace: dict) -> dict:
     """The parameters a notebook declared (annotated names of its `parameters` cell) with their values.
