@@ -94,8 +94,10 @@ class TiedWeightsFilter(logging.Filter):
         return not set(re.findall(r"'([^']+)'", msg)) <= self.tied
 
 
-def banner(model, data_args, training_args, plan, block_size: int | None, checkpoint: str | None) -> list[str]:
-    """The lines printed before training: model, data source and commit, topology, steps and tokens."""
+def banner(model, data_args, training_args, plan, block_size: int | None, checkpoint: str | None,
+           tokenizer_backend: str | None = None) -> list[str]:
+    """The lines printed before training: model, data source and commit, tokenizer backend, topology, steps and
+    tokens."""
     params = sum(p.numel() for p in model.parameters())
     source = data_args.dataset_name or "a dataset_mixture"
     if data_args.dataset_config_name:
@@ -105,6 +107,8 @@ def banner(model, data_args, training_args, plan, block_size: int | None, checkp
         if names:
             source += f", commit {names[0].split('@', 1)[1].split('/', 1)[0][:12]}"
         source += f", {len(plan.shards)} file(s), {len(plan.pieces)} row group(s)"
+    if tokenizer_backend:
+        source += f", tokenized by {tokenizer_backend}"
     a = training_args
     workers = max(1, a.dataloader_num_workers)
     per_step = a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps * (block_size or 0)

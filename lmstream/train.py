@@ -104,7 +104,10 @@ def _train(model_args, data_args, run_args, training_args, checkpoint, callbacks
     try:
         if loud:
             block = getattr(train_ds, "block_size", None) or data_args.dataset_block_size
-            for line in banner(model, data_args, training_args, getattr(train_ds, "plan", None), block, checkpoint):
+            streams = getattr(train_ds, "streams", None) or [train_ds]   # a mixture's sources share the tokenizer
+            backend = getattr(getattr(streams[0], "encoder", None), "backend", None)
+            for line in banner(model, data_args, training_args, getattr(train_ds, "plan", None), block, checkpoint,
+                               backend):
                 say(line)
             if data_states:
                 say(resume_line(checkpoint, data_states))

@@ -38,7 +38,8 @@ def test_the_console_entry_shows_progress_live_refuses_a_rerun_and_resumes(tmp_p
     assert err == ""                                    # a clean default run prints no warning
     text = "\n".join(lines)
     assert live                                         # progress reached the terminal while training
-    for want in ("lmstream: model GPT2LMHeadModel", "lmstream: data  ", "python-docs", "lmstream: run   1 process(es) x 2",
+    for want in ("lmstream: model GPT2LMHeadModel", "lmstream: data  ", "python-docs", ", tokenized by ",
+                 "lmstream: run   1 process(es) x 2",
                  "lmstream: plan  6 steps", "step 2/6 [", "| loss ", "| lr ", "ETA ", "eval  step 3", "lmstream: done  6 steps",
                  "tokens seen", "checkpoint-3, checkpoint-6", "lmstream: report saved: out/report.ipynb"):
         assert want in text, want
