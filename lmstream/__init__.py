@@ -17,7 +17,9 @@ _WHERE = {
     "run_job": "job", "SAMPLE_DATASET": "models", "TINY_MODEL": "models", "load_model_and_tokenizer": "models",
     "StreamingBlocks": "pipeline", "build_loader": "loader", "build_pipeline": "data", "merge_stats": "state",
     "plan_dataset": "pipeline", "resolve_block_size": "pipeline", "Shard": "shards", "resolve_shards": "sources",
-    "build_encoder": "tokenize",
+    "build_encoder": "tokenize", "Run": "run", "start_run": "job", "read_metrics": "run", "BlockPacker": "packing",
+    "last_complete_checkpoint": "checkpoints", "reader_states": "state", "StopAfterStep": "stopping",
+    "parse_args": "arguments",
 }
 
 
@@ -27,10 +29,11 @@ def __getattr__(name):
     raise AttributeError(f"module 'lmstream' has no attribute {name!r}")
 
 
-def train(model_args, data_args, run_args, training_args) -> dict:
-    """Train as the argument dataclasses say (see lmstream.train); returns the metrics."""
-    from .train import train as _train
-    return _train(model_args, data_args, run_args, training_args)
+def train(model_args, data_args, run_args, training_args, callbacks: list | None = None) -> dict:
+    """Train as the argument dataclasses say (see lmstream.run); returns the metrics. `callbacks`: extra
+    TrainerCallbacks."""
+    from .run import train as _train
+    return _train(model_args, data_args, run_args, training_args, callbacks)
 
 
 __all__ = ["ConfigError", "DataArguments", "ModelArguments", "RunArguments", "train", *sorted(_WHERE)]

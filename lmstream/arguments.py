@@ -45,9 +45,10 @@ def given(argv: list[str]) -> set[str]:
     return {a[2:].split("=", 1)[0] for a in expand(argv) if a.startswith("--")}
 
 
-def parse_args(argv: list[str] | None = None):
-    """(model, data, run, training) arguments from flags or from one YAML/JSON file; unknown names fail."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str] | dict | None = None):
+    """(model, data, run, training) arguments from flags, from one YAML/JSON file, or from a mapping of argument
+    names to values (None values left out); unknown names fail."""
+    argv = mapping_to_argv(argv) if isinstance(argv, dict) else list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv:
         HfArgumentParser(ARG_CLASSES, prog="python -m lmstream.train").print_help()
         sys.exit(0)

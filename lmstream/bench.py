@@ -27,32 +27,7 @@ from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 from .data import build_pipeline
 from .loader import build_loader
 from .bench_pipeline import bench_pipeline, bench_prepare
-
-
-def _first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
-    """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state ("exact"),
-    the same state on one worker fewer or one more ("elastic"), or the Trainer's skip ("skip")."""
-    from accelerate import skip_first_batches
-    run = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    it = iter(run)
-    for _ in range(k):
-        next(it)
-    state = run.state_dict()
-    del it
-    t0 = time.perf_counter()
-    if how == "elastic":
-        ds = build_pipeline(args, tokenizer)
-        other = workers - 1 if workers > 1 else 2
-        ds.resume_elastic([state], other)
-        next(iter(build_loader(ds, batch, other)))
-        return time.perf_counter() - t0
-    fresh = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    if how == "exact":
-        fresh.load_state_dict(state)
-        next(iter(fresh))
-    else:
-        next(iter(skip_first_batches(fresh, k)))
-    return time.perf_counter() - t0
+from .explore import first_batch_after
 
 
 def bench_resume(args, tokenizer, block: int, batch: int, workers: int, early: int, late: int,
@@ -61,7 +36,7 @@ def bench_resume(args, tokenizer, block: int, batch: int, workers: int, early: i
     r = {}
     for name, k in (("early", early), ("late", late)):   # median of 3: worker start-up is noisy
         for kind, how in (("lmstream", "exact"), ("lmstream_elastic", "elastic"), ("trainer_skip", "skip")):
-            r[f"{kind}_{name}_s"] = float(np.median([_first_batch_after(args, tokenizer, batch, workers, k, how)
+            r[f"{kind}_{name}_s"] = float(np.median([first_batch_after(args, tokenizer, batch, workers, k, how)
                                                      for _ in range(repeats)]))
     r.update(early_batches=early, late_batches=late,
              lmstream_late_over_early=r["lmstream_late_s"] / r["lmstream_early_s"],
@@ -78,7 +53,7 @@ def bench_train(args, model_dir: str, block: int, batch: int, workers: int, step
     import psutil
     from transformers import TrainerCallback
     from .arguments import parse_args
-    from .train import train
+    from .run import train
     rss = []
 
     class Rss(TrainerCallback):

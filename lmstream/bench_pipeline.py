@@ -5,12 +5,12 @@ side on the same corpus (see lmstream.bench for the command and the targets).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 
 
 from .config import DataArguments
 from .data import build_pipeline
+from .reference import group_texts, tokenize_function
 from .loader import build_loader
 from .pipeline import plan_dataset
 from .tokenize import build_encoder
@@ -50,16 +50,8 @@ def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, w
     files = [s.url for s in plan_dataset(args).shards]
     stream = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
     cols = list(stream.features or [args.dataset_text_field])
-    tok = stream.map(lambda ex: tokenizer(ex[args.dataset_text_field], truncation=True, max_length=block),
-                     batched=True, remove_columns=cols)
-
-    def group_texts(examples):   # as in the HF examples: concatenate, drop each batch's remainder
-        concat = {k: list(itertools.chain(*examples[k])) for k in examples}
-        total = len(concat["input_ids"]) // block * block
-        out = {k: [t[i:i + block] for i in range(0, total, block)] for k, t in concat.items()}
-        out["labels"] = out["input_ids"].copy()
-        return out
-    grouped = tok.map(group_texts, batched=True)
+    tok = stream.map(tokenize_function(tokenizer, block, args.dataset_text_field), batched=True, remove_columns=cols)
+    grouped = tok.map(group_texts(block), batched=True)
     loader = torch.utils.data.DataLoader(grouped.with_format("torch"), batch_size=batch, num_workers=workers)
     return sum(int(b["input_ids"].numel()) for b in loader)
 

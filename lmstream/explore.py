@@ -1,54 +1,201 @@
-"""Measurements the tutorial notebooks show: previews, shard splits, throughput, lengths, packing vs truncation.
+"""What the tutorial notebooks measure and tabulate: download vs stream, shard splits, reader states, checkpoints,
+packing vs truncation, the cost of resuming by skipping.
 
-    docs = preview(plan, args, 5)                 # a DataFrame of the first documents
+    files = local_copy(args, "runs/streaming-demo", size_mb=200)   # a dataset big enough to time
     kept = kept_tokens(lengths, max_len=1024, block_size=1024)
 """
 from __future__ import annotations
 
-import itertools
+import dataclasses
+import json
+import os
+import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .config import DataArguments
+from .data import build_pipeline
 from .documents import DocumentStream, iter_documents
+from .loader import build_loader
 from .plan import Plan
-from .sources import open_binary
+from .state import merge_stats, reader_states
+
+DEMO_MARK = ".lmstream-local-copy.json"   # what a local copy holds (rebuilt when the wish changes)
 
 
-def dataset_bytes(plan: Plan, limit: int = 2000) -> int | None:
-    """Total size of the shards in bytes (None if some size is unknown); at most `limit` files asked."""
-    def size(url):
-        try:
-            with open_binary(url) as f:
-                return f.seek(0, 2)
-        except Exception:
-            return None
-    urls = [s.url for s in plan.shards[:limit]]
-    with ThreadPoolExecutor(16) as pool:
-        sizes = list(pool.map(size, urls))
-    if None in sizes or len(plan.shards) > limit:
-        return None
-    return int(sum(sizes))
-
-
-def preview(plan: Plan, args: DataArguments, n: int = 5, width: int = 160):
-    """The first `n` documents of the first shard, every column, text cut to `width` characters."""
-    import pandas as pd
+def local_copy(args: DataArguments, folder: str, size_mb: int, shards: int = 4, rows_per_group: int = 500) -> list[str]:
+    """Parquet shards of about `size_mb` MB in `folder`, made of the dataset's documents repeated (each copy with
+    its own id), uncompressed so that the size on disk is the size on the wire; kept for the next run."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    shard = plan.shards[0]
-    if shard.format == "parquet":
-        with open_binary(shard.url) as f:
-            table = pq.ParquetFile(f).read_row_group(0).slice(0, n)
-        df = table.to_pandas()
+    wish = {"source": args.dataset_name, "config": args.dataset_config_name, "size_mb": size_mb, "shards": shards}
+    mark = os.path.join(folder, DEMO_MARK)
+    names = [os.path.join(folder, f"part-{i:03d}.parquet") for i in range(shards)]
+    if os.path.exists(mark) and json.load(open(mark)) == wish and all(map(os.path.exists, names)):
+        return names
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    texts = list(iter_documents(plan_of(args), args, shuffle=False))
+    per_shard = size_mb * 1e6 / shards
+    copies = max(1, int(per_shard // sum(len(t.encode()) for t in texts)))
+    for i, name in enumerate(names):
+        ids = [f"<copy {i}-{c}/doc {j}>" for c in range(copies) for j in range(len(texts))]
+        table = pa.table({"text": texts * copies, "id": ids})
+        pq.write_table(table, name, row_group_size=rows_per_group, compression="none", use_dictionary=False)
+    with open(mark, "w") as f:
+        json.dump(wish, f)
+    return names
+
+
+def plan_of(args: DataArguments) -> Plan:
+    from .pipeline import plan_dataset
+    return plan_dataset(args)
+
+
+def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "pd.DataFrame":
+    """Seconds to the first document of Parquet files at `urls` (served by `server`, a LocalServer, which counts
+    the bytes it sends) and bytes fetched by then: downloaded first (`datasets`, non-streaming, into a fresh cache
+    under `scratch`, removed after), streamed by `datasets`, and streamed by lmstream up to its first block."""
+    import datasets
+    import pandas as pd
+    rows = []
+
+    def timed(way, fn):
+        sent, t0 = server.bytes_sent, time.perf_counter()
+        first = fn()
+        rows.append({"way": way, "seconds to the first document": round(time.perf_counter() - t0, 3),
+                     "MB fetched by then": round((server.bytes_sent - sent) / 1e6, 2), "first": str(first)[:40]})
+    cache = os.path.join(scratch, "download-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    files = {"train": urls}
+    try:
+        timed("download, then read (datasets)",
+              lambda: datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache)[0]["id"])
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    timed("stream (datasets, streaming=True)",
+          lambda: next(iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)))["id"])
+    args = DataArguments(dataset_name=",".join(urls), dataset_block_size=128)
+    timed("stream (lmstream: plan, read, tokenize, first block)",
+          lambda: next(iter(build_pipeline(args, tokenizer)))["input_ids"][:4].tolist())
+    return pd.DataFrame(rows).set_index("way")
+
+
+def pieces_table(plan: Plan, n: int = 6) -> "pd.DataFrame":
+    """The first `n` pieces of a plan: shard, row group, rows, and bytes of the text column to read."""
+    import pandas as pd
+    rows = [{"piece": i, "shard": os.path.basename(plan.shards[p.shard].url), "row group": p.row_group,
+             "rows": p.num_rows, "stride": p.stride} for i, p in enumerate(plan.pieces[:n])]
+    return pd.DataFrame(rows).set_index("piece")
+
+
+def reader_table(loader_state) -> "pd.DataFrame":
+    """Each reader's position inside a stream's or loader's state (one row per rank x worker)."""
+    import pandas as pd
+    rows = []
+    for st in reader_states(loader_state):
+        c = st.get("stats", {})
+        rows.append({"rank": st["rank"], "worker": st["slot"] % st["workers"], "epoch": st["epoch"],
+                     "window": st["window"], "window starts at (piece, row)": tuple(st["start"]),
+                     "document in window": st["doc"], "next token in it": st["token"],
+                     "blocks yielded": c.get("blocks", 0), "documents done": c.get("docs", 0),
+                     "tokens": c.get("tokens", 0)})
+    return pd.DataFrame(rows)
+
+
+def checkpoint_table(checkpoint: str) -> "pd.DataFrame":
+    """The files of a checkpoint folder and their sizes, lmstream's data position included."""
+    import pandas as pd
+    rows = []
+    for root, _, files in os.walk(checkpoint):
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, checkpoint)
+            what = _WHAT.get("rank-R.json" if name.startswith("rank-") else name, "")
+            rows.append({"file": rel, "bytes": os.path.getsize(path), "what": what})
+    return pd.DataFrame(sorted(rows, key=lambda r: r["file"])).set_index("file")
+
+
+_WHAT = {"model.safetensors": "the weights", "optimizer.pt": "AdamW's moments", "scheduler.pt": "learning-rate schedule",
+         "rng_state.pth": "random generators (dropout)", "trainer_state.json": "step, log history",
+         "training_args.bin": "the TrainingArguments", "config.json": "the model's config",
+         "rank-R.json": "lmstream: where this rank's readers stand in the stream",
+         "plan.json.gz": "lmstream: the plan the position refers to (shards, row groups, fingerprints)",
+         "tokenizer.json": "the tokenizer", "tokenizer_config.json": "the tokenizer's settings",
+         "generation_config.json": "defaults for generate()",
+         "lmstream_complete.json": "lmstream: written last, so a checkpoint cut short is never resumed"}
+
+
+def first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
+    """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state ("exact"),
+    the same state on one worker fewer or one more ("elastic"), or the Trainer's skip ("skip")."""
+    from accelerate import skip_first_batches
+    run = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    it = iter(run)
+    for _ in range(k):
+        next(it)
+    state = run.state_dict()
+    del it
+    t0 = time.perf_counter()
+    if how == "elastic":
+        ds = build_pipeline(args, tokenizer)
+        other = workers - 1 if workers > 1 else 2
+        ds.resume_elastic([state], other)
+        next(iter(build_loader(ds, batch, other)))
+        return time.perf_counter() - t0
+    fresh = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    if how == "exact":
+        fresh.load_state_dict(state)
+        next(iter(fresh))
     else:
-        docs = itertools.islice(iter_documents(plan, args, shuffle=False), n)
-        df = pd.DataFrame({args.dataset_text_field: list(docs)})
-    text = df[args.dataset_text_field]
-    df.insert(0, "chars", text.str.len())
-    df[args.dataset_text_field] = text.str.slice(0, width).str.replace("\n", " ⏎ ")
-    return df
+        next(iter(skip_first_batches(fresh, k)))
+    return time.perf_counter() - t0
+
+
+def resume_cost_table(args, tokenizer, batch: int, workers: int, points=(10, 100, 400)) -> "pd.DataFrame":
+    """Seconds to the next batch when resuming after k batches: the Trainer's default (read and tokenize the k
+    batches again, then skip them) against lmstream's saved position, for each k in `points`."""
+    import pandas as pd
+    rows = []
+    for k in points:
+        skip = first_batch_after(args, tokenizer, batch, workers, k, "skip")
+        exact = first_batch_after(args, tokenizer, batch, workers, k, "exact")
+        rows.append({"resume after (batches)": k, "tokens already trained on": k * batch * args.dataset_block_size,
+                     "Trainer skip (s)": round(skip, 3), "lmstream position (s)": round(exact, 3),
+                     "skip / lmstream": round(skip / exact, 1)})
+    return pd.DataFrame(rows).set_index("resume after (batches)")
+
+
+def elastic_accounting(args, tokenizer, batch: int, stop_after: int, workers: int = 2) -> "pd.DataFrame":
+    """Token accounting of an elastic resume: one epoch read uninterrupted by `workers` DataLoader workers, against
+    the same epoch stopped after `stop_after` batches and finished by a single reader (in-process), and both against
+    the tokenizer's count of every document of the epoch (EOS included)."""
+    import pandas as pd
+    from .tokenize import build_encoder
+    args = dataclasses.replace(args, dataset_cycle=False)
+    every = int(build_encoder(tokenizer).encode(list(iter_documents(plan_of(args), args, shuffle=False)))[1].sum())
+    whole = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    for _ in whole:
+        pass
+    loader = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    it = iter(loader)
+    for _ in range(stop_after):
+        next(it)
+    saved = loader.state_dict()
+    del it
+    rest = build_pipeline(args, tokenizer)
+    rest.resume_elastic([saved], 0)   # 0: the rest of the epoch read in this process, by one reader
+    for _ in rest:
+        pass
+    w, before, after = merge_stats(whole.state_dict()), merge_stats(saved), rest.stats
+    rows = [("all documents, tokenized", None, None, every),
+            (f"uninterrupted ({workers} workers)", w["tokens"], w["tokens_dropped"], w["tokens"] + w["tokens_dropped"]),
+            (f"first {stop_after} batches ({workers} workers)", before["tokens"], None, None),
+            ("the rest (1 reader, elastic)", after["tokens"] - before["tokens"], after["tokens_dropped"], None),
+            ("first + rest", after["tokens"], after["tokens_dropped"], after["tokens"] + after["tokens_dropped"])]
+    return pd.DataFrame([{"run": r, "tokens trained on": t, "dropped at the epoch's end": d, "tokens in all": a}
+                         for r, t, d, a in rows]).set_index("run").astype("Int64")
 
 
 def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, seed: int = 0, epoch: int = 0):
@@ -63,21 +210,6 @@ def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, 
                      "first pieces": ", ".join(f"{p.shard}:{p.row_group}" + (f"/{p.offset}%{p.stride}" if p.stride > 1 else "")
                                                for p in pieces[:4]) + (" ..." if len(pieces) > 4 else "")})
     return pd.DataFrame(rows)
-
-
-def measure_documents(plan: Plan, args: DataArguments, n_docs: int = 500) -> dict:
-    """Read up to `n_docs` documents from the stream; documents/s, MB/s and the texts."""
-    t0 = time.perf_counter()
-    texts = list(itertools.islice(iter_documents(plan, args, shuffle=False), n_docs))
-    dt = max(time.perf_counter() - t0, 1e-9)
-    nbytes = sum(len(t.encode("utf-8")) for t in texts)
-    return {"documents": len(texts), "seconds": dt, "docs_per_s": len(texts) / dt, "MB_per_s": nbytes / dt / 1e6,
-            "bytes": nbytes, "texts": texts}
-
-
-def token_lengths(encoder, texts: list[str]) -> np.ndarray:
-    """Tokens per document, EOS included."""
-    return encoder.encode(texts)[1]
 
 
 def kept_tokens(lengths: np.ndarray, max_len: int, block_size: int, map_batch: int = 1000) -> dict:
@@ -131,17 +263,6 @@ def decode_with_boundaries(block, tokenizer, eos_mark: str = " ⟨EOS⟩\n\n") -
             cur.append(t)
     parts.append(tokenizer.decode(cur))
     return "".join(parts)
-
-
-def first_block_with_boundary(blocks, eos_id: int, limit: int = 10000):
-    """The first block of a stream that contains an end of document (or the first block)."""
-    first = None
-    for i, b in enumerate(blocks):
-        ids = b["input_ids"]
-        first = ids if first is None else first
-        if (ids == eos_id).any() or i >= limit:
-            return ids
-    return first
 
 
 def human_bytes(n: float) -> str:

@@ -1,7 +1,7 @@
 """The training notebook as a job: its parameters become the training arguments, validated here.
 
     job = job_from_parameters(globals())      # in 03_training.ipynb, right after the parameters cell
-    metrics = run_job(job)
+    run = start_run(job)                      # then its steps, one cell each (lmstream.run)
 
 papermill only *warns* about parameters the notebook does not declare; `job_from_parameters` rejects
 them, and the module's argument parser checks every value, so a typo fails with one sentence.
@@ -9,7 +9,6 @@ them, and the module's argument parser checks every value, so a typo fails with 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import types
 from dataclasses import dataclass, field
@@ -38,11 +37,12 @@ class Job:
         return self.params["output_dir"]
 
 
-def notebook_parameters(namespace: dict) -> dict:
+def notebook_parameters(namespace: dict, demo: str = None) -> dict:
     """The parameters a notebook declared (annotated names of its `parameters` cell) with their values.
 
     Names papermill injected that the notebook does not declare are rejected; an unset dataset or
-    model (None) becomes the embedded default: the bundled sample dataset and a tiny GPT-2 config.
+    model (None) becomes the embedded default: the bundled sample dataset and a tiny GPT-2 config; an unset
+    output_dir, the notebook's demo folder `demo` (runs/notebook-demo), replaced each time.
     """
     declared = list(namespace.get("__annotations__", {}))
     unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in declared
@@ -52,7 +52,7 @@ def notebook_parameters(namespace: dict) -> dict:
                           f"{', '.join(declared)}.")
     params = {k: namespace[k] for k in declared}
     if "output_dir" in params and params["output_dir"] is None:
-        params["output_dir"] = demo_output_dir()
+        params["output_dir"] = demo_output_dir(demo or DEMO_DIR)
     if "dataset_name" in params and params["dataset_name"] is None and not params.get("dataset_mixture"):
         params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, SAMPLE_CONFIG
     if "config_name" in params and params.get("model_name_or_path") is None and params["config_name"] is None:
@@ -104,35 +104,25 @@ def job_from_parameters(namespace: dict) -> Job:
     return Job(params, argv, n, parse_args(argv), given(argv))
 
 
-def _train_argv(argv: list[str]) -> dict:
-    """Train in a launched process: it parses the flags itself (TrainingArguments takes its rank and device then)."""
-    from .arguments import parse_args
-    from .train import train
-    return train(*parse_args(argv))
-
-
-def run_job(job: Job) -> dict:
-    """Train; with num_processes > 1, one process per GPU via accelerate's notebook_launcher."""
+def start_run(job: Job):
+    """The job's Run (lmstream.run): the training notebook's cells call its steps one by one. With num_processes > 1,
+    its `fit()` launches one process per GPU with accelerate's notebook_launcher, each running the same steps."""
+    from .run import Run
     if job.params.get("disable_tqdm"):   # keep the report free of inner progress bars too
         import datasets
         import transformers
         transformers.utils.logging.disable_progress_bar()
         datasets.disable_progress_bars()
-    if job.num_processes > 1:
-        from accelerate import notebook_launcher
-        notebook_launcher(_train_argv, (job.argv,), num_processes=job.num_processes)
-        return read_metrics(job.output_dir)
-    from .train import train
-    return train(*job.args)
+    return Run(*job.args, launch=job.num_processes, argv=job.argv)
 
 
-def read_metrics(output_dir: str) -> dict:
-    """The metrics a finished run wrote (all_results.json)."""
-    path = os.path.join(output_dir, "all_results.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+def run_job(job: Job) -> dict:
+    """Every step of the job's Run in order (the training notebook runs them cell by cell); the metrics."""
+    with start_run(job) as run:
+        run.load_model()
+        run.load_data()
+        run.build_trainer()
+        return run.fit()
 
 
 def arguments_table(job: Job):

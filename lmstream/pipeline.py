@@ -62,6 +62,13 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self._state: ReaderState | None = None      # position after the last sample yielded (or loaded)
         self._starts: dict[int, ReaderState] = {}   # slot -> initial state (elastic resume, or a new iterator)
 
+    def __repr__(self) -> str:
+        size = f"{self.max_samples:,} samples per epoch" if self.max_samples else "unbounded (cycles epochs)" \
+            if self.cycle else "one epoch"
+        return (f"StreamingBlocks(split {self.split!r}, rank {self.rank} of {self.world_size}, {len(self.plan.shards)} "
+                f"shard(s) / {len(self.plan.pieces)} piece(s), blocks of {self.block_size} tokens, tokenized by "
+                f"{self.encoder.backend}, {size})")
+
     def _settings(self) -> dict:
         names = [os.path.basename(s.url) for s in self.plan.shards]
         a = self.args

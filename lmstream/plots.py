@@ -23,57 +23,104 @@ def log_history(output_dir: str) -> list[dict]:
         return json.load(f)["log_history"]
 
 
-def training_curves(output_dir: str, save: bool = True):
-    """Loss (train and eval), learning rate, tokens/s, data-wait fraction and, for a mixture, each
-    source's share of the tokens over steps."""
-    hist = log_history(output_dir)
-    panels = [("loss", "training loss", "eval_loss"), ("learning_rate", "learning rate", None),
-              ("tokens_per_second", "tokens / s (all ranks)", None), ("data_wait_fraction", "data wait / step time", None)]
+PANELS = [   # (log key, title, y-axis label, a second key drawn on the same axes)
+    ("loss", "loss", "cross-entropy (nats / token)", "eval_loss"),
+    ("learning_rate", "learning rate", "learning rate", None),
+    ("tokens_per_second", "throughput", "tokens / s (all ranks)", None),
+    ("data_wait_fraction", "waiting for data", "share of step time (%)", None),
+]
+
+
+def training_curves(output_dir: str, save: bool = True, extra_runs: dict | None = None):
+    """Loss (train and eval), learning rate, tokens/s, data-wait share and, for a mixture, each source's share of the
+    tokens, over steps: a 2-column grid that reads at notebook width. `extra_runs` (label -> output_dir) adds other
+    runs' curves to the same axes (a resumed run over the uninterrupted one)."""
+    runs = {"run": log_history(output_dir), **{k: log_history(v) for k, v in (extra_runs or {}).items()}}
+    hist = runs["run"]
     sources = sorted({k for h in hist for k in h if k.startswith("mix/")})
-    fig, axes = plt.subplots(1, len(panels) + bool(sources), figsize=(4 * (len(panels) + bool(sources)), 3.4))
-    for ax, (key, title, extra) in zip(axes, panels):
-        pts = [(h["step"], h[key]) for h in hist if key in h]
-        if pts:
-            ax.plot(*zip(*pts), marker=".", label=key)
-        if extra:
-            ev = [(h["step"], h[extra]) for h in hist if extra in h]
+    n = len(PANELS) + bool(sources)
+    fig, axes = plt.subplots((n + 1) // 2, 2, figsize=(10, 3.3 * ((n + 1) // 2)), squeeze=False)
+    axes = axes.ravel()
+    for ax, (key, title, ylabel, extra) in zip(axes, PANELS):
+        scale = 100 if key == "data_wait_fraction" else 1
+        for label, h in runs.items():
+            style = {"marker": "."} if label == "run" else {"marker": "x", "linestyle": ":"}
+            pts = [(r["step"], r[key] * scale) for r in h if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key if len(runs) == 1 else f"{key} ({label})", **style)
+            ev = [(r["step"], r[extra]) for r in h if extra and extra in r]
             if ev:
-                ax.plot(*zip(*ev), marker="o", linestyle="--", label=extra)
-            ax.legend()
+                ax.plot(*zip(*ev), marker="o", linestyle="--", label=extra if len(runs) == 1 else f"{extra} ({label})")
+        if extra or len(runs) > 1:
+            ax.legend(fontsize=8)
         ax.set_title(title)
+        ax.set_ylabel(ylabel)
     if sources:
         for key in sources:
-            axes[-1].plot(*zip(*[(h["step"], h[key]) for h in hist if key in h]), marker=".", label=key[4:][-30:])
-        axes[-1].set_title("share of tokens per source")
-        axes[-1].legend(fontsize=7)
-    for ax in axes:
-        ax.set_xlabel("step")
+            axes[len(PANELS)].plot(*zip(*[(h["step"], h[key]) for h in hist if key in h]), marker=".", label=key[4:][-30:])
+        axes[len(PANELS)].set_title("share of tokens per source")
+        axes[len(PANELS)].set_ylabel("share of this rank's tokens")
+        axes[len(PANELS)].legend(fontsize=7)
+    for ax in axes[n:]:
+        ax.axis("off")
+    for ax in axes[:n]:
+        ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, os.path.join(output_dir, "training_curves.png") if save else None)
 
 
-def length_histogram(lengths, block_size: int, path: str | None = None):
-    """Histogram of document lengths in tokens, with the block size marked."""
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    ax.hist(lengths, bins=40, color="#4878a8")
-    ax.axvline(block_size, color="#c44e52", linestyle="--", label=f"block size {block_size}")
-    ax.set_xlabel("tokens per document")
+def length_histogram(lengths, marks: dict, path: str | None = None):
+    """Histogram of document lengths in tokens on a log scale, with vertical lines at `marks` (label -> tokens),
+    e.g. the training block size and the model's context length."""
+    import numpy as np
+    lengths = np.asarray(lengths)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    bins = np.logspace(0, np.log10(max(lengths.max(), 2)) + 0.05, 40)
+    ax.hist(lengths, bins=bins, color="#4878a8")
+    ax.set_xscale("log")
+    for (label, at), color in zip(marks.items(), ["#c44e52", "#dd8452", "#55a868"]):
+        share = 100 * (lengths > at).mean()
+        ax.axvline(at, color=color, linestyle="--", label=f"{label}: {at:,} tokens ({share:.0f}% of documents longer)")
+    ax.set_xlabel("tokens per document (EOS included, log scale)")
     ax.set_ylabel("documents")
-    ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def bars(values: dict, title: str, ylabel: str, path: str | None = None, fmt: str = "{:,.0f}"):
-    """A labelled bar chart of name -> value."""
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    names, nums = list(values), list(values.values())
-    rects = ax.bar(names, nums, color=["#c44e52", "#dd8452", "#55a868", "#4878a8"][: len(names)])
+def bars(values: dict, title: str, xlabel: str, path: str | None = None, fmt: str = "{:,.0f}"):
+    """A labelled horizontal bar chart of name -> value (long names stay readable)."""
+    fig, ax = plt.subplots(figsize=(9, 0.55 * len(values) + 1.2))
+    names, nums = list(values)[::-1], list(values.values())[::-1]
+    colors = ["#4878a8", "#55a868", "#dd8452", "#c44e52", "#8172b3"][: len(names)][::-1]
+    rects = ax.barh(names, nums, color=colors)
     for r, v in zip(rects, nums):
-        ax.annotate(fmt.format(v), (r.get_x() + r.get_width() / 2, r.get_height()), ha="center", va="bottom")
+        ax.annotate(" " + fmt.format(v), (r.get_width(), r.get_y() + r.get_height() / 2), va="center", fontsize=9)
+    ax.set_xlim(0, max(nums) * 1.25 if max(nums) > 0 else 1)
     ax.set_title(title)
-    ax.set_ylabel(ylabel)
+    ax.set_xlabel(xlabel)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def losses(output_dir: str) -> dict:
+    """step -> training loss of a run (trainer_state.json)."""
+    return {h["step"]: h["loss"] for h in log_history(output_dir) if "loss" in h}
+
+
+def loss_overlay(runs: dict, stop_step: int | None = None, path: str | None = None):
+    """Training loss over steps of several runs (label -> output_dir) on one plot, a stop marked at `stop_step`."""
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for (label, folder), style in zip(runs.items(), [dict(marker="o", linewidth=3, alpha=0.45),
+                                                      dict(marker="x", linestyle="--", color="black")]):
+        pts = sorted(losses(folder).items())
+        ax.plot(*zip(*pts), label=label, **style)
+    if stop_step:
+        ax.axvline(stop_step + 0.5, color="#c44e52", linestyle=":", label=f"stop and resume after step {stop_step}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats / token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     return _save(fig, path)

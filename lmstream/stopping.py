@@ -108,3 +108,17 @@ class StopAtStepBoundary(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
+
+
+class StopAfterStep(TrainerCallback):
+    """Stop training after optimizer step `step` with a checkpoint there, as a SIGTERM would: a run cut short that
+    `--resume_from_checkpoint true` continues (lowering max_steps instead would change the learning-rate schedule)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+        return control

@@ -41,6 +41,21 @@ def is_stream(ds) -> bool:
     return isinstance(ds, (StreamingBlocks, MixtureBlocks))
 
 
+def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, world_size: int, num_workers: int) -> None:
+    """Put a fresh loader of `dataset` where a checkpoint's data states stood: the exact position with the same
+    number of processes and workers, else an elastic resume."""
+    if data_states is None:
+        return
+    (world, workers), now = saved_shape(data_states), (world_size, max(1, num_workers))
+    if (world, workers) == now:
+        loader.load_state_dict(data_states[rank])
+        return
+    log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), this run has %d x %d; "
+                "every document of the current epoch not yet trained on is dealt to the new readers (none twice, "
+                "none skipped; the order differs from an uninterrupted run).", world, workers, *now)
+    dataset.resume_elastic(data_states, num_workers)
+
+
 class StreamingTrainer(Trainer):
     """A Trainer whose training data is a rank-local StreamingBlocks stream with resumable state.
 
@@ -64,16 +79,8 @@ class StreamingTrainer(Trainer):
                                    pin_memory=a.dataloader_pin_memory and torch.cuda.is_available(),
                                    prefetch_factor=a.dataloader_prefetch_factor or PREFETCH_FACTOR,
                                    persistent_workers=a.dataloader_persistent_workers)
-        if self.data_states is not None:
-            (world, workers), now = saved_shape(self.data_states), (a.world_size, max(1, a.dataloader_num_workers))
-            if (world, workers) == now:
-                self.loader.load_state_dict(self.data_states[a.process_index])
-            else:
-                log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), this run "
-                            "has %d x %d; every document of the current epoch not yet trained on is dealt to the new "
-                            "readers (none twice, none skipped; the order differs from an uninterrupted run).",
-                            world, workers, *now)
-                self.train_dataset.resume_elastic(self.data_states, a.dataloader_num_workers)
+        place_loader(self.loader, self.train_dataset, self.data_states, a.process_index, a.world_size,
+                     a.dataloader_num_workers)
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):

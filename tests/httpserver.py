@@ -8,45 +8,19 @@ Faults: "reset" (connection reset mid-body), "truncate" (body shorter than Conte
 "503" (a 5xx), "429" (Too Many Requests with Retry-After), "stall" (no byte for `stall_seconds`),
 "404" (permanent).
 """
-import http.server
-import os
 import random
-import re
 import socket
 import struct
 import threading
 import time
 
-
-def parse_range(header: str | None, size: int):
-    """(start, end inclusive, partial) for a Range header (bytes=a-b, a-, -n)."""
-    m = re.match(r"bytes=(\d*)-(\d*)", header or "")
-    if not m:
-        return 0, size - 1, False
-    if m.group(1):
-        start = int(m.group(1))
-        end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
-    else:
-        start = max(0, size - int(m.group(2)))
-        end = size - 1
-    return start, end, True
+from lmstream.localserve import LocalServer, RangeHandler, parse_range  # noqa: F401 (used by the other servers)
 
 
-class FaultyRangeHandler(http.server.SimpleHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_HEAD(self):
-        self._serve(head=True)
-
-    def do_GET(self):
-        self._serve(head=False)
-
-    def _serve(self, head: bool):
+class FaultyRangeHandler(RangeHandler):
+    def answer_first(self, head: bool) -> bool:
         srv = self.server
-        fault = srv.next_fault(head)
+        self.fault = fault = srv.next_fault(head)
         srv.requests.append((self.command, self.path, self.headers.get("Range"), fault))
         if fault == "stall":   # nothing at all for a while: the client's read timeout must fire
             time.sleep(srv.stall_seconds)
@@ -56,30 +30,14 @@ class FaultyRangeHandler(http.server.SimpleHTTPRequestHandler):
                 self.send_header("Retry-After", str(srv.retry_after))
             self.send_header("Content-Length", "0")
             self.end_headers()
-            return
-        path = self.translate_path(self.path)
-        if not os.path.isfile(path):
-            self.send_error(404)
-            return
-        size = os.path.getsize(path)
-        start, end, partial = parse_range(self.headers.get("Range"), size)
-        if partial:
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if head:
-            return
-        with open(path, "rb") as f:
-            f.seek(start)
-            body = f.read(end - start + 1)
-        if fault in ("reset", "truncate"):
+            return True
+        return False
+
+    def send_body(self, body: bytes) -> None:
+        if self.fault in ("reset", "truncate"):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
-            if fault == "reset":   # RST instead of FIN
+            if self.fault == "reset":   # RST instead of FIN
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
             self.connection.close()
@@ -87,30 +45,15 @@ class FaultyRangeHandler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
-class LocalServer:
-    """A ThreadingHTTPServer on 127.0.0.1, run in a thread for the `with` block; `requests` logs each request
-    as a tuple ending with its fault (None: none)."""
-
-    def __init__(self, handler):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.httpd.requests = []
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+class LoggingServer(LocalServer):
+    """A LocalServer whose handler logs each request as a tuple ending with its fault (None: none)."""
 
     @property
     def faults(self):
         return [f for *_, f in self.httpd.requests if f]
 
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-class FileServer(LocalServer):
+class FileServer(LoggingServer):
     """`with FileServer(folder, ...) as url:` serves `folder` at `url` until the block ends."""
 
     def __init__(self, directory: str, faults=None, fault_rate: float = 0.0, fault_kinds=("reset",),

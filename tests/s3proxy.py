@@ -13,7 +13,7 @@ import struct
 import threading
 import urllib.parse
 
-from httpserver import LocalServer
+from httpserver import LoggingServer
 
 _ERROR = ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message>'
           '<RequestId>lmstream-test</RequestId></Error>')
@@ -77,7 +77,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
-class FaultyProxy(LocalServer):
+class FaultyProxy(LoggingServer):
     def __init__(self, upstream: str, faults=None):
         super().__init__(_Handler)
         self.httpd.upstream = urllib.parse.urlparse(upstream)

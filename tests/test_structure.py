@@ -14,7 +14,8 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lmstream")
 LAYERS = [   # each module may import modules of earlier layers only (none of its own layer)
     ["errors"],
-    ["shards", "retry", "longtext", "packing", "readahead", "runlock", "stopping", "plots", "backends"],
+    ["shards", "retry", "longtext", "packing", "readahead", "runlock", "stopping", "plots", "backends", "localserve",
+     "reference"],
     ["config", "ranges"],
     ["hub", "tokenize", "helptext"],
     ["sources", "models", "arguments"],
@@ -25,8 +26,9 @@ LAYERS = [   # each module may import modules of earlier layers only (none of it
     ["reader"],
     ["pipeline", "loader"],
     ["mixture"],
-    ["data", "checkpoints", "explore", "progress"],
-    ["trainer", "resume", "prepare"],
+    ["data", "checkpoints", "progress"],
+    ["trainer", "resume", "prepare", "explore"],
+    ["run"],
     ["train", "bench_pipeline"],
     ["job", "bench", "gpucheck"],
     ["cli", "__init__"],

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 import lmstream.train as lt
 from lmstream.checkpoints import last_complete_checkpoint
 from lmstream.config import ConfigError
+from lmstream.resume import resolve_checkpoint
 from conftest import SAMPLE, TINY_MODEL, no_timings
 from conftest import train_recording as _run
 
@@ -171,7 +172,7 @@ def test_killed_runs_resume_from_the_last_complete_checkpoint(tmp_path):
     (newest / "lmstream_complete.json").unlink(missing_ok=True)
     (newest / "optimizer.pt").write_bytes(b"\0" * 10)
     with pytest.raises(ConfigError, match="is incomplete"):
-        lt.resolve_checkpoint(lt.parse_args(_tiny(out, "--resume_from_checkpoint", str(newest)))[3])
+        resolve_checkpoint(lt.parse_args(_tiny(out, "--resume_from_checkpoint", str(newest)))[3])
     assert last_complete_checkpoint(str(out)) != str(newest)
     done = subprocess.run(_train_cmd(out, "--resume_from_checkpoint", "true"), capture_output=True, text=True, env=env,
                           timeout=300)
