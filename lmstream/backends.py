@@ -35,8 +35,19 @@ def _hf_ids(tokenizer, texts) -> list[list[int]]:
 
 
 def tokenizer_json(tokenizer) -> str | None:
+    """The tokenizer's tokenizer.json text, without truncation or padding: a call such as `tokenizer(texts,
+    truncation=True, max_length=1024)` leaves its Rust tokenizer truncating, and a backend loaded from that state
+    would cut every document silently (and its fingerprint would change with a call made earlier)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    return backend.to_str() if backend is not None else None
+    if backend is None:
+        return None
+    if backend.truncation is None and backend.padding is None:
+        return backend.to_str()
+    from tokenizers import Tokenizer
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain.to_str()
 
 
 def tokenizer_threads(workers: int = 1) -> int:

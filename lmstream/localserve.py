@@ -3,7 +3,7 @@ a remote dataset is, so that "download" and "stream" can be timed side by side w
 
     server = serve_folder(folder)
     with server as url:                       # http://127.0.0.1:PORT, until the block ends
-        ...                                   # server.bytes_sent: the body bytes sent so far
+        ...                                   # server.bytes_sent: body bytes written to clients so far
 """
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import http.server
 import os
 import re
 import threading
+import time
+
+CHUNK = 1 << 16   # bytes written (and counted) at a time
 
 
 def parse_range(header: str | None, size: int):
@@ -46,7 +49,26 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         return False
 
     def send_body(self, body: bytes) -> None:
-        self.wfile.write(body)
+        """Send in chunks, counting what was written; a client that hangs up early (it had what it needed) ends it."""
+        try:
+            for at in range(0, len(body), CHUNK):
+                chunk = body[at: at + CHUNK]
+                self.wait_for_link(len(chunk))
+                self.wfile.write(chunk)
+                with self.server.lock:
+                    self.server.bytes_sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def wait_for_link(self, nbytes: int) -> None:
+        """With a bandwidth limit, wait for this chunk's turn on the one simulated link all connections share."""
+        rate = self.server.bytes_per_s
+        if not rate:
+            return
+        with self.server.lock:
+            start = max(time.monotonic(), self.server.link_free_at)
+            self.server.link_free_at = start + nbytes / rate
+        time.sleep(max(0.0, start + nbytes / rate - time.monotonic()))
 
     def serve(self, head: bool):
         if self.answer_first(head):
@@ -70,8 +92,6 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         with open(path, "rb") as f:
             f.seek(start)
             body = f.read(end - start + 1)
-        with self.server.lock:
-            self.server.bytes_sent += len(body)
         self.send_body(body)
 
 
@@ -79,8 +99,10 @@ class LocalServer:
     """A ThreadingHTTPServer on 127.0.0.1 run in a thread for the `with` block (`handler`: a request handler class
     or factory); `requests` logs the requests a handler records."""
 
-    def __init__(self, handler):
+    def __init__(self, handler, mb_per_s: float = 0):
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.bytes_per_s = mb_per_s * 1e6   # 0: as fast as loopback goes
+        self.httpd.link_free_at = 0.0
         self.httpd.daemon_threads = True
         self.httpd.requests = []
         self.httpd.bytes_sent = 0
@@ -100,6 +122,7 @@ class LocalServer:
         self.httpd.server_close()
 
 
-def serve_folder(directory: str) -> LocalServer:
-    """A LocalServer of the files under `directory` (Range requests answered)."""
-    return LocalServer(functools.partial(RangeHandler, directory=directory))
+def serve_folder(directory: str, mb_per_s: float = 0) -> LocalServer:
+    """A LocalServer of the files under `directory` (Range requests answered); `mb_per_s` > 0 sends the bytes of all
+    connections through one link of that bandwidth, as a network would."""
+    return LocalServer(functools.partial(RangeHandler, directory=directory), mb_per_s)

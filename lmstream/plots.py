@@ -76,7 +76,8 @@ def length_histogram(lengths, marks: dict, path: str | None = None):
     import numpy as np
     lengths = np.asarray(lengths)
     fig, ax = plt.subplots(figsize=(9, 3.6))
-    bins = np.logspace(0, np.log10(max(lengths.max(), 2)) + 0.05, 40)
+    lo = max(1, min([int(lengths.min()), *marks.values()]) / 1.5)
+    bins = np.logspace(np.log10(lo), np.log10(max(lengths.max(), 2)) + 0.05, 40)
     ax.hist(lengths, bins=bins, color="#4878a8")
     ax.set_xscale("log")
     for (label, at), color in zip(marks.items(), ["#c44e52", "#dd8452", "#55a868"]):

@@ -42,7 +42,7 @@ class FaultyRangeHandler(RangeHandler):
             self.close_connection = True
             self.connection.close()
             return
-        self.wfile.write(body)
+        super().send_body(body)
 
 
 class LoggingServer(LocalServer):

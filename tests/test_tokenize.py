@@ -159,3 +159,20 @@ def test_workers_share_the_cores_without_oversubscribing(workers, monkeypatch):
     assert tokenizer_threads() == max(1, cores // 4) and tokenizer_threads(workers) == max(1, cores // (4 * workers))
     monkeypatch.setenv("LMSTREAM_TOKENIZER_THREADS", "3")
     assert tokenizer_threads(workers) == 3
+
+
+@pytest.mark.parametrize("allowed", [("fastokens", "tiktoken", "hf"), ("tiktoken", "hf"), ("hf",)])
+def test_a_tokenizer_left_truncating_by_an_earlier_call_does_not_cut_documents(allowed):
+    """`tokenizer(texts, truncation=True, max_length=N)` (the reference pipeline's call) leaves the Rust tokenizer
+    truncating: an encoder built from it afterwards must still encode whole documents, with the same fingerprint."""
+    from transformers import AutoTokenizer
+    from conftest import TINY_MODEL
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    texts = _sample_texts()[:4]
+    before = build_encoder(tok, allowed)
+    tok(texts, truncation=True, max_length=16)
+    assert tok.backend_tokenizer.truncation is not None   # the state this test is about
+    after = build_encoder(tok, allowed)
+    ids, lengths = after.encode(texts)
+    assert list(lengths) == list(before.encode(texts)[1]) and min(lengths) > 16
+    assert after.fingerprint == before.fingerprint and after.backend == before.backend
