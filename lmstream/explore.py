@@ -69,13 +69,18 @@ def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "p
     cache = os.path.join(scratch, "download-cache")
     shutil.rmtree(cache, ignore_errors=True)
     files = {"train": urls}
+    if not all(u.startswith("http://127.0.0.1:") for u in urls):
+        raise ValueError("first_document_times times a server on this machine (127.0.0.1) only.")
+    offline = datasets.config.HF_HUB_OFFLINE   # offline mode keeps off the internet; this server is on this machine
+    datasets.config.HF_HUB_OFFLINE = False
     try:
         timed("download, then read (datasets)",
               lambda: datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache)[0]["id"])
+        timed("stream (datasets)",
+              lambda: next(iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)))["id"])
     finally:
+        datasets.config.HF_HUB_OFFLINE = offline
         shutil.rmtree(cache, ignore_errors=True)
-    timed("stream (datasets)",
-          lambda: next(iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)))["id"])
     args = DataArguments(dataset_name=",".join(urls), dataset_block_size=128)
     timed("stream (lmstream, to its first block)",
           lambda: next(iter(build_pipeline(args, tokenizer)))["input_ids"][:4].tolist())
@@ -225,20 +230,20 @@ def padding_table(lengths: np.ndarray, sizes=(128, 512, 1024, 2048, 4096, 8192))
     return pd.DataFrame(rows).set_index("block size")
 
 
-def block_size_table(lengths: np.ndarray, sizes=(64, 128, 256, 512, 1024, 2048)):
-    """Per block size: blocks, tokens dropped at the end, documents cut across blocks, relative attention cost."""
+def block_size_table(lengths: np.ndarray, sizes=(64, 128, 256, 512, 1024, 2048)) -> "pd.DataFrame":
+    """Packing, per block size: blocks, tokens left at the end, documents cut across blocks, attention cost per token."""
     import pandas as pd
     lengths = np.asarray(lengths)
     total = int(lengths.sum())
     ends = np.cumsum(lengths)
+    starts = ends - lengths
     rows = []
     for L in sizes:
-        starts = ends - lengths
         split = int(np.sum(starts // L != (ends - 1) // L))
-        rows.append({"block_size": L, "blocks": total // L, "tokens_dropped": total % L,
-                     "docs_split_across_blocks": split / len(lengths),
-                     "attention_cost_per_token (rel.)": L / sizes[0]})
-    return pd.DataFrame(rows)
+        rows.append({"block size": L, "blocks": total // L, "tokens left at the end": total % L,
+                     "documents cut across blocks (%)": round(100 * split / len(lengths), 1),
+                     "attention cost per token (x)": L / sizes[0]})
+    return pd.DataFrame(rows).set_index("block size")
 
 
 def decode_with_boundaries(block, tokenizer, eos_mark: str = " ⟨EOS⟩\n\n") -> str:

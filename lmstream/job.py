@@ -8,6 +8,7 @@ them, and the module's argument parser checks every value, so a typo fails with 
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import types
@@ -19,6 +20,7 @@ from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 
 # names IPython puts in a notebook's namespace, besides those starting with "_"
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+INJECTED_MARK = "# Parameters"   # the first line of the cell papermill injects
 # parameters of the notebook that are not training arguments
 NOTEBOOK_ONLY = {"num_processes", "extra_args", "sample_prompt", "sample_max_new_tokens"}
 
@@ -37,6 +39,19 @@ class Job:
         return self.params["output_dir"]
 
 
+def injected_names(namespace: dict) -> list[str]:
+    """The names papermill injected: those its "# Parameters" cell assigns (the latest one in the kernel's input
+    history), so that a kernel's own variables ("Run all" a second time) are not taken for parameters. Outside
+    IPython: every plain value of the namespace."""
+    history = namespace.get("In")
+    if not isinstance(history, list):
+        return [k for k, v in namespace.items() if not k.startswith("_") and k not in _IPYTHON_NAMES
+                and not callable(v) and not isinstance(v, types.ModuleType)]
+    cell = next((src for src in reversed(history) if src.lstrip().startswith(INJECTED_MARK)), "")
+    tree = ast.parse(cell)
+    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+
+
 def notebook_parameters(namespace: dict, demo: str = None) -> dict:
     """The parameters a notebook declared (annotated names of its `parameters` cell) with their values.
 
@@ -45,8 +60,7 @@ def notebook_parameters(namespace: dict, demo: str = None) -> dict:
     output_dir, the notebook's demo folder `demo` (runs/notebook-demo), replaced each time.
     """
     declared = list(namespace.get("__annotations__", {}))
-    unknown = sorted(k for k, v in namespace.items() if not k.startswith("_") and k not in declared
-                     and k not in _IPYTHON_NAMES and not callable(v) and not isinstance(v, types.ModuleType))
+    unknown = sorted(set(injected_names(namespace)) - set(declared))
     if unknown:
         raise ConfigError(f"Unknown notebook parameter(s) {', '.join(unknown)}: the parameters are "
                           f"{', '.join(declared)}.")
