@@ -10,7 +10,7 @@ import time
 
 from .config import DataArguments
 from .data import build_pipeline
-from .reference import group_texts, tokenize_function
+from .reference import reference_loader
 from .loader import build_loader
 from .pipeline import plan_dataset
 from .tokenize import build_encoder
@@ -44,15 +44,9 @@ def _epoch_rate(args, tokenizer, batch: int, workers: int, repeats: int) -> tupl
 
 
 def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, workers: int) -> int:
-    """The reference script's pipeline: datasets streaming, map(tokenize, truncation), map(group_texts)."""
-    import datasets
-    import torch
+    """Tokens of one epoch through the reference script's pipeline (lmstream.reference)."""
     files = [s.url for s in plan_dataset(args).shards]
-    stream = datasets.load_dataset("parquet", data_files={"train": files}, split="train", streaming=True)
-    cols = list(stream.features or [args.dataset_text_field])
-    tok = stream.map(tokenize_function(tokenizer, block, args.dataset_text_field), batched=True, remove_columns=cols)
-    grouped = tok.map(group_texts(block), batched=True)
-    loader = torch.utils.data.DataLoader(grouped.with_format("torch"), batch_size=batch, num_workers=workers)
+    loader = reference_loader(files, args.dataset_text_field, tokenizer, block, batch, workers)
     return sum(int(b["input_ids"].numel()) for b in loader)
 
 

@@ -158,17 +158,32 @@ def first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: st
     return time.perf_counter() - t0
 
 
+def reference_skip(args, tokenizer, batch: int, workers: int, k: int) -> float:
+    """Seconds to the first batch after skipping k batches of the reference script's pipeline, as the Trainer
+    resumes it (accelerate's skip_first_batches: every skipped batch is read, tokenized and grouped)."""
+    from accelerate import skip_first_batches
+    from .reference import reference_loader
+    files = [s.url for s in plan_of(args).shards]
+    t0 = time.perf_counter()
+    loader = reference_loader(files, args.dataset_text_field, tokenizer, args.dataset_block_size, batch, workers)
+    next(iter(skip_first_batches(loader, k)))
+    return time.perf_counter() - t0
+
+
 def resume_cost_table(args, tokenizer, batch: int, workers: int, points=(10, 100, 400)) -> "pd.DataFrame":
-    """Seconds to the next batch when resuming after k batches: the Trainer's default (read and tokenize the k
-    batches again, then skip them) against lmstream's saved position, for each k in `points`."""
+    """Seconds to the next batch when resuming after k batches, for each k in `points`: the Trainer's default skip
+    (read and tokenize the k batches again, then throw them away) through the reference script's pipeline and
+    through lmstream's, against lmstream's saved position."""
     import pandas as pd
     rows = []
     for k in points:
+        ref = reference_skip(args, tokenizer, batch, workers, k)
         skip = first_batch_after(args, tokenizer, batch, workers, k, "skip")
         exact = first_batch_after(args, tokenizer, batch, workers, k, "exact")
         rows.append({"resume after (batches)": k, "tokens already trained on": k * batch * args.dataset_block_size,
-                     "Trainer skip (s)": round(skip, 3), "lmstream position (s)": round(exact, 3),
-                     "skip / lmstream": round(skip / exact, 1)})
+                     "Trainer skip, reference pipeline (s)": round(ref, 2), "Trainer skip, lmstream pipeline (s)":
+                     round(skip, 2), "lmstream position (s)": round(exact, 2),
+                     "reference skip / position": round(ref / exact, 1)})
     return pd.DataFrame(rows).set_index("resume after (batches)")
 
 

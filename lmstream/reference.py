@@ -3,6 +3,7 @@ functions are written there, so that the notebooks show it and the benchmark mea
 
     tokenized = stream.map(tokenize_function(tokenizer, 1024), batched=True, remove_columns=columns)
     blocks = tokenized.map(group_texts(1024), batched=True)
+    loader = reference_loader(parquet_files, "text", tokenizer, 1024, batch_size=8, num_workers=8)   # all of it
 
 Two things lose tokens here: `truncation=True` keeps the first `max_length` tokens of each document, and
 `group_texts` drops what is left of each `map` batch (1,000 documents by default) after its last whole block.
@@ -31,3 +32,15 @@ def group_texts(block_size: int):
         result["labels"] = result["input_ids"].copy()
         return result
     return group
+
+
+def reference_loader(files: list[str], text_column: str, tokenizer, block_size: int, batch_size: int, num_workers: int):
+    """The reference script's whole streaming pipeline over Parquet `files`: datasets streaming, map(tokenize,
+    truncation), map(group_texts), a torch DataLoader."""
+    import datasets
+    import torch
+    stream = datasets.load_dataset("parquet", data_files={"train": list(files)}, split="train", streaming=True)
+    columns = list(stream.features or [text_column])
+    tokenized = stream.map(tokenize_function(tokenizer, block_size, text_column), batched=True, remove_columns=columns)
+    blocks = tokenized.map(group_texts(block_size), batched=True)
+    return torch.utils.data.DataLoader(blocks.with_format("torch"), batch_size=batch_size, num_workers=num_workers)

@@ -97,7 +97,7 @@ def test_resume_notebook_run_all_twice(tmp_path):
         assert "batch 5 after the resume equals batch 5 of the uninterrupted stream: True" in text
         assert "steps 5-8: identical losses: True" in text
         assert "every token of every document once, trained or dropped at the end: True" in text
-        assert "Trainer skip (s)" in text
+        assert "Trainer skip, reference pipeline (s)" in text and "reference skip / position" in text
     assert (tmp_path / "runs" / "resume-demo" / "resume_losses.png").stat().st_size > 5000
 
 
@@ -146,3 +146,15 @@ def test_console_entry_point_takes_the_seed_flags(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(out) is not None
     bad = subprocess.run([sys.executable, "-m", "lmstream.cli", *flags, "--max_stepz", "3"], capture_output=True, text=True)
     assert bad.returncode == 2 and "max_stepz" in bad.stderr
+
+
+def test_training_notebook_launches_processes_and_each_writes_its_position(tmp_path):
+    """num_processes 2: the notebook shows rank 0's model and data, and fit() launches 2 processes (notebook_launcher,
+    CPU here) that train together; each rank saves its data position."""
+    out = tmp_path / "run"
+    nb = _run("03_training.ipynb", tmp_path / "report.ipynb", output_dir=str(out), num_processes=2, use_cpu=True,
+              **TINY_TRAIN)
+    text = _text(nb)
+    assert "rank 0 of 2" in text and "lmstream: run   2 process(es)" in text
+    assert {p.name for p in (out / "checkpoint-6" / "lmstream_data").iterdir()} >= {"rank-0.json", "rank-1.json"}
+    assert json.loads((out / "all_results.json").read_text())["eval_perplexity"] > 1
