@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import os
 import sys
 
@@ -152,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     report = report_path(output_dir)
     print(f"lmstream: running the training notebook; its report: {report}", flush=True)
     forwarded = _forward_signals_to_kernel()
+    # the kernel's sockets closing at shutdown can make tornado log "Uncaught exception in ZMQStream callback" (a
+    # race in the client, harmless); it would land before lmstream's one sentence on a failed run
+    logging.getLogger("tornado").setLevel(logging.CRITICAL)
     try:
         pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
                             stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd(),

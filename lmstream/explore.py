@@ -132,16 +132,22 @@ _WHAT = {"model.safetensors": "the weights", "optimizer.pt": "AdamW's moments", 
          "lmstream_complete.json": "lmstream: written last, so a checkpoint cut short is never resumed"}
 
 
+def state_after(args, tokenizer, batch: int, workers: int, k: int) -> dict:
+    """The loader state of a fresh stream after k batches (as a checkpoint at that step would hold it)."""
+    loader = build_loader(build_pipeline(args, tokenizer), batch, workers)
+    it = iter(loader)
+    for _ in range(k):
+        next(it)
+    state = loader.state_dict()
+    del it
+    return state
+
+
 def first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
     """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state ("exact"),
     the same state on one worker fewer or one more ("elastic"), or the Trainer's skip ("skip")."""
     from accelerate import skip_first_batches
-    run = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    it = iter(run)
-    for _ in range(k):
-        next(it)
-    state = run.state_dict()
-    del it
+    state = state_after(args, tokenizer, batch, workers, k)
     t0 = time.perf_counter()
     if how == "elastic":
         ds = build_pipeline(args, tokenizer)
@@ -198,12 +204,7 @@ def elastic_accounting(args, tokenizer, batch: int, stop_after: int, workers: in
     whole = build_loader(build_pipeline(args, tokenizer), batch, workers)
     for _ in whole:
         pass
-    loader = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    it = iter(loader)
-    for _ in range(stop_after):
-        next(it)
-    saved = loader.state_dict()
-    del it
+    saved = state_after(args, tokenizer, batch, workers, stop_after)
     rest = build_pipeline(args, tokenizer)
     rest.resume_elastic([saved], 0)   # 0: the rest of the epoch read in this process, by one reader
     for _ in rest:

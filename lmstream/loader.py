@@ -69,6 +69,9 @@ class _TimedIterator:
         try:
             batch = next(self.it)
             return batch.tensors() if isinstance(batch, ArrayBatch) else batch
+        except StopIteration:
+            self.loader.publish_final_states(self.it)
+            raise
         except ConfigError as err:
             raise own_message(err) from None
         finally:
@@ -96,7 +99,8 @@ class BlockLoader(StatefulDataLoader):
     """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits.
 
     The one adapter to torchdata's privates: a new iterator's workers must start where the last iterator's stood,
-    and torchdata has no public hook for it, so `__iter__` reads `_iterator` and `_initial_iter_for_state_dict`."""
+    and torchdata has no public hook for it, so `__iter__` reads `_iterator` and `_initial_iter_for_state_dict`;
+    and the workers' final states must reach state_dict() (`publish_final_states`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,6 +114,16 @@ class BlockLoader(StatefulDataLoader):
             # yielded) with their counters, as a re-iterated in-process stream continues
             self.dataset.carry_over(done.state_dict())
         return _TimedIterator(super().__iter__(), self)
+
+    def publish_final_states(self, it) -> None:
+        """At the end of the data, make the workers' last states (sent with their end-of-data signal) part of
+        state_dict(). torchdata refreshes its snapshot only when it yields a batch, so the state of a worker that
+        ends after the last batch (always, with one worker) was left out: its epoch's end, its dropped remainder."""
+        snap, workers = getattr(it, "_snapshot", None), getattr(it, "_worker_snapshots", None)
+        if not snap or not workers or it._num_yielded != snap[it._SNAPSHOT_STEP]:
+            return   # in-process, or a snapshot that is not of the last batch: nothing to refresh safely
+        it._update_snapshot(snap[it._SNAPSHOT_STEP], snap[it._LAST_YIELDED_WORKER_ID], it._num_workers,
+                            snap[it._MAIN_SNAPSHOT], workers)
 
     def __len__(self) -> int:
         """Batches per epoch of a sized stream (max_train_samples): each worker's samples in batches."""

@@ -102,3 +102,19 @@ def test_a_new_iterator_continues_where_the_workers_stood(corpus, tmp_path, toke
         it = iter(twice)
         parts += [tuple(next(it)["input_ids"].flatten().tolist()) for _ in range(3)]
     assert len(set(parts)) == 6 and set(parts) <= set(straight)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_a_drained_loader_accounts_for_every_token_of_the_epoch(tokenizer, workers):
+    """After the last batch, the loader's state holds each reader's end of epoch: tokens trained plus the remainders
+    dropped add up to every token of every document (with one worker, the final state used to be left out)."""
+    from conftest import SAMPLE
+    args = lmstream.DataArguments(dataset_name=SAMPLE, dataset_config_name="python-docs", dataset_block_size=128,
+                                  dataset_cycle=False, dataset_shuffle=False)
+    plan = lmstream.plan_dataset(args)
+    from lmstream.documents import iter_documents
+    every = int(lmstream.build_encoder(tokenizer).encode(list(iter_documents(plan, args, shuffle=False)))[1].sum())
+    loader = lmstream.build_loader(lmstream.build_pipeline(args, tokenizer), batch_size=4, num_workers=workers)
+    trained = sum(int(b["input_ids"].numel()) for b in loader)
+    stats = lmstream.merge_stats(loader.state_dict())
+    assert stats["tokens"] == trained and stats["tokens"] + stats["tokens_dropped"] == every
