@@ -16,6 +16,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import backends
 from .errors import ConfigError
+from .longtext import warm_up
 from .stopping import ignore_signals_in_worker, kill_workers_at_exit
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
@@ -113,6 +114,8 @@ class BlockLoader(StatefulDataLoader):
             # a new iterator has new worker processes: hand them where the last ones stood (the last batch
             # yielded) with their counters, as a re-iterated in-process stream continues
             self.dataset.carry_over(done.state_dict())
+        if self.num_workers > 0:
+            warm_up()   # before the workers fork: they inherit what the first read imports
         return _TimedIterator(super().__iter__(), self)
 
     def publish_final_states(self, it) -> None:

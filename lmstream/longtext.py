@@ -52,6 +52,12 @@ class LongText:
         return self.array[0].as_py()
 
 
+def warm_up() -> None:
+    """Make pyarrow's first compute call here: it imports pandas (a few tenths of a second), and a DataLoader
+    worker forked after this inherits the import instead of paying it again at every new iterator."""
+    pc.binary_length(pa.array([""]))
+
+
 def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> list:
     """Python values of a string column, with documents above `limit` bytes as LongText."""
     limit = LONG_DOC_BYTES if limit is None else limit
