@@ -17,7 +17,7 @@ from . import backends
 from .config import DataArguments, RunArguments
 from .errors import ConfigError
 from .mixture import build_mixture
-from .pipeline import build_stream, plan_dataset, resolve_block_size
+from .pipeline import StreamingBlocks, build_stream, plan_dataset, resolve_block_size
 from .planfile import shared_plan
 
 log = logging.getLogger("lmstream")
@@ -39,34 +39,62 @@ STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8
 
 def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot: int, n_slots: int,
                 path: str) -> int:
-    """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time (the blocks
-    of one batch are one array per column: no per-row conversion); returns the number of blocks."""
+    """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time; returns the
+    number of blocks. Packed blocks are cut from the epoch's ids with one reshape per tokenizer batch (the very
+    blocks the stream yields, without a Python object per block); padded samples go one by one."""
     import dataclasses
 
-    import numpy as np
     import pyarrow as pa
     one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
-    rows, writer, count = [], None, 0
-
-    def flush():
-        nonlocal writer
-        cols = {k: np.stack([r[k] for r in rows]).astype(STORED_TYPES.get(k, "int64")) for k in rows[0]}
-        width = next(iter(cols.values())).shape[1]
-        offsets = pa.array(np.arange(0, len(rows) * width + 1, width, dtype=np.int32))
-        batch = pa.record_batch({k: pa.ListArray.from_arrays(offsets, pa.array(v.reshape(-1))) for k, v in cols.items()})
+    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots)
+    packed = args.dataset_group_text and isinstance(ds, StreamingBlocks)   # a mixture goes sample by sample
+    chunks = _packed_chunks(ds.reader.epoch_ids(slot, n_slots), block_size) if packed else _sample_chunks(ds)
+    writer, count = None, 0
+    for cols in chunks:
+        batch = _record_batch(cols)
         writer = writer or pa.ipc.new_stream(path, batch.schema)
         writer.write_batch(batch)
-        rows.clear()
-    for sample in build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots):
-        rows.append({k: v.numpy() for k, v in sample.items()})
-        count += 1
-        if len(rows) == ROWS_PER_WRITE:
-            flush()
-    if rows:
-        flush()
+        count += batch.num_rows
     if writer is not None:
         writer.close()
     return count
+
+
+def _packed_chunks(id_arrays, block_size: int):
+    """{"input_ids", "labels"} 2-D arrays of consecutive blocks from a sequence of id arrays, the remainder carried
+    into the next array and dropped at the end (as the packer does)."""
+    import numpy as np
+    carry = np.empty(0, dtype=np.int32)
+    for ids in id_arrays:
+        ids = np.concatenate([carry, ids]) if len(carry) else ids
+        n = len(ids) // block_size
+        if n:
+            blocks = ids[: n * block_size].reshape(n, block_size)
+            yield {"input_ids": blocks, "labels": blocks}
+        carry = ids[n * block_size:]
+
+
+def _sample_chunks(ds):
+    """Samples of a stream (padded documents), ROWS_PER_WRITE at a time, as 2-D arrays per column."""
+    import numpy as np
+    rows = []
+    for sample in ds:
+        rows.append({k: v.numpy() for k, v in sample.items()})
+        if len(rows) == ROWS_PER_WRITE:
+            yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+            rows = []
+    if rows:
+        yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _record_batch(cols: dict):
+    """An Arrow record batch of list columns (the saved blocks' types) from 2-D arrays: no per-row conversion."""
+    import numpy as np
+    import pyarrow as pa
+    rows, width = next(iter(cols.values())).shape
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    return pa.record_batch({k: pa.ListArray.from_arrays(offsets, pa.array(v.astype(STORED_TYPES.get(k, "int64")).reshape(-1)))
+                            for k, v in cols.items()})
 
 
 def _one_torch_thread() -> None:

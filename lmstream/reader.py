@@ -52,6 +52,19 @@ class Reader:
         return DocumentStream(self.plan, self.args, self.seed, slot, n_slots, split=self.split,
                               shuffle=self.split == "train")
 
+    def epoch_ids(self, slot: int, n_slots: int, epoch: int = 0, batch_bytes: int = 1 << 26):
+        """The token ids (EOS after each document) of reader `slot`'s epoch from its start, in the order its samples
+        would carry them, as int32 arrays of whole tokenizer batches: for writing the epoch's blocks at once
+        (lmstream.prepare), with no per-block position kept."""
+        stream = self.documents(slot, n_slots)
+        for window in stream.windows(epoch, 0, (0, 0)):
+            batches = tokenizer_batches(window.nbytes, 0, len(window.docs) or 1, batch_bytes)
+            for b0, b1 in long_text_runs(window.docs, batches):
+                if isinstance(window.docs[b0], LongText):
+                    yield from (ids for ids, _ in self.encoder.encode_parts(window.docs[b0]))
+                else:
+                    yield self.encoder.encode(window.docs[b0:b1])[0]
+
     def samples(self, state: ReaderState):
         """(sample, position after it) from `state` on; a sample None publishes the end of an epoch."""
         stream = self.documents(state.who.slot, state.who.n_slots)

@@ -175,3 +175,26 @@ def test_very_long_documents_stream_in_parts_and_resume_exactly(tmp_path, tokeni
             fresh = lmstream.build_pipeline(args, tokenizer)
             fresh.load_state_dict(states[k])
             assert torch.equal(next(iter(fresh))["input_ids"], whole[k + 1]), k
+
+
+@pytest.mark.parametrize("group", [True, False])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeypatch, group, processes):
+    """`dataset_streaming false` and lmstream.prepare write, per reader, the very blocks its stream yields (packed
+    blocks cut from whole tokenizer batches at once), long documents in parts included."""
+    import lmstream.longtext as LT
+    import lmstream.tokenize as T
+    from lmstream.data import materialize
+    docs = make_docs(60, seed=5)
+    docs[9] = " ".join(docs[:30]) * 3 + " 東京 🤗 tail"
+    write_parquet(tmp_path / "pq", docs, shards=3, rows_per_group=7)
+    monkeypatch.setattr(LT, "LONG_DOC_BYTES", 5000)
+    monkeypatch.setattr(T, "CHUNK_CHARS", 2000)
+    args = _args(str(tmp_path / "pq"), dataset_group_text=group, dataset_max_seq_length=48 if not group else None,
+                 dataset_shuffle_buffer=9)
+    ds = materialize(args, tokenizer, seed=4, processes=processes)
+    stream = [b for slot in range(processes) for b in lmstream.build_pipeline(
+        dataclasses.replace(args, dataset_cycle=False), tokenizer, seed=4, rank=slot, world_size=processes)]
+    assert len(stream) > 10 and sorted(ds.column_names) == sorted(stream[0])
+    for column in ds.column_names:
+        assert ds[column] == [b[column].tolist() for b in stream], column
