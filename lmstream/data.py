@@ -61,8 +61,9 @@ def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot
 
 
 def _packed_chunks(id_arrays, block_size: int):
-    """{"input_ids", "labels"} 2-D arrays of consecutive blocks from a sequence of id arrays, the remainder carried
-    into the next array and dropped at the end (as the packer does)."""
+    """{"input_ids"} 2-D arrays of consecutive blocks from a sequence of id arrays, the remainder carried into the
+    next array and dropped at the end (as the packer does). Packed blocks are stored without labels, which would
+    only repeat input_ids at twice the width: `collate_blocks` makes them when batches are formed."""
     import numpy as np
     carry = np.empty(0, dtype=np.int32)
     for ids in id_arrays:
@@ -70,7 +71,7 @@ def _packed_chunks(id_arrays, block_size: int):
         n = len(ids) // block_size
         if n:
             blocks = ids[: n * block_size].reshape(n, block_size)
-            yield {"input_ids": blocks, "labels": blocks}
+            yield {"input_ids": blocks}
         carry = ids[n * block_size:]
 
 
@@ -93,8 +94,8 @@ def _record_batch(cols: dict):
     import pyarrow as pa
     rows, width = next(iter(cols.values())).shape
     offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
-    return pa.record_batch({k: pa.ListArray.from_arrays(offsets, pa.array(v.astype(STORED_TYPES.get(k, "int64")).reshape(-1)))
-                            for k, v in cols.items()})
+    return pa.record_batch({k: pa.ListArray.from_arrays(offsets, pa.array(
+        v.astype(STORED_TYPES.get(k, "int64"), copy=False).reshape(-1))) for k, v in cols.items()})
 
 
 def _one_torch_thread() -> None:

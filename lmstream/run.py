@@ -23,7 +23,7 @@ import shutil
 import time
 
 import transformers
-from transformers import default_data_collator, set_seed
+from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .arguments import check_training_numbers
@@ -36,7 +36,7 @@ from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resu
 from .resume import check_output_dir, pinned_plan, resolve_checkpoint
 from .runlock import output_lock
 from .stopping import StopAtStepBoundary, stop_on_signals
-from .trainer import StreamingTrainer, is_stream, place_loader
+from .trainer import StreamingTrainer, collate_blocks, is_stream, place_loader
 
 log = logging.getLogger("lmstream")
 TRAINER_LOG = logging.getLogger("transformers.trainer")
@@ -164,7 +164,7 @@ class Run:
         run's workers: the run's own stream does not move."""
         a, ds = self.training_args, copy.deepcopy(self.train_dataset)
         if not is_stream(ds):
-            return default_data_collator([ds[i] for i in range(min(a.per_device_train_batch_size, len(ds)))])
+            return collate_blocks([ds[i] for i in range(min(a.per_device_train_batch_size, len(ds)))])
         loader = build_loader(ds, a.per_device_train_batch_size, a.dataloader_num_workers)
         place_loader(loader, ds, self.data_states, *self.rank_and_world, a.dataloader_num_workers)
         return next(iter(loader))
@@ -176,7 +176,7 @@ class Run:
             return None
         t = StreamingTrainer(model=self.model, args=self.training_args, train_dataset=self.train_dataset,
                              eval_dataset=self.eval_dataset, processing_class=self.tokenizer,
-                             data_collator=default_data_collator, data_states=self.data_states,
+                             data_collator=collate_blocks, data_states=self.data_states,
                              callbacks=[TerminalProgress(), *self.callbacks])
         t.remove_callback(PrinterCallback)   # raw log dicts: TerminalProgress prints them readably
         if t.pop_callback(ProgressCallback) is not None:

@@ -41,6 +41,15 @@ def is_stream(ds) -> bool:
     return isinstance(ds, (StreamingBlocks, MixtureBlocks))
 
 
+def collate_blocks(features: list[dict]) -> dict:
+    """The Trainer's default collation, with labels = input_ids for blocks stored without them (packed blocks saved
+    by lmstream.prepare or materialized for `dataset_streaming false`)."""
+    batch = default_data_collator(features)
+    if "labels" not in batch and "input_ids" in batch:
+        batch["labels"] = batch["input_ids"].to(torch.int64, copy=True)
+    return batch
+
+
 def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, world_size: int, num_workers: int) -> None:
     """Put a fresh loader of `dataset` where a checkpoint's data states stood: the exact position with the same
     number of processes and workers, else an elastic resume."""
@@ -151,7 +160,7 @@ class StreamingTrainer(Trainer):
         was_training = model.training
         model.eval()
         loader = torch.utils.data.DataLoader(data, batch_size=self.args.per_device_eval_batch_size,
-                                             collate_fn=default_data_collator)
+                                             collate_fn=collate_blocks)
         sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)
         with torch.no_grad():
             for batch in loader:

@@ -215,7 +215,8 @@ def test_a_full_disk_during_the_final_save_leaves_no_partial_file(tmp_path, monk
             raise OSError(errno.ENOSPC, "No space left on device", os.path.join(folder, "tokenizer.json"))
         tok.save_pretrained = full_disk
         return model, tok
-    monkeypatch.setattr(lt, "load_model_and_tokenizer", load)
+    import lmstream.run
+    monkeypatch.setattr(lmstream.run, "load_model_and_tokenizer", load)
     out = tmp_path / "run"
     assert lt.main(_tiny(out, steps=2)) == 2
     err = capsys.readouterr().err
