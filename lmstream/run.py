@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import os
+import pathlib
 import shutil
 import time
 
@@ -89,14 +90,21 @@ class Run:
         self.model = self.tokenizer = self.train_dataset = self.eval_dataset = self.data_states = self.trainer = None
         self.metrics: dict = {}
         self._locks = contextlib.ExitStack()
-        check_training_numbers(training_args)
-        if not (training_args.do_train or training_args.do_eval):
+        self.checkpoint = self._start()
+
+    @step
+    def _start(self) -> str | None:
+        """The checks before anything is written, the checkpoint to resume (or None), the output folder's lock."""
+        a = self.training_args
+        check_training_numbers(a)
+        if not (a.do_train or a.do_eval):
             raise ConfigError("Neither do_train nor do_eval is set, so the run would do nothing: pass --do_train "
                               "true (and --do_eval true to evaluate).")
-        self.checkpoint = resolve_checkpoint(training_args) if training_args.do_train else None
-        check_output_dir(training_args, run_args, self.checkpoint)
-        if training_args.do_train and launch == 1 and training_args.process_index == 0:
-            self._locks.enter_context(output_lock(training_args.output_dir))
+        checkpoint = resolve_checkpoint(a) if a.do_train else None
+        check_output_dir(a, self.run_args, checkpoint)
+        if a.do_train and self.launch == 1 and a.process_index == 0:
+            self._locks.enter_context(output_lock(a.output_dir))
+        return checkpoint
 
     def close(self) -> None:
         """Let go of the output folder's lock (done by `fit`, or by a step that failed)."""
@@ -105,7 +113,7 @@ class Run:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc):   # the lock is let go however the run ends
         self.close()
 
     @property
@@ -272,12 +280,9 @@ def train_argv(argv: list[str]) -> dict:
 
 
 def read_metrics(output_dir: str) -> dict:
-    """The metrics a finished run wrote (all_results.json)."""
+    """The metrics a finished run wrote (all_results.json; {} if none)."""
     path = os.path.join(output_dir, "all_results.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(pathlib.Path(path).read_text()) if os.path.exists(path) else {}
 
 
 def save_final(trainer, output_dir: str) -> None:
