@@ -11,6 +11,7 @@ DeepSeek-style, ...; flat NumPy output), else tiktoken for GPT-2-style BPEs, els
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import logging
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 CHUNK_CHARS = 1 << 20   # documents longer than this are encoded in pieces (GPT-2-style tokenizers)
 _SAFE_CUT = None
 BACKENDS = ("fastokens", "tiktoken", "hf")   # fastest first; each used only where it is identical to HF
+_CHOSEN: dict = {}   # (tokenizer JSON digest, class, special tokens, allowed) -> the backends chosen, this process
 
 
 def _safe_cut(text: str, at: int, window: int = 1 << 16) -> int:
@@ -44,7 +46,6 @@ def tokenizer_fingerprint(tokenizer, spec: dict | None = None) -> str:
     """16 hex digits over what decides the ids: vocabulary, merges, normalizer, pre-tokenizer, post-processor,
     added and special tokens (not padding or truncation settings, not the folder it was loaded from).
     `spec`: the tokenizer's parsed JSON when already at hand."""
-    import hashlib
     if spec is None:
         text = backends.tokenizer_json(tokenizer)
         spec = json.loads(text) if text is not None else None
@@ -68,22 +69,32 @@ class Encoder:
             raise ConfigError(f"Tokenizer '{tokenizer.name_or_path}' has no eos_token: set one "
                               "(tokenizer.eos_token = ...) so documents can be separated.")
         self.tokenizer, self.allowed = tokenizer, tuple(allowed)
-        spec = self._load()
+        self._load()
         self.vocab_size = len(tokenizer)
-        self.fingerprint = tokenizer_fingerprint(tokenizer, spec)
 
-    def _load(self) -> dict | None:
-        """Choose the backend (the tokenizer's JSON read and parsed once); return the parsed JSON."""
+    def _load(self) -> None:
+        """Choose the backend and fingerprint the tokenizer: once per process for the same tokenizer content (the
+        train and eval streams, a mixture's sources and copies of a stream share the choice and its self-check)."""
         text = backends.tokenizer_json(self.tokenizer)
+        key = None if text is None else (hashlib.sha256(text.encode()).hexdigest(), type(self.tokenizer).__name__,
+                                         repr(sorted(self.tokenizer.special_tokens_map.items())), self.allowed)
+        if key not in _CHOSEN:
+            _CHOSEN[key] = self._choose(text)
+        self.fast, self.tiktoken, self.backend, self.cuttable, self.fingerprint = _CHOSEN[key]
+        if key is None:
+            _CHOSEN.pop(key)   # a slow tokenizer: nothing to key it by, chosen again each time
+
+    def _choose(self, text: str | None) -> tuple:
+        """(fastokens, tiktoken, backend name, cuttable, fingerprint), the tokenizer's JSON parsed once."""
         spec = json.loads(text) if text is not None else None
-        self.fast = backends.fastokens_backend(self.tokenizer, text) if "fastokens" in self.allowed else None
-        self.tiktoken = None
-        if self.fast is None and "tiktoken" in self.allowed:
-            self.tiktoken = backends.tiktoken_backend(self.tokenizer, spec or {})
-        self.backend = "fastokens" if self.fast is not None else "tiktoken" if self.tiktoken is not None else "hf"
+        fast = backends.fastokens_backend(self.tokenizer, text) if "fastokens" in self.allowed else None
+        tik = None
+        if fast is None and "tiktoken" in self.allowed:
+            tik = backends.tiktoken_backend(self.tokenizer, spec or {})
+        backend = "fastokens" if fast is not None else "tiktoken" if tik is not None else "hf"
         # a GPT-2-style text can be cut where its pre-tokenizer splits anyway (long documents, in pieces)
-        self.cuttable = self.backend != "hf" and spec is not None and backends.is_gpt2_style(spec)
-        return spec
+        cuttable = backend != "hf" and spec is not None and backends.is_gpt2_style(spec)
+        return fast, tik, backend, cuttable, tokenizer_fingerprint(self.tokenizer, spec)
 
     def __getstate__(self):   # the Rust objects don't pickle: rebuilt (and checked again) in the worker
         state = dict(self.__dict__)

@@ -176,3 +176,22 @@ def test_a_tokenizer_left_truncating_by_an_earlier_call_does_not_cut_documents(a
     ids, lengths = after.encode(texts)
     assert list(lengths) == list(before.encode(texts)[1]) and min(lengths) > 16
     assert after.fingerprint == before.fingerprint and after.backend == before.backend
+
+
+def test_the_backend_is_chosen_once_per_tokenizer_content(tokenizer, monkeypatch):
+    """The train and eval streams, a mixture's sources and copies of a stream (a pickled or deep-copied encoder)
+    share one choice and self-check per process; another tokenizer content is chosen anew."""
+    import copy
+    import lmstream.backends as B
+    import lmstream.tokenize as T
+    monkeypatch.setattr(T, "_CHOSEN", {})
+    calls = []
+    real = B.fastokens_backend
+    monkeypatch.setattr(B, "fastokens_backend", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first, second = build_encoder(tokenizer), build_encoder(tokenizer)
+    copied = copy.deepcopy(first)
+    assert len(calls) == 1 and first.fingerprint == second.fingerprint == copied.fingerprint
+    assert copied.backend == first.backend and copied.encode_lists(CHECK_TEXTS) == first.encode_lists(CHECK_TEXTS)
+    other = copy.deepcopy(tokenizer)
+    other.add_special_tokens({"additional_special_tokens": ["<|mine|>"]})
+    assert build_encoder(other).fingerprint != first.fingerprint and len(calls) == 2
