@@ -158,3 +158,14 @@ def test_training_notebook_launches_processes_and_each_writes_its_position(tmp_p
     assert "rank 0 of 2" in text and "lmstream: run   2 process(es)" in text
     assert {p.name for p in (out / "checkpoint-6" / "lmstream_data").iterdir()} >= {"rank-0.json", "rank-1.json"}
     assert json.loads((out / "all_results.json").read_text())["eval_perplexity"] > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_every_notebook_runs_on_its_defaults(tmp_path, name):
+    """What a learner gets from "Run all" on a fresh checkout: the defaults (bundled sample, tiny model, the local
+    copies 01 and 04 build) run offline to the end."""
+    nb = pm.execute_notebook(os.path.join(NOTEBOOKS, name), str(tmp_path / name), kernel_name="python3",
+                             progress_bar=False, cwd=str(tmp_path))
+    assert all(o.get("output_type") != "error" for c in nb.cells for o in c.get("outputs", []))
+    assert any((tmp_path / "runs").rglob("*.png"))   # each notebook saves its figure into its folder
