@@ -105,6 +105,9 @@ class Encoder:
         self.__dict__.update(state)
         self._load()
 
+    def __deepcopy__(self, memo):   # set once in __init__, never changed: a copied stream shares its encoder
+        return self
+
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text as lists (no EOS added): for checks and small inputs."""
         if self.fast is not None:
