@@ -18,6 +18,7 @@ from .config import DataArguments
 from .data import build_pipeline
 from .documents import DocumentStream, iter_documents
 from .loader import build_loader
+from .pipeline import plan_dataset
 from .plan import Plan
 from .state import merge_stats, reader_states
 
@@ -32,11 +33,13 @@ def local_copy(args: DataArguments, folder: str, size_mb: int, shards: int = 4, 
     wish = {"source": args.dataset_name, "config": args.dataset_config_name, "size_mb": size_mb, "shards": shards}
     mark = os.path.join(folder, DEMO_MARK)
     names = [os.path.join(folder, f"part-{i:03d}.parquet") for i in range(shards)]
-    if os.path.exists(mark) and json.load(open(mark)) == wish and all(map(os.path.exists, names)):
-        return names
+    if os.path.exists(mark) and all(map(os.path.exists, names)):
+        with open(mark) as f:
+            if json.load(f) == wish:
+                return names
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
-    texts = list(iter_documents(plan_of(args), args, shuffle=False))
+    texts = list(iter_documents(plan_dataset(args), args, shuffle=False))
     per_shard = size_mb * 1e6 / shards
     copies = max(1, int(per_shard // sum(len(t.encode()) for t in texts)))
     for i, name in enumerate(names):
@@ -46,11 +49,6 @@ def local_copy(args: DataArguments, folder: str, size_mb: int, shards: int = 4, 
     with open(mark, "w") as f:
         json.dump(wish, f)
     return names
-
-
-def plan_of(args: DataArguments) -> Plan:
-    from .pipeline import plan_dataset
-    return plan_dataset(args)
 
 
 def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "pd.DataFrame":
@@ -88,7 +86,7 @@ def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "p
 
 
 def pieces_table(plan: Plan, n: int = 6) -> "pd.DataFrame":
-    """The first `n` pieces of a plan: shard, row group, rows, and bytes of the text column to read."""
+    """The first `n` pieces of a plan: shard, row group, rows, and the row stride when a piece is shared."""
     import pandas as pd
     rows = [{"piece": i, "shard": os.path.basename(plan.shards[p.shard].url), "row group": p.row_group,
              "rows": p.num_rows, "stride": p.stride} for i, p in enumerate(plan.pieces[:n])]
@@ -169,7 +167,7 @@ def reference_skip(args, tokenizer, batch: int, workers: int, k: int) -> float:
     resumes it (accelerate's skip_first_batches: every skipped batch is read, tokenized and grouped)."""
     from accelerate import skip_first_batches
     from .reference import reference_loader
-    files = [s.url for s in plan_of(args).shards]
+    files = [s.url for s in plan_dataset(args).shards]
     t0 = time.perf_counter()
     loader = reference_loader(files, args.dataset_text_field, tokenizer, args.dataset_block_size, batch, workers)
     next(iter(skip_first_batches(loader, k)))
@@ -200,7 +198,7 @@ def elastic_accounting(args, tokenizer, batch: int, stop_after: int, workers: in
     import pandas as pd
     from .tokenize import build_encoder
     args = dataclasses.replace(args, dataset_cycle=False)
-    every = int(build_encoder(tokenizer).encode(list(iter_documents(plan_of(args), args, shuffle=False)))[1].sum())
+    every = int(build_encoder(tokenizer).encode(list(iter_documents(plan_dataset(args), args, shuffle=False)))[1].sum())
     whole = build_loader(build_pipeline(args, tokenizer), batch, workers)
     for _ in whole:
         pass

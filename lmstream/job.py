@@ -132,11 +132,7 @@ def start_run(job: Job):
 
 def run_job(job: Job) -> dict:
     """Every step of the job's Run in order (the training notebook runs them cell by cell); the metrics."""
-    with start_run(job) as run:
-        run.load_model()
-        run.load_data()
-        run.build_trainer()
-        return run.fit()
+    return start_run(job).all_steps()
 
 
 def arguments_table(job: Job):

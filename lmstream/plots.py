@@ -31,27 +31,23 @@ PANELS = [   # (log key, title, y-axis label, a second key drawn on the same axe
 ]
 
 
-def training_curves(output_dir: str, save: bool = True, extra_runs: dict | None = None):
+def training_curves(output_dir: str, save: bool = True):
     """Loss (train and eval), learning rate, tokens/s, data-wait share and, for a mixture, each source's share of the
-    tokens, over steps: a 2-column grid that reads at notebook width. `extra_runs` (label -> output_dir) adds other
-    runs' curves to the same axes (a resumed run over the uninterrupted one)."""
-    runs = {"run": log_history(output_dir), **{k: log_history(v) for k, v in (extra_runs or {}).items()}}
-    hist = runs["run"]
+    tokens, over steps: a 2-column grid that reads at notebook width."""
+    hist = log_history(output_dir)
     sources = sorted({k for h in hist for k in h if k.startswith("mix/")})
     n = len(PANELS) + bool(sources)
     fig, axes = plt.subplots((n + 1) // 2, 2, figsize=(10, 3.3 * ((n + 1) // 2)), squeeze=False)
     axes = axes.ravel()
     for ax, (key, title, ylabel, extra) in zip(axes, PANELS):
         scale = 100 if key == "data_wait_fraction" else 1
-        for label, h in runs.items():
-            style = {"marker": "."} if label == "run" else {"marker": "x", "linestyle": ":"}
-            pts = [(r["step"], r[key] * scale) for r in h if key in r]
-            if pts:
-                ax.plot(*zip(*pts), label=key if len(runs) == 1 else f"{key} ({label})", **style)
-            ev = [(r["step"], r[extra]) for r in h if extra and extra in r]
-            if ev:
-                ax.plot(*zip(*ev), marker="o", linestyle="--", label=extra if len(runs) == 1 else f"{extra} ({label})")
-        if extra or len(runs) > 1:
+        pts = [(r["step"], r[key] * scale) for r in hist if key in r]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=key)
+        ev = [(r["step"], r[extra]) for r in hist if extra and extra in r]
+        if ev:
+            ax.plot(*zip(*ev), marker="o", linestyle="--", label=extra)
+        if extra:
             ax.legend(fontsize=8)
         ax.set_title(title)
         ax.set_ylabel(ylabel)

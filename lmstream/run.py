@@ -36,7 +36,7 @@ from .models import load_model_and_tokenizer
 from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say, summary
 from .resume import check_output_dir, pinned_plan, resolve_checkpoint
 from .runlock import output_lock
-from .stopping import StopAtStepBoundary, stop_on_signals
+from .stopping import StopAtStepBoundary, Stopped, stop_on_signals
 from .trainer import StreamingTrainer, collate_blocks, is_stream, place_loader
 
 log = logging.getLogger("lmstream")
@@ -71,14 +71,6 @@ def step(method):
     return wrapped
 
 
-class Stopped(Exception):
-    """Training stopped on a signal after saving a checkpoint; the exit status is 128 + the signal number."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
-
-
 class Run:
     """One run of the training job; see the module's docstring for the order of the steps."""
 
@@ -105,6 +97,14 @@ class Run:
         if a.do_train and self.launch == 1 and a.process_index == 0:
             self._locks.enter_context(output_lock(a.output_dir))
         return checkpoint
+
+    def all_steps(self) -> dict:
+        """Every step in order, the lock let go however it ends; the metrics (what `train()` does)."""
+        with self:
+            self.load_model()
+            self.load_data()
+            self.build_trainer()
+            return self.fit()
 
     def close(self) -> None:
         """Let go of the output folder's lock (done by `fit`, or by a step that failed)."""
@@ -266,11 +266,7 @@ def train(model_args, data_args, run_args, training_args, callbacks: list | None
     """Train (and evaluate) as the arguments say, every step of a Run in order; return the final metrics.
 
     `callbacks`: extra transformers TrainerCallbacks (instances or classes) added to the Trainer."""
-    with Run(model_args, data_args, run_args, training_args, callbacks) as run:
-        run.load_model()
-        run.load_data()
-        run.build_trainer()
-        return run.fit()
+    return Run(model_args, data_args, run_args, training_args, callbacks).all_steps()
 
 
 def train_argv(argv: list[str]) -> dict:

@@ -86,6 +86,14 @@ def _kill_daemonic_children() -> None:
             pass
 
 
+class Stopped(Exception):
+    """Training stopped on a signal after saving a checkpoint; the exit status is 128 + the signal number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 class StopAtStepBoundary(TrainerCallback):
     """At each step's end: if any rank was asked to stop, every rank saves and stops at this same step."""
 

@@ -18,7 +18,8 @@ import logging
 
 from .arguments import parse_args
 from .errors import ConfigError
-from .run import Run, Stopped, train
+from .run import Run, train
+from .stopping import Stopped
 
 __all__ = ["Run", "Stopped", "main", "train"]
 

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 
-from lmstream.localserve import LocalServer, RangeHandler, parse_range  # noqa: F401 (used by the other servers)
+from lmstream.localserve import LocalServer, RangeHandler
 
 
 class FaultyRangeHandler(RangeHandler):
