@@ -6,7 +6,8 @@
 Both runs use a plain PyTorch loop (forward, backward, AdamW step), 8 x 1024 tokens per step and the
 same model; the first `--warmup` steps are not timed. Reported per run: tokens/s, MFU (model FLOPs:
 6 N + 12 L d T per token, over the card's dense bf16 peak) and data wait (time in next(loader) /
-wall time). The pipeline/synthetic throughput ratio is the figure of merit (target >= 0.98).
+wall time), and host CPU use (CPU seconds of this process and the loader's workers per wall second: cores
+busy for this one GPU). The pipeline/synthetic throughput ratio is the figure of merit (target >= 0.98).
 """
 from __future__ import annotations
 
@@ -46,6 +47,19 @@ def _synthetic(batch: int, block: int, vocab: int, n: int = 64):
         i += 1
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and its live children (the loader's workers)."""
+    import psutil
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:       # a worker that ended meanwhile
+            pass
+    return total
+
+
 def _run(model, batches, steps: int, warmup: int, device, bf16: bool) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
     wait = 0.0
@@ -55,7 +69,7 @@ def _run(model, batches, steps: int, warmup: int, device, bf16: bool) -> dict:
         if step == warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t_start, wait = time.perf_counter(), 0.0
+            t_start, wait, cpu_start = time.perf_counter(), 0.0, _cpu_seconds()
         t0 = time.perf_counter()
         batch = next(it)
         wait += time.perf_counter() - t0
@@ -68,7 +82,8 @@ def _run(model, batches, steps: int, warmup: int, device, bf16: bool) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t_start
-    return {"seconds": dt, "data_wait_fraction": wait / dt, "loss": float(loss.detach())}
+    cores = (_cpu_seconds() - cpu_start) / dt
+    return {"seconds": dt, "data_wait_fraction": wait / dt, "loss": float(loss.detach()), "host_cores_busy": cores}
 
 
 def _loader(data_args, tokenizer, a, device):
@@ -82,12 +97,13 @@ def _pipeline_alone(data_args, tokenizer, a, device) -> dict:
     it = iter(_loader(data_args, tokenizer, a, device))
     for _ in range(a.warmup):
         next(it)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     for _ in range(a.steps):
         next(it)["input_ids"].to(device, non_blocking=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"tokens_per_second": a.steps * a.batch * a.block / (time.perf_counter() - t0)}
+    dt = time.perf_counter() - t0
+    return {"tokens_per_second": a.steps * a.batch * a.block / dt, "host_cores_busy": (_cpu_seconds() - cpu0) / dt}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -144,8 +160,9 @@ def main(argv=None) -> int:
         # the sample's Parquet folder, read directly: the GPU image has no `datasets` to parse a README config
         a.dataset = os.path.join(SAMPLE_DATASET, "data", SAMPLE_CONFIG)
     data_args = DataArguments(dataset_name=a.dataset, dataset_config_name=config_name, dataset_block_size=a.block)
+    from .tokenize import Encoder
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "settings": vars(a),
-               "torch": torch.__version__, "cpus": os.cpu_count()}
+               "torch": torch.__version__, "cpus": os.cpu_count(), "tokenizer_backend": Encoder(tokenizer).backend}
     runs: dict[str, list[dict]] = {"synthetic": [], "pipeline": []}
     for _ in range(a.rounds):        # alternate the two, so that clock and thermal drift hit both alike
         for name in ("synthetic", "pipeline"):
