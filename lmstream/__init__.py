@@ -19,7 +19,7 @@ _WHERE = {
     "plan_dataset": "pipeline", "resolve_block_size": "pipeline", "Shard": "shards", "resolve_shards": "sources",
     "build_encoder": "tokenize", "Run": "run", "start_run": "job", "read_metrics": "run", "BlockPacker": "packing",
     "last_complete_checkpoint": "checkpoints", "reader_states": "state", "StopAfterStep": "stopping",
-    "parse_args": "arguments",
+    "parse_args": "arguments", "inspect_step": "inspect", "find_document": "inspect",
 }
 
 

@@ -59,6 +59,15 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return done[-1]
 
 
+def trained_steps(checkpoint: str) -> int:
+    """The optimizer steps a checkpoint was saved after (its trainer_state.json, else its folder's name)."""
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json")) as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return checkpoint_step(os.path.basename(os.path.normpath(checkpoint))) or 0
+
+
 def data_state_path(checkpoint: str, rank: int) -> str:
     return os.path.join(checkpoint, DATA_STATE_DIR, f"rank-{rank}.json")
 

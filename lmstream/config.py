@@ -95,10 +95,15 @@ class DataArguments:
         "the stream starts the checkpoint's epoch again on the new data. Default: refuse, naming the file.")})
     dataset_skip_bad_shards: bool = field(default=False, metadata={"help": (
         "Skip (with a warning, counted) shards that cannot be read at all, instead of failing.")})
+    dataset_skip_steps: str | None = field(default=None, metadata={"help": (
+        "Resuming, drop the blocks that training steps A..B consumed (A-B[,C-D], the step numbers of the run being "
+        "resumed) and keep every other block in its place: step A then trains on what step B+1 did. Recorded in the "
+        "checkpoints and metrics (skipped_blocks, skipped_documents, skipped_tokens); see lmstream.inspect.")})
 
     def __post_init__(self):
         if self.dataset_mixture is not None:
             parse_mixture(self.dataset_mixture)
+        parse_step_ranges(self.dataset_skip_steps)
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
             raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at least 2 tokens per block.")
         if self.dataset_max_seq_length is not None and self.dataset_max_seq_length < 2:
@@ -161,3 +166,24 @@ class RunArguments:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name}={v} must be at least 1 (or left unset).")
+
+
+def parse_step_ranges(text: str | None) -> list[list[int]]:
+    """'A-B[,C-D]' (or single steps 'A') as sorted [[A, B], ...]; one sentence naming the flag when malformed."""
+    if not text:
+        return []
+    out = []
+    for part in str(text).split(","):
+        a, _, b = part.strip().partition("-")
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            raise ConfigError(f"dataset_skip_steps '{text}': write step ranges as A-B[,C-D] with whole numbers "
+                              "(for example 41200-41260).") from None
+        if lo < 1 or hi < lo:
+            raise ConfigError(f"dataset_skip_steps '{text}': each range A-B needs 1 <= A <= B.")
+        out.append([lo, hi])
+    out.sort()
+    if any(p[1] >= q[0] for p, q in zip(out, out[1:])):
+        raise ConfigError(f"dataset_skip_steps '{text}': the ranges overlap; give each step once.")
+    return out

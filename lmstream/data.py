@@ -80,7 +80,7 @@ def _sample_chunks(ds):
     import numpy as np
     rows = []
     for sample in ds:
-        rows.append({k: v.numpy() for k, v in sample.items()})
+        rows.append({k: v.numpy() for k, v in sample.items() if k != "provenance"})
         if len(rows) == ROWS_PER_WRITE:
             yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
             rows = []

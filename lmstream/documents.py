@@ -50,6 +50,7 @@ class Window:
     last: bool                  # the slot's epoch ends with this window
     skips: list[int]            # tokens of each document trained on before an elastic resume (mostly 0)
     key: tuple | None           # RNG key of the permutation (None: not shuffled)
+    origins: np.ndarray | None = None   # (shard, row group, row) of each document, int64 (n, 3): provenance
 
 def _holdout_bucket(text) -> float:
     """A stable number in [0, 1) from the document text, identical on every machine."""
@@ -93,18 +94,19 @@ class DocumentStream:
 
     # -- reading rows ---------------------------------------------------------------------------
     def _piece_rows(self, piece, skip: int, ahead: ReadAhead, k: int, pieces: list):
-        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8, token skip, new).
+        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8, token skip, new,
+        origin): `origin` is the row's (shard, row group, row) in the data.
 
         `new` is False for the rows of a WindowRest: another reader read (and counted) them already.
         """
         skip = max(skip, piece.first_row)
         if isinstance(piece, WindowRest):
-            docs, skips = self._rest_docs(piece)
+            docs, skips, origins = self._rest_docs(piece)
             for i in range(skip, len(docs)):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, OTHER, False, 0, False
+                    yield i, OTHER, False, 0, False, None
                     continue
-                yield i, docs[i], False, skips[i], False
+                yield i, docs[i], False, skips[i], False, tuple(origins[i])
             return
         shard = self.plan.shards[piece.shard]
         try:
@@ -115,9 +117,9 @@ class DocumentStream:
                 rows = self._line_rows(shard, skip)
             for i, (text, bad) in enumerate(rows, skip):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, OTHER, False, 0, True   # another slot's row: advance the position, emit nothing
+                    yield i, OTHER, False, 0, True, None   # another slot's row: advance the position, emit nothing
                     continue
-                yield i, text, bad, 0, True
+                yield i, text, bad, 0, True, (piece.shard, piece.row_group, i)
         except Unreadable as err:
             if not self.args.dataset_skip_bad_shards:
                 raise
@@ -169,14 +171,15 @@ class DocumentStream:
         return textfiles.text_samples(raw, self.args.dataset_text_sample_by)
 
     def _rows(self, pieces: list, start: tuple[int, int]):
-        """(position after the row, text, invalid_utf8, token skip, new) for every row from `start` to the end."""
+        """(position after the row, text, invalid_utf8, token skip, new, origin) for every row from `start` on."""
         p0, r0 = start
         ahead = ReadAhead(self._read_row_group, self._piece_bytes, self.args.dataset_readahead_bytes)
         try:
             for pi in range(p0, len(pieces)):
-                for i, text, bad, tok, new in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi, pieces):
-                    yield (pi, i + 1), text, bad, tok, new
-            yield (len(pieces), 0), StopIteration, False, 0, True
+                for i, text, bad, tok, new, origin in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi,
+                                                                       pieces):
+                    yield (pi, i + 1), text, bad, tok, new, origin
+            yield (len(pieces), 0), StopIteration, False, 0, True, None
         finally:
             self.stats["read_wait_seconds"] += ahead.wait_seconds
             ahead.close()
@@ -187,10 +190,10 @@ class DocumentStream:
         return (self.seed, epoch, self.slot, index, *tag) if self.shuffle else None
 
     def _fill(self, rows, stats: dict):
-        """Up to window_size documents from `rows`: (docs, token skips, position after, epoch ended)."""
+        """Up to window_size documents from `rows`: (docs, token skips, origins, position after, epoch ended)."""
         frac, split = self.args.dataset_holdout_fraction, self.split
-        docs, skips, pos, last = [], [], None, False
-        for pos, text, bad, tok, new in rows:
+        docs, skips, origins, pos, last = [], [], [], None, False
+        for pos, text, bad, tok, new, origin in rows:
             if text is StopIteration:
                 last = True
                 break
@@ -212,30 +215,31 @@ class DocumentStream:
                 continue
             docs.append(text)
             skips.append(tok)
+            origins.append(origin)
             if len(docs) == self.window_size:
                 break
-        return docs, skips, pos, last
+        return docs, skips, np.array(origins, dtype=np.int64).reshape(-1, 3), pos, last
 
     @staticmethod
-    def _permute(docs: list, skips: list, key):
+    def _permute(docs: list, skips: list, origins: np.ndarray, key):
         if key is None or len(docs) < 2:
-            return docs, skips
+            return docs, skips, origins
         perm = np.random.default_rng(list(key)).permutation(len(docs))
-        return [docs[k] for k in perm], [skips[k] for k in perm]
+        return [docs[k] for k in perm], [skips[k] for k in perm], origins[perm]
 
     def _rest_docs(self, rest: WindowRest):
-        """The documents of another reader's window from `rest.doc` on, and their token skips."""
+        """The documents of another reader's window from `rest.doc` on, their token skips and origins."""
         scratch = dict.fromkeys(_WINDOW_COUNTERS, 0)
         rows = self._rows(list(rest.pieces), (0, rest.start_row))
         try:
-            docs, skips, _, _ = self._fill(rows, scratch)
+            docs, skips, origins, _, _ = self._fill(rows, scratch)
         finally:
             rows.close()
-        docs, skips = self._permute(docs, skips, rest.key)
-        docs, skips = docs[rest.doc:], skips[rest.doc:]
+        docs, skips, origins = self._permute(docs, skips, origins, rest.key)
+        docs, skips, origins = docs[rest.doc:], skips[rest.doc:], origins[rest.doc:]
         if docs:
             skips[0] = max(skips[0], rest.token)
-        return docs, skips
+        return docs, skips, origins
 
     def windows(self, epoch: int, index: int, start: tuple[int, int], count: bool = True,
                 items: list | None = None, tag: tuple = ()):
@@ -247,16 +251,16 @@ class DocumentStream:
         rows = self._rows(pieces, start)
         while True:
             stats = dict.fromkeys(_WINDOW_COUNTERS, 0)
-            docs, skips, pos, last = self._fill(rows, stats)
+            docs, skips, origins, pos, last = self._fill(rows, stats)
             pos = start if pos is None else pos
             if count:   # a window re-read on resume was already counted
                 for k, v in stats.items():
                     self.stats[k] += v
             count = True
             key = self.window_key(epoch, index, tag)
-            docs, skips = self._permute(docs, skips, key)
+            docs, skips, origins = self._permute(docs, skips, origins, key)
             nbytes = [d.nbytes if isinstance(d, LongText) else len(d.encode("utf-8")) for d in docs]
-            yield Window(epoch, index, start, pos, docs, nbytes, last, skips, key)
+            yield Window(epoch, index, start, pos, docs, nbytes, last, skips, key, origins)
             if last:
                 return
             start, index = pos, index + 1

@@ -6,6 +6,7 @@ batches passed from workers as NumPy arrays, and the consumer's waits timed (dat
 """
 from __future__ import annotations
 
+import collections
 import re
 import time
 import warnings
@@ -18,6 +19,8 @@ from . import backends
 from .errors import ConfigError
 from .longtext import warm_up
 from .stopping import ignore_signals_in_worker, kill_workers_at_exit
+
+from .reader import PROVENANCE   # a sample's segments: not a tensor, kept beside the batch
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -34,8 +37,9 @@ class ArrayBatch:
     calls `pin_memory` (off the training thread); otherwise the iterator turns it into tensors.
     """
 
-    def __init__(self, arrays: dict, labels_are_inputs: bool = False):
+    def __init__(self, arrays: dict, labels_are_inputs: bool = False, provenance: list | None = None):
         self.arrays, self.labels_are_inputs = arrays, labels_are_inputs
+        self.provenance = provenance   # each sample's segments (lmstream.packing), kept beside the tensors
 
     def tensors(self) -> dict:
         out = {k: torch.from_numpy(v.astype(np.int64)) for k, v in self.arrays.items()}
@@ -43,17 +47,26 @@ class ArrayBatch:
             out["labels"] = out["input_ids"].clone()
         return out
 
-    def pin_memory(self, device=None) -> dict:
-        return {k: t.pin_memory() for k, t in self.tensors().items()}
+    def pin_memory(self, device=None) -> "ArrayBatch":
+        return PinnedBatch({k: t.pin_memory() for k, t in self.tensors().items()}, self.provenance)
+
+
+class PinnedBatch(dict):
+    """A batch's tensors (pinned by the loader's pin-memory thread), with its provenance beside them."""
+
+    def __init__(self, tensors: dict, provenance: list | None):
+        super().__init__(tensors)
+        self.provenance = provenance
 
 
 def collate_arrays(samples: list[dict]) -> ArrayBatch:
-    """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids."""
-    arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0]}
+    """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
+    Each sample's provenance travels beside them, as a list."""
+    arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0] if k != PROVENANCE}
     same = "labels" in arrays and "input_ids" in arrays and np.array_equal(arrays["labels"], arrays["input_ids"])
     if same:
         del arrays["labels"]
-    return ArrayBatch(arrays, same)
+    return ArrayBatch(arrays, same, [s.get(PROVENANCE) for s in samples])
 
 
 class _TimedIterator:
@@ -69,7 +82,9 @@ class _TimedIterator:
         t0 = time.perf_counter()
         try:
             batch = next(self.it)
-            return batch.tensors() if isinstance(batch, ArrayBatch) else batch
+            self.loader.provenance = getattr(batch, "provenance", None)
+            self.loader.taken.append(self.loader.provenance)
+            return batch.tensors() if isinstance(batch, ArrayBatch) else dict(batch)
         except StopIteration:
             self.loader.publish_final_states(self.it)
             raise
@@ -106,6 +121,8 @@ class BlockLoader(StatefulDataLoader):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
+        self.provenance = None    # the last batch's: per sample, its segments (lmstream.packing)
+        self.taken = collections.deque(maxlen=1024)   # the provenance of the batches taken since it was cleared
 
     def __iter__(self):
         done = getattr(self, "_iterator", None)
@@ -152,9 +169,9 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     """A loader over `dataset` whose state_dict holds every worker's data position."""
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
+    kwargs.setdefault("collate_fn", collate_arrays)
     if num_workers > 0:
         kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
-        kwargs.setdefault("collate_fn", collate_arrays)
         kwargs.setdefault("worker_init_fn", init_worker)
         kill_workers_at_exit()
     else:

@@ -66,6 +66,9 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                 return
             self._n += 1
             self._counts[k] += 1
+            if sample.get("provenance") is not None:   # the source of each segment: this source's number
+                sample["provenance"] = sample["provenance"].copy()
+                sample["provenance"][:, 0] = k
             yield sample
 
     def state_dict(self) -> dict:

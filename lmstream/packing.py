@@ -2,13 +2,18 @@
 over to the next documents; or, without grouping, one padded sample per document.
 
     packer = BlockPacker(block_size=1024)
-    for block, next_ref, next_offset, docs_done, bytes_done in packer.feed(ids, lengths, nbytes, refs): ...
+    for block, next_ref, next_offset, docs_done, bytes_done, provenance in packer.feed(ids, lengths, nbytes, refs,
+                                                                                        origins): ...
 
 Cutting is vectorized (one reshape per tokenizer batch). The state needed to resume is not the
 carried tokens but *where the next token comes from*: (document reference, token offset). Resuming
 re-tokenizes that one document and skips the offset, so the state stays tiny whatever the block size.
 A very long document may arrive in several parts: each part's ref carries the token offset of its first
 token in the document (`base`) and whether it ends the document (`last`).
+
+Provenance: given each entry's origin (shard, row group, row), every block comes with the segments it is made of,
+one int64 row each: (source, shard, row group, row, first token, end token) with token offsets within the document
+(its EOS is its last token); source is 0 here (a mixture numbers its sources). Computed for all blocks of a feed at once (no Python per segment).
 """
 from __future__ import annotations
 
@@ -26,13 +31,18 @@ class BlockPacker:
         self.nbytes = np.empty(0, dtype=np.int64)
         self.refs: list = []                     # (doc ref, base, last) of each pending entry
         self.first_off = 0                       # tokens of the first pending entry already emitted
+        self.origins = np.empty((0, 4), dtype=np.int64)   # (shard, row group, row, doc token of its first in buf)
 
-    def feed(self, ids: np.ndarray, lengths: np.ndarray, nbytes, refs: list):
-        """Add entries; return [(block, next_ref, next_offset, docs_completed, bytes_completed)].
+    def feed(self, ids: np.ndarray, lengths: np.ndarray, nbytes, refs: list, origins: np.ndarray | None = None):
+        """Add entries; return [(block, next_ref, next_offset, docs_completed, bytes_completed, provenance)].
 
-        `refs[i]` is a document reference, or (reference, base, last) for a part of one.
+        `refs[i]` is a document reference, or (reference, base, last) for a part of one. `origins`: each entry's
+        (shard, row group, row), int64 (n, 3); without it provenance is None.
         """
         refs = [r if len(r) == 3 and isinstance(r[2], bool) else (r, 0, True) for r in refs]
+        if origins is not None:
+            bases = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
+            self.origins = np.concatenate([self.origins, np.column_stack([origins, bases])])
         self.buf = np.concatenate([self.buf, ids]) if len(self.buf) else ids
         self.lens = np.concatenate([self.lens, lengths])
         self.nbytes = np.concatenate([self.nbytes, np.asarray(nbytes, dtype=np.int64)])
@@ -48,6 +58,7 @@ class BlockPacker:
         cum_docs = np.concatenate([[0], np.cumsum(last)])
         cum_bytes = np.concatenate([[0], np.cumsum(self.nbytes * last)])
         blocks = self.buf[: n * L].reshape(n, L)
+        prov = self._provenance(ends, n) if len(self.origins) == len(self.refs) else [None] * n
         out, prev = [], 0
         for b in range(n):
             k = int(done[b])
@@ -55,9 +66,11 @@ class BlockPacker:
                 ref, off = self._position(k, int(bounds[b] - (ends[k - 1] if k else 0)))
             else:   # the block ends exactly at the end of the last pending entry
                 ref, off = self._position(k - 1, int(self.lens[k - 1]), after=True)
-            out.append((blocks[b], ref, off, int(cum_docs[k] - cum_docs[prev]), int(cum_bytes[k] - cum_bytes[prev])))
+            out.append((blocks[b], ref, off, int(cum_docs[k] - cum_docs[prev]), int(cum_bytes[k] - cum_bytes[prev]),
+                        prov[b]))
             prev = k
         k, used = int(done[-1]), n * L
+        self._carry_origins(k, used - int(ends[k] - self.lens[k]) if k < len(self.refs) else 0)
         if k < len(self.refs):   # entry k is cut by the last block: keep its tail
             left = int(ends[k] - used)
             self.first_off = (self.first_off if k == 0 else 0) + int(self.lens[k]) - left
@@ -68,6 +81,26 @@ class BlockPacker:
         self.nbytes, self.refs = self.nbytes[k:], self.refs[k:]
         self.buf = self.buf[used:].copy()
         return out
+
+    def _carry_origins(self, k: int, emitted: int) -> None:
+        """Entries before k are done; `emitted` tokens of entry k were emitted (its origin moves past them)."""
+        if len(self.origins) == len(self.refs):
+            if k < len(self.refs):
+                self.origins[k, 3] += emitted
+            self.origins = self.origins[k:]
+
+    def _provenance(self, ends: np.ndarray, n: int) -> list:
+        """The segments of each of the first n blocks: int64 (k, 6) arrays (see the module's doc)."""
+        L, starts = self.block_size, ends - self.lens
+        cuts = np.union1d(starts[starts < n * L], np.arange(n, dtype=np.int64) * L)
+        seg_end = np.append(cuts[1:], n * L)
+        e = np.searchsorted(ends, cuts, side="right")
+        keep = e < len(ends)
+        cuts, seg_end, e = cuts[keep], seg_end[keep], e[keep]
+        first = self.origins[e, 3] + cuts - starts[e]
+        rows = np.column_stack([np.zeros_like(first), self.origins[e, :3], first, first + seg_end - cuts])
+        bounds = np.searchsorted(cuts // L, np.arange(n + 1), side="left")
+        return [rows[bounds[b]:bounds[b + 1]] for b in range(n)]
 
     def _position(self, e: int, x: int, after: bool = False):
         """(doc ref, token offset in the document) of token x of pending entry e (after=True: past its end)."""

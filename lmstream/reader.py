@@ -29,6 +29,7 @@ from .state import ReaderState
 from .tokenize import Encoder
 
 log = logging.getLogger("lmstream")
+PROVENANCE = "provenance"     # a sample's key: int64 (segments, 6), see lmstream.packing
 TOKENIZE_BYTES = 512 * 1024   # text per tokenizer call (about 0.1 s of tiktoken): bounds first-block latency
 
 
@@ -149,18 +150,19 @@ class Reader:
             if any(skips):
                 ids, lens = cut_heads(ids, lens, skips, refs)
             if self.args.dataset_group_text:
-                yield from self._blocks(packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs), stats)
+                yield from self._blocks(packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs,
+                                                    window.origins[b0:b0 + len(docs)]), stats)
             else:
                 yield from self._padded(ids, lens, window, b0, stats)
 
     @staticmethod
     def _blocks(packed, stats: dict):
-        """Samples (labels = input_ids) from the packer's output, counted."""
-        for block, ref, off, nd, nb in packed:
+        """Samples (labels = input_ids, the provenance of their tokens) from the packer's output, counted."""
+        for block, ref, off, nd, nb, prov in packed:
             stats["tokens"] += len(block)
             stats["blocks"] += 1
             t = torch.from_numpy(block.astype(np.int64))
-            yield {"input_ids": t, "labels": t.clone()}, ref, off, nd, nb
+            yield {"input_ids": t, "labels": t.clone(), PROVENANCE: prov}, ref, off, nd, nb
 
     def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict):
         """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
@@ -181,7 +183,8 @@ class Reader:
                 continue
             skip = max(0, tok0 - base)
             ref = ((window, j), base + skip, last)
-            yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref]), stats)
+            yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref],
+                                                window.origins[j:j + 1]), stats)
             base += n
 
     def _padded(self, ids, lens, window, b0, stats):
@@ -194,8 +197,9 @@ class Reader:
             stats["tokens_truncated"] += cut
             stats["blocks"] += 1
             j = b0 + i
+            prov = np.array([[0, *window.origins[j], 0, int(n) - cut]], dtype=np.int64)
             yield ({"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
-                    "attention_mask": torch.from_numpy(mask)}, (window, j + 1), 0, 1, window.nbytes[j])
+                    "attention_mask": torch.from_numpy(mask), PROVENANCE: prov}, (window, j + 1), 0, 1, window.nbytes[j])
 
 
 def check_start(start, pieces: list) -> None:

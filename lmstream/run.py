@@ -28,6 +28,7 @@ from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .arguments import check_training_numbers
+from . import lineage
 from .checkpoints import read_data_states
 from .data import build_datasets
 from .errors import ConfigError
@@ -80,6 +81,7 @@ class Run:
         self.callbacks, self.launch, self.argv = callbacks or [], launch, argv
         self.started = time.perf_counter()
         self.model = self.tokenizer = self.train_dataset = self.eval_dataset = self.data_states = self.trainer = None
+        self.lineage: list[dict] = []
         self.metrics: dict = {}
         self._locks = contextlib.ExitStack()
         self.checkpoint = self._start()
@@ -146,6 +148,9 @@ class Run:
                               "or --max_train_samples N to give each epoch a known size and train --num_train_epochs.")
         if self.checkpoint and stream:
             self.data_states = self._resume_data(restart)
+        if stream:
+            self.lineage = lineage.for_run(self.checkpoint, self.model_args, self.data_args, self.run_args, a,
+                                           self.rank_and_world[1], seed, positions)
         return self.train_dataset, self.eval_dataset
 
     def _resume_data(self, restart):
@@ -184,7 +189,7 @@ class Run:
             return None
         t = StreamingTrainer(model=self.model, args=self.training_args, train_dataset=self.train_dataset,
                              eval_dataset=self.eval_dataset, processing_class=self.tokenizer,
-                             data_collator=collate_blocks, data_states=self.data_states,
+                             data_collator=collate_blocks, data_states=self.data_states, lineage=self.lineage,
                              callbacks=[TerminalProgress(), *self.callbacks])
         t.remove_callback(PrinterCallback)   # raw log dicts: TerminalProgress prints them readably
         if t.pop_callback(ProgressCallback) is not None:

@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .loader import PREFETCH_FACTOR, build_loader
 from .mixture import MixtureBlocks
 from .pipeline import StreamingBlocks
+from . import lineage
 from .planfile import save as save_plan
 from .state import merge_stats, stream_epoch
 
@@ -44,7 +45,7 @@ def is_stream(ds) -> bool:
 def collate_blocks(features: list[dict]) -> dict:
     """The Trainer's default collation, with labels = input_ids for blocks stored without them (packed blocks saved
     by lmstream.prepare or materialized for `dataset_streaming false`)."""
-    batch = default_data_collator(features)
+    batch = default_data_collator([{k: v for k, v in f.items() if k != "provenance"} for f in features])
     if "labels" not in batch and "input_ids" in batch:
         batch["labels"] = batch["input_ids"].to(torch.int64, copy=True)
     return batch
@@ -73,10 +74,12 @@ class StreamingTrainer(Trainer):
     class overrides `_save_checkpoint` and `_run_epoch` and calls `_load_rng_state`, `_get_output_dir` and reads
     `_train_batch_size`, as the Trainer's own code does."""
 
-    def __init__(self, *args, data_states: list[dict] | None = None, **kwargs):
+    def __init__(self, *args, data_states: list[dict] | None = None, lineage: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.data_states = data_states   # every rank's loader state in the checkpoint being resumed
+        self.lineage = lineage or []     # lmstream.lineage: this run's segment last
         self.loader = None
+        self.step_provenance: list = []  # the provenance of each micro-batch of the step being taken (per sample)
         self._last_log = None            # (time, tokens, wait) at the previous log
 
     # -- data -----------------------------------------------------------------------------------
@@ -90,6 +93,8 @@ class StreamingTrainer(Trainer):
                                    persistent_workers=a.dataloader_persistent_workers)
         place_loader(self.loader, self.train_dataset, self.data_states, a.process_index, a.world_size,
                      a.dataloader_num_workers)
+        if self.lineage and a.should_save:
+            lineage.write_run(a.output_dir, self.lineage)
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):
@@ -101,8 +106,13 @@ class StreamingTrainer(Trainer):
             self._rng_checkpoint = kwargs["resume_from_checkpoint"]
         return super()._run_epoch(*args, **kwargs)
 
-    def get_batch_samples(self, *args, **kwargs):
-        batches = super().get_batch_samples(*args, **kwargs)
+    def get_batch_samples(self, epoch_iterator, *args, **kwargs):
+        if self.loader is not None:
+            self._skip_steps(epoch_iterator)
+            self.loader.taken.clear()
+        batches = super().get_batch_samples(epoch_iterator, *args, **kwargs)
+        if self.loader is not None:
+            self.step_provenance = list(self.loader.taken)
         if getattr(self, "_rng_checkpoint", None):
             self._load_rng_state(self._rng_checkpoint)
             self._rng_checkpoint = None
@@ -123,7 +133,35 @@ class StreamingTrainer(Trainer):
         if self.args.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()   # every rank's files are on disk before the checkpoint counts
         if self.args.should_save:
+            if self.lineage:
+                lineage.write_checkpoint(folder, self.lineage)
             atomic_json(marker, {"step": self.state.global_step, "world_size": self.args.world_size})
+
+    def _skip_steps(self, batches) -> None:
+        """--dataset_skip_steps: before step A is taken, drop the micro-batches steps A..B would have consumed,
+        counted (blocks, distinct documents, tokens) into this run's lineage segment."""
+        seg, step = (self.lineage[-1] if self.lineage else {}), self.state.global_step + 1
+        for lo, hi in seg.get("skip_steps", []):
+            if lo != step or any(s["steps"] == [lo, hi] for s in seg["skipped"]):
+                continue
+            blocks = tokens = 0
+            docs = set()
+            for _ in range((hi - lo + 1) * self.args.gradient_accumulation_steps):
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                blocks += len(batch["input_ids"])
+                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+                docs.update(tuple(r[:4]) for p in self.loader.provenance or [] if p is not None for r in p.tolist())
+            if self.args.world_size > 1 and torch.distributed.is_initialized():   # the run's totals, every rank's
+                counts = torch.tensor([blocks, len(docs), tokens], dtype=torch.int64, device=self.args.device)
+                torch.distributed.all_reduce(counts)
+                blocks, n_docs, tokens = counts.tolist()
+            else:
+                n_docs = len(docs)
+            seg["skipped"].append({"steps": [lo, hi], "blocks": blocks, "documents": n_docs, "tokens": tokens})
+            log.warning("dataset_skip_steps: skipped the data of steps %d-%d (%d blocks, %d documents, %d tokens over "
+                        "all ranks); step %d trains on what step %d did.", lo, hi, blocks, n_docs, tokens, lo, hi + 1)
 
     # -- logging ----------------------------------------------------------------------------------
     def data_stats(self) -> dict:
@@ -141,6 +179,8 @@ class StreamingTrainer(Trainer):
                 logs["data_wait_fraction"] = round((self.loader.wait_seconds - wait) / max(now - t, 1e-9), 5)
             logs["tokens_seen"] = tokens
             logs["data_epoch"] = stream_epoch(state)
+            if any(s.get("skipped") for s in self.lineage):
+                logs.update(lineage.skipped_totals(self.lineage))
             logs.update(source_shares(stats))
             self._last_log = (now, tokens, self.loader.wait_seconds)
         super().log(logs, start_time)
