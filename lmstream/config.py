@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -99,11 +100,19 @@ class DataArguments:
         "Resuming, drop the blocks that training steps A..B consumed (A-B[,C-D], the step numbers of the run being "
         "resumed) and keep every other block in its place: step A then trains on what step B+1 did. Recorded in the "
         "checkpoints and metrics (skipped_blocks, skipped_documents, skipped_tokens); see lmstream.inspect.")})
+    dataset_skip_documents: str | None = field(default=None, metadata={"help": (
+        "A file of document ids or urls (the dataset's `id` / `url` columns), one per line: those documents are "
+        "not trained on from now on, wherever they occur; every other block keeps its place in the order. The list "
+        "is kept in the checkpoints and applies on later resumes too; counted as docs_listed_skipped and "
+        "tokens_listed_skipped.")})
 
     def __post_init__(self):
         if self.dataset_mixture is not None:
             parse_mixture(self.dataset_mixture)
         parse_step_ranges(self.dataset_skip_steps)
+        if self.dataset_skip_documents is not None and not os.path.isfile(self.dataset_skip_documents):
+            raise ConfigError(f"dataset_skip_documents '{self.dataset_skip_documents}' is not a file: give a text file "
+                              "of document ids or urls, one per line.")
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
             raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at least 2 tokens per block.")
         if self.dataset_max_seq_length is not None and self.dataset_max_seq_length < 2:

@@ -20,16 +20,16 @@ import json
 import os
 import sys
 
-from . import lineage, ranges, textfiles
+from . import lineage
 from .checkpoints import CHECKPOINT_PREFIX, checkpoint_step, is_complete, read_data_states, trained_steps
 from .config import DataArguments, parse_step_ranges
 from .data import build_pipeline
+from .documents import ID_COLUMNS, id_columns
 from .errors import ConfigError
 from .loader import build_loader
 from .resume import pinned_plan
 from .trainer import place_loader
 
-ID_COLUMNS = ("id", "url")
 
 
 def inspect_step(output_dir: str, step: int, ranks=None, text: bool = False) -> dict:
@@ -88,6 +88,18 @@ def _base_checkpoint(output_dir: str, segments: list[dict], step: int) -> str | 
     return best
 
 
+def _replay_arguments(seg: dict, output_dir: str) -> DataArguments:
+    """The segment's data arguments, its own list of skipped documents in force (a later run may have listed more)."""
+    data = dict(seg["data_args"], dataset_skip_documents=None)
+    if seg.get("skip_documents"):
+        path = os.path.join(output_dir, ".lmstream", f"skip_documents-{seg['from_step']}.txt")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(f"{d}\n" for d in seg["skip_documents"]))
+        data["dataset_skip_documents"] = path
+    return DataArguments(**data)
+
+
 def _same(a: dict, b: dict) -> bool:
     strip = ("skipped",)
     return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
@@ -98,7 +110,7 @@ def _replay_segment(output_dir: str, segments: list[dict], first: int, last: int
     seg = segments[-1]
     ckpt = _base_checkpoint(output_dir, segments, first)
     start = trained_steps(ckpt) if ckpt else 0
-    args = DataArguments(**seg["data_args"])
+    args = _replay_arguments(seg, output_dir)
     has_tok = ckpt and os.path.isfile(os.path.join(ckpt, "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(ckpt if has_tok else seg["tokenizer"])
     states = read_data_states(ckpt) if ckpt else None
@@ -177,30 +189,8 @@ class Describer:
         """{row: {"id": ..., "url": ...}} of one row group (or line-based file), read once."""
         key = (source, shard, group)
         if key not in self.cache:
-            self.cache[key] = _id_columns(self.plans[source], shard, group, self.args)
+            self.cache[key] = id_columns(self.plans[source], shard, group, self.args)
         return self.cache[key]
-
-
-def _id_columns(plan, shard: int, group: int, args: DataArguments) -> dict:
-    s, timeout = plan.shards[shard], args.dataset_read_timeout
-    if s.format == "parquet":
-        footer = plan.footers[shard]
-        names = [n for n in ID_COLUMNS if n in footer.schema.to_arrow_schema().names]
-        if not names:
-            return {}
-        cols = ranges.read_columns(s.url, s.size, footer, group, names, timeout).to_pydict()
-        return {i: {n: cols[n][i] for n in names} for i in range(len(cols[names[0]]))}
-    if s.format != "json":
-        return {}
-    out = {}
-    for i, line in enumerate(textfiles.lines(s.url, timeout)):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out[i] = {n: rec[n] for n in ID_COLUMNS if n in rec}
-    return out
 
 
 # -- the command ----------------------------------------------------------------------------------

@@ -16,10 +16,13 @@ import json
 import os
 
 from .checkpoints import DATA_STATE_DIR, atomic_json, trained_steps
+from .documents import read_id_list
+from .planfile import atomic_write
 from .config import parse_step_ranges  # noqa: F401  (the flag's parser, re-exported)
 from .errors import ConfigError
 
 RUN_LINEAGE = "lmstream_lineage.json"
+SKIP_LIST = "lmstream_skip_documents.txt"   # every document listed by dataset_skip_documents in this lineage
 CHECKPOINT_LINEAGE = "lineage.json"
 
 
@@ -42,7 +45,24 @@ def for_run(checkpoint: str | None, model_args, data_args, run_args, training_ar
     new = segment(from_step, world, a.dataloader_num_workers, a.per_device_train_batch_size,
                   a.gradient_accumulation_steps, seed, max_positions, data_args, run_args.max_train_samples,
                   m.tokenizer_name or m.model_name_or_path or m.config_name, skips)
+    if data_args.dataset_skip_documents:
+        new["skip_documents"] = sorted(read_id_list(data_args.dataset_skip_documents))
     return extend(old, new)
+
+
+def with_listed_documents(checkpoint: str | None, data_args, output_dir: str):
+    """The data arguments with dataset_skip_documents naming every document listed so far: the file given now and
+    the lists of the lineage being resumed (a list keeps applying on later resumes), merged into
+    output_dir/lmstream_skip_documents.txt. Unchanged when nothing is listed."""
+    listed = {d for seg in (read(checkpoint) if checkpoint else []) for d in seg.get("skip_documents", [])}
+    if data_args.dataset_skip_documents:
+        listed |= read_id_list(data_args.dataset_skip_documents)
+    if not listed:
+        return data_args
+    path = os.path.join(output_dir, SKIP_LIST)
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write(path, "".join(f"{d}\n" for d in sorted(listed)).encode())
+    return dataclasses.replace(data_args, dataset_skip_documents=path)
 
 
 def read(path: str) -> list[dict]:

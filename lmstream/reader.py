@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .config import DataArguments
-from .documents import DocumentStream
+from .documents import DocumentStream, id_columns, read_id_list
 from .elastic import decode_items
 from .errors import ConfigError
 from .longtext import LongText
@@ -47,6 +47,28 @@ class Reader:
     cap: Callable                # cap(state) -> samples in the state's epoch (None: the whole epoch)
     max_samples: int | None = None
     warned_short: bool = False
+    listed: frozenset | None = None   # ids/urls not to train on (dataset_skip_documents), read on first use
+
+    def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list, stats: dict) -> None:
+        """dataset_skip_documents: a listed document of this tokenizer batch gives no token (its position, and every
+        other document's, stays as it was: the filter acts after the window's permutation)."""
+        for i in range(len(lens)):
+            if skips[i] < lens[i] and self._is_listed(window, b0 + i, stats):
+                stats["tokens_listed_skipped"] = stats.get("tokens_listed_skipped", 0) + int(lens[i]) - skips[i]
+                skips[i] = int(lens[i])
+
+    def _is_listed(self, window, j: int, stats: dict) -> bool:
+        """Whether document j of the window has a listed id or url (counted in docs_listed_skipped)."""
+        if self.listed is None:
+            self.listed = read_id_list(self.args.dataset_skip_documents)
+            self._ids: dict = {}
+        shard, group, row = window.origins[j].tolist()
+        if (shard, group) not in self._ids:
+            self._ids[(shard, group)] = id_columns(self.plan, shard, group, self.args)
+        hit = not self.listed.isdisjoint(self._ids[(shard, group)].get(row, {}).values())
+        if hit:
+            stats["docs_listed_skipped"] = stats.get("docs_listed_skipped", 0) + 1
+        return hit
 
     def documents(self, slot: int, n_slots: int) -> DocumentStream:
         """The documents reader `slot` of `n_slots` reads (an elastic resume asks this of old readers too)."""
@@ -140,13 +162,16 @@ class Reader:
             docs = window.docs[b0:b1]
             # tokens of each document already trained on: resuming inside it, or another reader's (elastic)
             skips = [max(window.skips[j], tok0 if j == doc0 else 0) for j in range(b0, b1)]
-            if isinstance(docs[0], LongText):   # always alone in its run
-                yield from self._long_samples(window, b0, skips[0], packer, stats)
+            if isinstance(docs[0], LongText):   # always alone in its run (a listed one is skipped whole, untokenized)
+                if not (self.args.dataset_skip_documents and self._is_listed(window, b0, stats)):
+                    yield from self._long_samples(window, b0, skips[0], packer, stats)
                 continue
             t0 = time.perf_counter()
             ids, lens = self.encoder.encode(docs)
             stats["tokenize_seconds"] += time.perf_counter() - t0
             refs = [(window, j) for j in range(b0, b0 + len(docs))]
+            if self.args.dataset_skip_documents:
+                self._listed_skips(window, b0, lens, skips, stats)
             if any(skips):
                 ids, lens = cut_heads(ids, lens, skips, refs)
             if self.args.dataset_group_text:

@@ -140,6 +140,8 @@ class Run:
         resuming = self.checkpoint and self.data_args.dataset_streaming
         plan, restart = pinned_plan(self.checkpoint, self.data_args) if resuming else (None, False)
         rank, world = self.rank_and_world
+        if self.data_args.dataset_streaming:
+            self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args, a.output_dir)
         self.train_dataset, self.eval_dataset = build_datasets(self.data_args, self.run_args, self.tokenizer, seed, rank,
                                                                world, positions, a.do_eval, plan=plan)
         stream = is_stream(self.train_dataset)

@@ -179,6 +179,7 @@ class StreamingTrainer(Trainer):
                 logs["data_wait_fraction"] = round((self.loader.wait_seconds - wait) / max(now - t, 1e-9), 5)
             logs["tokens_seen"] = tokens
             logs["data_epoch"] = stream_epoch(state)
+            logs.update({k: stats[k] for k in ("docs_listed_skipped", "tokens_listed_skipped") if stats.get(k)})
             if any(s.get("skipped") for s in self.lineage):
                 logs.update(lineage.skipped_totals(self.lineage))
             logs.update(source_shares(stats))

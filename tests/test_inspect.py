@@ -187,3 +187,35 @@ def test_the_inspect_command(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lmstream.inspect", str(tmp_path), "--step", "1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "holds no lmstream_lineage.json" in bad.stderr
+
+
+def test_skip_documents_drops_them_from_then_on_and_keeps_the_list(tmp_path):
+    """A document of step 6 listed on resume at 4: no later step holds it, the blocks before it are unchanged, the
+    count is in the logs, and a later resume without the flag still leaves it out."""
+    data, out = _corpus(tmp_path), tmp_path / "out"
+    straight, _ = _train(_argv(data, out, 8, 2), tmp_path / "cap")
+    firsts = {}   # each document's first step on rank 0
+    for step in range(1, 9):
+        for b in _inspected(out, step)[1]["micro_batches"][0]["blocks"]:
+            for seg in b["segments"]:
+                firsts.setdefault(seg["id"], step)
+    doc, first = next((d, s) for d, s in firsts.items() if s >= 6)   # first trained after the checkpoint at 4
+    assert {f["step"] for f in lmstream.find_document(str(out), doc, 1, 8) if f["rank"] == 0} >= {first}
+    listed = tmp_path / "bad.txt"
+    listed.write_text(f"{doc}\nnot-an-id-here\n")
+    for name in ("checkpoint-8",):
+        shutil.rmtree(out / name)
+    resume = ["--resume_from_checkpoint", str(out / "checkpoint-4"), "--dataset_skip_documents", str(listed)]
+    resumed, _ = _train(_argv(data, out, 8, 2, *resume), tmp_path / "cap2")
+    assert lmstream.find_document(str(out), doc, 5, 8) == []
+    assert [resumed[0][s] for s in range(5, first)] == [straight[0][s] for s in range(5, first)]
+    assert resumed[0][first] != straight[0][first]
+    for step in (5, 8):
+        assert _inspected(out, step)[0][0] == resumed[0][step]
+    with open(out / "trainer_state.json") as f:
+        logged = [h for h in json.load(f)["log_history"] if "docs_listed_skipped" in h]
+    assert logged and logged[-1]["docs_listed_skipped"] >= 1 and logged[-1]["tokens_listed_skipped"] > 0
+    _train(_argv(data, out, 12, 2, "--resume_from_checkpoint", str(out / "checkpoint-8")), tmp_path / "cap3")
+    assert lmstream.find_document(str(out), doc, 9, 12) == []
+    with open(out / "checkpoint-12" / "lmstream_data" / "lineage.json") as f:
+        assert json.load(f)["segments"][-1]["skip_documents"] == sorted([doc, "not-an-id-here"])
