@@ -158,6 +158,7 @@ TARGETS = [
     ("pipeline", "lmstream / reference pipeline (corpus tokens/s)", "lmstream_corpus_tok_s", "reference_corpus_tok_s", (">=", 3.0)),
     ("pipeline", "fastokens / HF tokenizer (fast path)", "fastokens_alone_tok_s", "hf_tokenizer_tok_s", (">=", 10.0)),
     ("pipeline", "tokens that reach training, lmstream", "lmstream_kept", None, (">=", 0.99)),
+    ("pipeline", "provenance's cost, in one process (1 - with / without)", "provenance_cost", None, ("<=", 0.02)),
     ("prepare", "prepare, all cores / (cores x one-thread fastokens)", "prepare_vs_cores_x_single", None, (">=", 0.7)),
     ("resume", "time to first batch after resume, late / early", "lmstream_late_over_early", None, ("<=", 1.2)),
     ("resume", "Trainer's skip / lmstream, late", "skip_over_lmstream_late", None, (">=", 1.0)),

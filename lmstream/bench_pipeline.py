@@ -43,6 +43,21 @@ def _epoch_rate(args, tokenizer, batch: int, workers: int, repeats: int) -> tupl
     return max(n / t for n, t, _ in runs), min(s for _, _, s in runs)
 
 
+def _provenance_cost(args, tokenizer, batch: int, repeats: int) -> tuple[float, float]:
+    """(best tokens/s in one process with provenance, without), alternated so that drift hits both alike."""
+    from .packing import BlockPacker
+    rates = {True: [], False: []}
+    try:
+        for _ in range(max(3, repeats)):
+            for on in (True, False):
+                BlockPacker.track_provenance = on
+                n, t, _ = _lmstream_epoch(args, tokenizer, batch, 0)
+                rates[on].append(n / t)
+    finally:
+        BlockPacker.track_provenance = True
+    return max(rates[True]), max(rates[False])
+
+
 def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, workers: int) -> int:
     """Tokens of one epoch through the reference script's pipeline (lmstream.reference)."""
     files = [s.url for s in plan_dataset(args).shards]
@@ -89,6 +104,8 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
         one = dataclasses.replace(args, dataset_tokenizer_backend=name)
         per_backend[name], startup[name] = _epoch_rate(one, tokenizer, batch, 0, repeats)
     default = build_encoder(tokenizer).backend
+    with_prov, without = _provenance_cost(dataclasses.replace(args, dataset_tokenizer_backend=default), tokenizer,
+                                          batch, repeats)
     lm_rate, _ = _epoch_rate(args, tokenizer, batch, workers, repeats)
     lm_tokens, lm_s, _ = _lmstream_epoch(args, tokenizer, batch, workers)
     long_rate = None
@@ -107,7 +124,9 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
          "lmstream_tok_s": lm_rate, "lmstream_kept": lm_tokens / corpus_tokens,
          "reference_tok_s": ref_tokens / ref_s, "reference_kept": ref_tokens / corpus_tokens,
          "reference_corpus_tok_s": corpus_tokens / ref_s, "lmstream_corpus_tok_s": corpus_tokens / lm_s,
-         "lmstream_long_tok_s": long_rate, "passes": passes}
+         "lmstream_long_tok_s": long_rate, "passes": passes,
+         "in_process_with_provenance_tok_s": with_prov, "in_process_without_provenance_tok_s": without,
+         "provenance_cost": 1 - with_prov / without}
     r["ratio_vs_hf_bound"] = r["lmstream_tok_s"] / r["hf_tokenizer_tok_s"]
     r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]            # tokens delivered to training
     r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]   # corpus processed

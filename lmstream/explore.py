@@ -274,6 +274,16 @@ def decode_with_boundaries(block, tokenizer, eos_mark: str = " ⟨EOS⟩\n\n") -
     return "".join(parts)
 
 
+def provenance_table(report: dict, width: int = 60) -> "pd.DataFrame":
+    """One row per segment of `lmstream.inspect_step`'s report: where each block's tokens came from."""
+    import pandas as pd
+    return pd.DataFrame([{"rank": mb["rank"], "micro-batch": mb["micro_batch"], "block": b,
+                          "block tokens": "%d-%d" % tuple(s["block_tokens"]), "file": os.path.basename(s["file"]),
+                          "row group": s["row_group"], "row": s["row"], "document tokens": "%d-%d" % tuple(s["tokens"]),
+                          "id": s.get("id", ""), "text": s.get("text", "")[:width]}
+                         for mb in report["micro_batches"] for b, blk in enumerate(mb["blocks"]) for s in blk["segments"]])
+
+
 def human_bytes(n: float) -> str:
     """1234567 -> '1.2 MB'."""
     for unit in ("B", "kB", "MB", "GB", "TB", "PB"):

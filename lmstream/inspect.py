@@ -36,7 +36,7 @@ def inspect_step(output_dir: str, step: int, ranks=None, text: bool = False) -> 
     """Every rank's micro-batches of optimizer step `step` (1-based, as the logs number them), block by block."""
     out = {"output_dir": output_dir, "step": step, "micro_batches": []}
     for s, rank, micro, ids, prov, ctx in replay(output_dir, step, step, ranks):
-        out.update(checkpoint=ctx["checkpoint"], topology=ctx["topology"])
+        out.update(checkpoint=ctx["checkpoint"], topology=ctx["topology"], sources=ctx["describe"].names)
         blocks = [{"input_ids": row.tolist(), "segments": ctx["describe"](p, row, text)} for row, p in zip(ids, prov)]
         out["micro_batches"].append({"rank": rank, "micro_batch": micro, "blocks": blocks})
     return out
@@ -205,7 +205,8 @@ def _print_step(report: dict, out=sys.stdout) -> None:
             print(f"  block {b} ({len(block['input_ids'])} tokens)", file=out)
             for seg in block["segments"]:
                 ident = "  ".join(f"{k}={seg[k]}" for k in ID_COLUMNS if k in seg)
-                print(f"    [{seg['block_tokens'][0]}:{seg['block_tokens'][1]}) {seg['source']}: {seg['file']} "
+                source = f"{seg['source']}: " if len(report["sources"]) > 1 else ""
+                print(f"    [{seg['block_tokens'][0]}:{seg['block_tokens'][1]}) {source}{seg['file']} "
                       f"row group {seg['row_group']} row {seg['row']} tokens {seg['tokens'][0]}-{seg['tokens'][1]}"
                       f"{'  ' + ident if ident else ''}", file=out)
                 if "text" in seg:

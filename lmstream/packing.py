@@ -22,6 +22,7 @@ import numpy as np
 
 class BlockPacker:
     """Cuts a stream of tokenized documents (or document parts) into blocks of `block_size` with carry-over."""
+    track_provenance = True   # the benchmark turns it off to measure what provenance costs
 
     def __init__(self, block_size: int):
         self.block_size = block_size
@@ -40,7 +41,7 @@ class BlockPacker:
         (shard, row group, row), int64 (n, 3); without it provenance is None.
         """
         refs = [r if len(r) == 3 and isinstance(r[2], bool) else (r, 0, True) for r in refs]
-        if origins is not None:
+        if origins is not None and self.track_provenance:
             bases = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
             self.origins = np.concatenate([self.origins, np.column_stack([origins, bases])])
         self.buf = np.concatenate([self.buf, ids]) if len(self.buf) else ids

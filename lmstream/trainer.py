@@ -80,6 +80,7 @@ class StreamingTrainer(Trainer):
         self.lineage = lineage or []     # lmstream.lineage: this run's segment last
         self.loader = None
         self.step_provenance: list = []  # the provenance of each micro-batch of the step being taken (per sample)
+        self._lineage_written = False
         self._last_log = None            # (time, tokens, wait) at the previous log
 
     # -- data -----------------------------------------------------------------------------------
@@ -93,8 +94,6 @@ class StreamingTrainer(Trainer):
                                    persistent_workers=a.dataloader_persistent_workers)
         place_loader(self.loader, self.train_dataset, self.data_states, a.process_index, a.world_size,
                      a.dataloader_num_workers)
-        if self.lineage and a.should_save:
-            lineage.write_run(a.output_dir, self.lineage)
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):
@@ -113,6 +112,9 @@ class StreamingTrainer(Trainer):
         batches = super().get_batch_samples(epoch_iterator, *args, **kwargs)
         if self.loader is not None:
             self.step_provenance = list(self.loader.taken)
+            if self.lineage and self.args.should_save and not self._lineage_written:   # the data was accepted
+                lineage.write_run(self.args.output_dir, self.lineage)
+                self._lineage_written = True
         if getattr(self, "_rng_checkpoint", None):
             self._load_rng_state(self._rng_checkpoint)
             self._rng_checkpoint = None

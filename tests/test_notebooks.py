@@ -92,8 +92,10 @@ def test_grouping_notebook_run_all_twice(tmp_path):
 
 def test_resume_notebook_run_all_twice(tmp_path):
     nb = _run_all_twice("04_resume.ipynb", tmp_path, max_steps=8, stop_after=4, cost_size_mb=4, cost_block_size=128,
-                        cost_batch_size=2, cost_points="5,20", elastic_stop_after=5)
+                        cost_batch_size=2, cost_points="5,20", elastic_stop_after=5, inspect_at=7)
     for text in _halves(nb):
+        assert "step 7: the replayed blocks equal the stream's batch: True" in text
+        assert "replayed from" in text and "checkpoint-4" in text and "document tokens" in text
         assert "batch 5 after the resume equals batch 5 of the uninterrupted stream: True" in text
         assert "steps 5-8: identical losses: True" in text
         assert "every token of every document once, trained or dropped at the end: True" in text
