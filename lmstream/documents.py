@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from .shards import Shard
 
 log = logging.getLogger("lmstream")
 _WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_null", "docs_heldout", "docs_invalid_utf8")   # counted by _fill
-ID_COLUMNS = ("id", "url")   # the columns that name a document (FineWeb's), where a dataset has them
 OTHER = "another reader's row"   # a row a strided piece leaves to another reader: advances the position only
 
 
@@ -274,33 +272,3 @@ def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 
     stream = DocumentStream(plan, args, seed, 0, 1, split=split, shuffle=shuffle)
     for window in stream.windows(epoch, 0, (0, 0)):
         yield from window.docs
-
-
-def id_columns(plan: Plan, shard: int, group: int, args: DataArguments) -> dict:
-    """{row: {"id": ..., "url": ...}} of one row group (or line-based file): those of ID_COLUMNS it has, read by
-    themselves (a Range request for just their column chunks)."""
-    s, timeout = plan.shards[shard], args.dataset_read_timeout
-    if s.format == "parquet":
-        footer = plan.footers[shard]
-        names = [n for n in ID_COLUMNS if n in footer.schema.to_arrow_schema().names]
-        if not names:
-            return {}
-        cols = ranges.read_columns(s.url, s.size, footer, group, names, timeout).to_pydict()
-        return {i: {n: cols[n][i] for n in names} for i in range(len(cols[names[0]]))}
-    if s.format != "json":
-        return {}
-    out = {}
-    for i, line in enumerate(textfiles.lines(s.url, timeout)):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out[i] = {n: rec[n] for n in ID_COLUMNS if n in rec}
-    return out
-
-
-def read_id_list(path: str) -> frozenset:
-    """The ids or urls of a --dataset_skip_documents file, one per line (blank lines ignored)."""
-    with open(path, encoding="utf-8") as f:
-        return frozenset(line.strip() for line in f if line.strip())

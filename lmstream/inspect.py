@@ -24,7 +24,7 @@ from . import lineage
 from .checkpoints import CHECKPOINT_PREFIX, checkpoint_step, is_complete, read_data_states, trained_steps
 from .config import DataArguments, parse_step_ranges
 from .data import build_pipeline
-from .documents import ID_COLUMNS, id_columns
+from .docids import ID_COLUMNS, id_columns
 from .errors import ConfigError
 from .loader import build_loader
 from .resume import pinned_plan

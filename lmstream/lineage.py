@@ -16,7 +16,7 @@ import json
 import os
 
 from .checkpoints import DATA_STATE_DIR, atomic_json, trained_steps
-from .documents import read_id_list
+from .docids import read_id_list
 from .planfile import atomic_write
 from .config import parse_step_ranges  # noqa: F401  (the flag's parser, re-exported)
 from .errors import ConfigError
@@ -54,6 +54,8 @@ def with_listed_documents(checkpoint: str | None, data_args, output_dir: str):
     """The data arguments with dataset_skip_documents naming every document listed so far: the file given now and
     the lists of the lineage being resumed (a list keeps applying on later resumes), merged into
     output_dir/lmstream_skip_documents.txt. Unchanged when nothing is listed."""
+    if not data_args.dataset_streaming:
+        return data_args
     listed = {d for seg in (read(checkpoint) if checkpoint else []) for d in seg.get("skip_documents", [])}
     if data_args.dataset_skip_documents:
         listed |= read_id_list(data_args.dataset_skip_documents)

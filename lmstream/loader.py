@@ -52,11 +52,18 @@ class ArrayBatch:
 
 
 class PinnedBatch(dict):
-    """A batch's tensors (pinned by the loader's pin-memory thread), with its provenance beside them."""
+    """A batch's tensors (pinned by the loader's pin-memory thread, or collated in process), with its provenance
+    beside them: a dict to everything else (the Trainer, accelerate's skip_first_batches)."""
 
-    def __init__(self, tensors: dict, provenance: list | None):
+    def __init__(self, tensors=(), provenance: list | None = None):
         super().__init__(tensors)
         self.provenance = provenance
+
+
+def collate_tensors(samples: list[dict]) -> PinnedBatch:
+    """In process (no workers): the samples' tensors stacked, their provenance beside them."""
+    return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE},
+                       [s.get(PROVENANCE) for s in samples])
 
 
 def collate_arrays(samples: list[dict]) -> ArrayBatch:
@@ -169,7 +176,7 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     """A loader over `dataset` whose state_dict holds every worker's data position."""
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
-    kwargs.setdefault("collate_fn", collate_arrays)
+    kwargs.setdefault("collate_fn", collate_arrays if num_workers > 0 else collate_tensors)
     if num_workers > 0:
         kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
         kwargs.setdefault("worker_init_fn", init_worker)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .config import DataArguments
-from .documents import DocumentStream, id_columns, read_id_list
+from .docids import id_columns, read_id_list
+from .documents import DocumentStream
 from .elastic import decode_items
 from .errors import ConfigError
 from .longtext import LongText

@@ -25,10 +25,10 @@ log = logging.getLogger("lmstream")
 def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
     """Refuse to write into a folder that holds another run (nothing is overwritten)."""
     out = training_args.output_dir
-    # executed notebooks (the run's report, written by papermill as it starts) and lmstream's caches don't make it
-    # another run
-    held = [f for f in os.listdir(out) if not f.endswith(".ipynb") and f not in (".lmstream", ".lmstream-demo")] \
-        if os.path.isdir(out) else []
+    # executed notebooks (the run's report, written by papermill as it starts), lmstream's caches and a lineage
+    # alone (a run that saved no checkpoint: nothing to resume) don't make it another run
+    ignored = (".lmstream", ".lmstream-demo", "lmstream_lineage.json")
+    held = [f for f in os.listdir(out) if not f.endswith(".ipynb") and f not in ignored] if os.path.isdir(out) else []
     if not (training_args.do_train and held):
         return
     if resume or run_args.overwrite_output_dir:

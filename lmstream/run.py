@@ -81,7 +81,7 @@ class Run:
         self.callbacks, self.launch, self.argv = callbacks or [], launch, argv
         self.started = time.perf_counter()
         self.model = self.tokenizer = self.train_dataset = self.eval_dataset = self.data_states = self.trainer = None
-        self.lineage: list[dict] = []
+        self.lineage: list[dict] = []   # lmstream.lineage: which topology fed which steps (a stream's only)
         self.metrics: dict = {}
         self._locks = contextlib.ExitStack()
         self.checkpoint = self._start()
@@ -140,8 +140,7 @@ class Run:
         resuming = self.checkpoint and self.data_args.dataset_streaming
         plan, restart = pinned_plan(self.checkpoint, self.data_args) if resuming else (None, False)
         rank, world = self.rank_and_world
-        if self.data_args.dataset_streaming:
-            self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args, a.output_dir)
+        self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args, a.output_dir)
         self.train_dataset, self.eval_dataset = build_datasets(self.data_args, self.run_args, self.tokenizer, seed, rank,
                                                                world, positions, a.do_eval, plan=plan)
         stream = is_stream(self.train_dataset)
@@ -150,9 +149,8 @@ class Run:
                               "or --max_train_samples N to give each epoch a known size and train --num_train_epochs.")
         if self.checkpoint and stream:
             self.data_states = self._resume_data(restart)
-        if stream:
-            self.lineage = lineage.for_run(self.checkpoint, self.model_args, self.data_args, self.run_args, a,
-                                           self.rank_and_world[1], seed, positions)
+        self.lineage = lineage.for_run(self.checkpoint, self.model_args, self.data_args, self.run_args, a, world, seed,
+                                       positions) if stream else []
         return self.train_dataset, self.eval_dataset
 
     def _resume_data(self, restart):

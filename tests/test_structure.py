@@ -20,7 +20,7 @@ LAYERS = [   # each module may import modules of earlier layers only (none of it
     ["hub", "tokenize", "helptext"],
     ["sources", "models", "arguments"],
     ["plan", "textfiles"],
-    ["documents", "planfile"],
+    ["documents", "planfile", "docids"],
     ["state"],
     ["elastic"],
     ["reader"],
