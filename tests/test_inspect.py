@@ -219,3 +219,14 @@ def test_skip_documents_drops_them_from_then_on_and_keeps_the_list(tmp_path):
     assert lmstream.find_document(str(out), doc, 9, 12) == []
     with open(out / "checkpoint-12" / "lmstream_data" / "lineage.json") as f:
         assert json.load(f)["segments"][-1]["skip_documents"] == sorted([doc, "not-an-id-here"])
+
+
+@pytest.mark.parametrize("extra", [["--gradient_accumulation_steps", "2"], ["--max_train_samples", "12"]],
+                         ids=["grad-accumulation", "sized-epochs"])
+def test_inspect_follows_accumulation_and_epoch_ends(tmp_path, extra):
+    """Micro-batches of a step with gradient accumulation; sized epochs (max_train_samples 12: 6 batches of 2 an
+    epoch) whose ends fall inside the replayed range."""
+    data, out = _corpus(tmp_path), tmp_path / "out"
+    seen, _ = _train(_argv(data, out, 9, 2, *extra), tmp_path / "cap")
+    for step in (1, 4, 5, 7, 9):
+        assert _inspected(out, step)[0][0] == seen[0][step], step
