@@ -42,8 +42,10 @@ class BlockPacker:
         """
         refs = [r if len(r) == 3 and isinstance(r[2], bool) else (r, 0, True) for r in refs]
         if origins is not None and self.track_provenance:
-            bases = np.fromiter((r[1] for r in refs), dtype=np.int64, count=len(refs))
-            self.origins = np.concatenate([self.origins, np.column_stack([origins, bases])])
+            new = np.empty((len(refs), 4), dtype=np.int64)
+            new[:, :3] = origins
+            new[:, 3] = [r[1] for r in refs]
+            self.origins = np.concatenate([self.origins, new]) if len(self.origins) else new
         self.buf = np.concatenate([self.buf, ids]) if len(self.buf) else ids
         self.lens = np.concatenate([self.lens, lengths])
         self.nbytes = np.concatenate([self.nbytes, np.asarray(nbytes, dtype=np.int64)])
@@ -91,17 +93,23 @@ class BlockPacker:
             self.origins = self.origins[k:]
 
     def _provenance(self, ends: np.ndarray, n: int) -> list:
-        """The segments of each of the first n blocks: int64 (k, 6) arrays (see the module's doc)."""
+        """The segments of each of the first n blocks: int64 (k, 6) arrays (see the module's doc). A segment starts at
+        each block's start and at each entry's start inside the blocks; empty ones are left out."""
         L, starts = self.block_size, ends - self.lens
-        cuts = np.union1d(starts[starts < n * L], np.arange(n, dtype=np.int64) * L)
-        seg_end = np.append(cuts[1:], n * L)
-        e = np.searchsorted(ends, cuts, side="right")
-        keep = e < len(ends)
+        cuts = np.concatenate([starts[starts < n * L], np.arange(n, dtype=np.int64) * L])
+        cuts.sort()
+        seg_end = np.empty_like(cuts)
+        seg_end[:-1], seg_end[-1] = cuts[1:], n * L
+        e = np.searchsorted(ends, cuts, side="right")   # the entry holding the segment's first token
+        keep = (seg_end > cuts) & (e < len(ends))       # empty entries, an entry starting on a block's edge
         cuts, seg_end, e = cuts[keep], seg_end[keep], e[keep]
-        first = self.origins[e, 3] + cuts - starts[e]
-        rows = np.column_stack([np.zeros_like(first), self.origins[e, :3], first, first + seg_end - cuts])
-        bounds = np.searchsorted(cuts // L, np.arange(n + 1), side="left")
-        return [rows[bounds[b]:bounds[b + 1]] for b in range(n)]
+        rows = np.empty((len(cuts), 6), dtype=np.int64)
+        rows[:, 0] = 0
+        rows[:, 1:4] = self.origins[e, :3]
+        rows[:, 4] = self.origins[e, 3] + cuts - starts[e]
+        rows[:, 5] = rows[:, 4] + seg_end - cuts
+        at = np.searchsorted(cuts, np.arange(n + 1, dtype=np.int64) * L, side="left").tolist()
+        return [rows[i:j] for i, j in zip(at, at[1:])]
 
     def _position(self, e: int, x: int, after: bool = False):
         """(doc ref, token offset in the document) of token x of pending entry e (after=True: past its end)."""

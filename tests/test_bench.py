@@ -17,6 +17,7 @@ def test_bench_quick_completes_and_reports(tmp_path):
     assert "lmstream / HF tokenizer bound (texts in memory)" in proc.stdout and ">= 5" in proc.stdout
     assert "lmstream in one process / fastest tokenizer alone" in proc.stdout and "prepare, all cores" in proc.stdout
     assert r["pipeline"]["lmstream_fastokens_tok_s"] > 0 and r["prepare"]["processes"] >= 1
+    assert "provenance's cost" in proc.stdout and -1 < r["pipeline"]["provenance_cost"] < 1
     assert "lmstream-train --help, seconds" in proc.stdout and r["help_seconds"] > 0
 
 

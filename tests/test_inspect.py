@@ -182,7 +182,9 @@ def test_the_inspect_command(tmp_path):
     doc = report["micro_batches"][0]["blocks"][0]["segments"][0]["id"]
     found = json.loads(run("--document", doc, "--steps", "1-5", "--json").stdout)
     assert found and any(f["step"] == 2 for f in found) and all(f["id"] == doc for f in found)
-    proc = run("--step", "3", "--rank", "0")
+    entry = shutil.which("lmstream-inspect")   # the console entry an install gives
+    assert entry, "lmstream-inspect is not on PATH: pip install -e . (or pip install .) first"
+    proc = subprocess.run([entry, str(out), "--step", "3", "--rank", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "rank 0, micro-batch 0" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "lmstream.inspect", str(tmp_path), "--step", "1"],
                          capture_output=True, text=True)
