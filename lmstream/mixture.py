@@ -20,6 +20,7 @@ import torch
 
 from .config import DataArguments, parse_mixture
 from .errors import ConfigError
+from .provenance import with_source
 from .pipeline import build_stream
 from .state import find_dicts, share, sum_counters
 
@@ -67,8 +68,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
             self._n += 1
             self._counts[k] += 1
             if sample.get("provenance") is not None:   # the source of each segment: this source's number
-                sample["provenance"] = sample["provenance"].copy()
-                sample["provenance"][:, 0] = k
+                sample["provenance"] = with_source(sample["provenance"], k)
             yield sample
 
     def state_dict(self) -> dict:

@@ -13,11 +13,14 @@ token in the document (`base`) and whether it ends the document (`last`).
 
 Provenance: given each entry's origin (shard, row group, row), every block comes with the segments it is made of,
 one int64 row each: (source, shard, row group, row, first token, end token) with token offsets within the document
-(its EOS is its last token); source is 0 here (a mixture numbers its sources). Computed for all blocks of a feed at once (no Python per segment).
+(its EOS is its last token); source is 0 here (a mixture numbers its sources). See lmstream.provenance: the rows
+are made when first read.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .provenance import FeedOrigins, Provenance
 
 
 class BlockPacker:
@@ -61,7 +64,7 @@ class BlockPacker:
         cum_docs = np.concatenate([[0], np.cumsum(last)])
         cum_bytes = np.concatenate([[0], np.cumsum(self.nbytes * last)])
         blocks = self.buf[: n * L].reshape(n, L)
-        prov = self._provenance(ends, n) if len(self.origins) == len(self.refs) else [None] * n
+        prov = self._block_provenance(ends, n)
         out, prev = [], 0
         for b in range(n):
             k = int(done[b])
@@ -85,31 +88,19 @@ class BlockPacker:
         self.buf = self.buf[used:].copy()
         return out
 
+    def _block_provenance(self, ends: np.ndarray, n: int) -> list:
+        """Each block's Provenance (its rows made on demand from the feed's entries), or None without origins."""
+        if len(self.origins) != len(self.refs) or not len(self.origins):
+            return [None] * n
+        feed = FeedOrigins(self.origins, ends, self.lens, self.block_size, n)
+        return [Provenance(feed, b) for b in range(n)]
+
     def _carry_origins(self, k: int, emitted: int) -> None:
         """Entries before k are done; `emitted` tokens of entry k were emitted (its origin moves past them)."""
         if len(self.origins) == len(self.refs):
+            self.origins = self.origins[k:].copy()   # never changed in place: a feed's Provenance refers to it
             if k < len(self.refs):
-                self.origins[k, 3] += emitted
-            self.origins = self.origins[k:]
-
-    def _provenance(self, ends: np.ndarray, n: int) -> list:
-        """The segments of each of the first n blocks: int64 (k, 6) arrays (see the module's doc). A segment starts at
-        each block's start and at each entry's start inside the blocks; empty ones are left out."""
-        L, starts = self.block_size, ends - self.lens
-        cuts = np.concatenate([starts[starts < n * L], np.arange(n, dtype=np.int64) * L])
-        cuts.sort()
-        seg_end = np.empty_like(cuts)
-        seg_end[:-1], seg_end[-1] = cuts[1:], n * L
-        e = np.searchsorted(ends, cuts, side="right")   # the entry holding the segment's first token
-        keep = (seg_end > cuts) & (e < len(ends))       # empty entries, an entry starting on a block's edge
-        cuts, seg_end, e = cuts[keep], seg_end[keep], e[keep]
-        rows = np.empty((len(cuts), 6), dtype=np.int64)
-        rows[:, 0] = 0
-        rows[:, 1:4] = self.origins[e, :3]
-        rows[:, 4] = self.origins[e, 3] + cuts - starts[e]
-        rows[:, 5] = rows[:, 4] + seg_end - cuts
-        at = np.searchsorted(cuts, np.arange(n + 1, dtype=np.int64) * L, side="left").tolist()
-        return [rows[i:j] for i, j in zip(at, at[1:])]
+                self.origins[0, 3] += emitted
 
     def _position(self, e: int, x: int, after: bool = False):
         """(doc ref, token offset in the document) of token x of pending entry e (after=True: past its end)."""

@@ -13,7 +13,7 @@ import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lmstream")
 LAYERS = [   # each module may import modules of earlier layers only (none of its own layer)
-    ["errors"],
+    ["errors", "provenance"],
     ["shards", "retry", "longtext", "packing", "readahead", "runlock", "stopping", "plots", "backends", "localserve",
      "reference"],
     ["config", "ranges"],
