@@ -223,8 +223,9 @@ def test_skip_documents_drops_them_from_then_on_and_keeps_the_list(tmp_path):
         assert json.load(f)["segments"][-1]["skip_documents"] == sorted([doc, "not-an-id-here"])
 
 
-@pytest.mark.parametrize("extra", [["--gradient_accumulation_steps", "2"], ["--max_train_samples", "12"]],
-                         ids=["grad-accumulation", "sized-epochs"])
+@pytest.mark.parametrize("extra", [["--gradient_accumulation_steps", "2"], ["--max_train_samples", "12"],
+                                   ["--dataloader_num_workers", "0"]],
+                         ids=["grad-accumulation", "sized-epochs", "in-process"])
 def test_inspect_follows_accumulation_and_epoch_ends(tmp_path, extra):
     """Micro-batches of a step with gradient accumulation; sized epochs (max_train_samples 12: 6 batches of 2 an
     epoch) whose ends fall inside the replayed range."""
