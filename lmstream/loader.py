@@ -7,6 +7,7 @@ batches passed from workers as NumPy arrays, and the consumer's waits timed (dat
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import time
 import warnings
@@ -20,6 +21,7 @@ from .errors import ConfigError
 from .longtext import warm_up
 from .stopping import ignore_signals_in_worker, kill_workers_at_exit
 
+from .provenance import BatchProvenance
 from .reader import PROVENANCE   # a sample's segments: not a tensor, kept beside the batch
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
@@ -37,9 +39,14 @@ class ArrayBatch:
     calls `pin_memory` (off the training thread); otherwise the iterator turns it into tensors.
     """
 
-    def __init__(self, arrays: dict, labels_are_inputs: bool = False, provenance: list | None = None):
+    def __init__(self, arrays: dict, labels_are_inputs: bool = False, packed: tuple | None = None):
         self.arrays, self.labels_are_inputs = arrays, labels_are_inputs
-        self.provenance = provenance   # each sample's segments (lmstream.packing), kept beside the tensors
+        self.packed = packed   # the samples' provenance, BatchProvenance.pack's (rows, starts): plain, cheap to send
+
+    @property
+    def provenance(self):
+        """Each sample's segments (lmstream.provenance), or None."""
+        return BatchProvenance(*self.packed) if self.packed is not None else None
 
     def tensors(self) -> dict:
         out = {k: torch.from_numpy(v.astype(np.int64)) for k, v in self.arrays.items()}
@@ -69,11 +76,14 @@ def collate_tensors(samples: list[dict]) -> PinnedBatch:
 def collate_arrays(samples: list[dict]) -> ArrayBatch:
     """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
     Each sample's provenance travels beside them, as a list."""
+    if "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray):   # raw packed blocks
+        return ArrayBatch({"input_ids": np.stack([s["input_ids"] for s in samples])}, True,
+                          BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
     arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0] if k != PROVENANCE}
     same = "labels" in arrays and "input_ids" in arrays and np.array_equal(arrays["labels"], arrays["input_ids"])
     if same:
         del arrays["labels"]
-    return ArrayBatch(arrays, same, [s.get(PROVENANCE) for s in samples])
+    return ArrayBatch(arrays, same, BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
 
 
 class _TimedIterator:
@@ -166,10 +176,16 @@ class BlockLoader(StatefulDataLoader):
             self.dataset.start_epoch = epoch
 
 
-def init_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: signals are the main process's; the node's cores are shared between workers."""
+def init_worker(worker_id: int, raw: bool = False) -> None:
+    """DataLoader worker_init_fn: signals are the main process's; the node's cores are shared between workers.
+    `raw`: the loader collates with collate_arrays, so its streams may yield packed blocks as bare int32 arrays."""
     ignore_signals_in_worker(worker_id)
-    backends.limit_threads(backends.tokenizer_threads(torch.utils.data.get_worker_info().num_workers))
+    info = torch.utils.data.get_worker_info()
+    backends.limit_threads(backends.tokenizer_threads(info.num_workers))
+    if raw:
+        for stream in getattr(info.dataset, "streams", None) or [info.dataset]:
+            if hasattr(stream, "reader"):
+                stream.reader.raw = True
 
 
 def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:
@@ -179,7 +195,7 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     kwargs.setdefault("collate_fn", collate_arrays if num_workers > 0 else collate_tensors)
     if num_workers > 0:
         kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
-        kwargs.setdefault("worker_init_fn", init_worker)
+        kwargs.setdefault("worker_init_fn", functools.partial(init_worker, raw=kwargs["collate_fn"] is collate_arrays))
         kill_workers_at_exit()
     else:
         kwargs.pop("prefetch_factor", None)

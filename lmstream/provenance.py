@@ -33,6 +33,14 @@ class FeedOrigins:
             self._make()
         return self._rows[self._at[b]:self._at[b + 1]]
 
+    @property
+    def rows(self) -> np.ndarray:
+        return self._rows
+
+    @property
+    def at(self) -> list:
+        return self._at
+
     def _make(self) -> None:
         """Segments start at each block's start and at each entry's start inside the blocks; empty ones are left out."""
         L, n, ends = self.block_size, self.n, self.ends
@@ -88,6 +96,10 @@ class Provenance:
     def shape(self) -> tuple:
         return self.rows.shape
 
+    @property
+    def dtype(self):
+        return np.dtype(np.int64)
+
     def __getitem__(self, key):
         return self.rows[key]
 
@@ -105,3 +117,44 @@ def with_source(provenance, source: int):
     rows = np.array(provenance, dtype=np.int64)
     rows[:, 0] = source
     return rows
+
+
+class BatchProvenance:
+    """A batch's provenance as one array (every sample's rows, in order) and where each sample's rows start: what a
+    DataLoader worker sends, one array a batch. Indexing and iteration give each sample's rows."""
+    __slots__ = ("rows", "at")
+
+    def __init__(self, rows: np.ndarray, at: list):
+        self.rows, self.at = rows, at
+
+    @staticmethod
+    def pack(provenances: list):
+        """(rows, starts) of a batch's samples: one slice of the feed's rows when they are consecutive blocks of one
+        feed (the usual case), else the samples' rows joined. None when a sample has none."""
+        first = provenances[0]
+        if first is None or any(p is None for p in provenances):
+            return None
+        if isinstance(first, Provenance) and not first.source and all(
+                isinstance(p, Provenance) and p.feed is first.feed and p.index == first.index + k and not p.source
+                for k, p in enumerate(provenances)):
+            feed, i0 = first.feed, first.index
+            feed.block(i0)   # makes the feed's rows
+            at = feed.at[i0:i0 + len(provenances) + 1]
+            return feed.rows[at[0]:at[-1]], [a - at[0] for a in at]
+        parts = [p.rows if isinstance(p, Provenance) else np.asarray(p, dtype=np.int64) for p in provenances]
+        return np.concatenate(parts), np.cumsum([0] + [len(p) for p in parts]).tolist()
+
+    def __getstate__(self):
+        return (self.rows, self.at)
+
+    def __setstate__(self, state):
+        self.rows, self.at = state
+
+    def __len__(self) -> int:
+        return len(self.at) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.rows[self.at[i]:self.at[i + 1]]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

@@ -49,6 +49,8 @@ class Reader:
     max_samples: int | None = None
     warned_short: bool = False
     listed: frozenset | None = None   # ids/urls not to train on (dataset_skip_documents), read on first use
+    raw: bool = False   # packed blocks as int32 arrays without labels: in a DataLoader worker whose collate is
+                        # lmstream.loader.collate_arrays (it stacks them as they are; labels are made in the trainer)
 
     def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list, stats: dict) -> None:
         """dataset_skip_documents: a listed document of this tokenizer batch gives no token (its position, and every
@@ -181,12 +183,14 @@ class Reader:
             else:
                 yield from self._padded(ids, lens, window, b0, stats)
 
-    @staticmethod
-    def _blocks(packed, stats: dict):
+    def _blocks(self, packed, stats: dict):
         """Samples (labels = input_ids, the provenance of their tokens) from the packer's output, counted."""
         for block, ref, off, nd, nb, prov in packed:
             stats["tokens"] += len(block)
             stats["blocks"] += 1
+            if self.raw:
+                yield {"input_ids": block, PROVENANCE: prov}, ref, off, nd, nb
+                continue
             t = torch.from_numpy(block.astype(np.int64))
             yield {"input_ids": t, "labels": t.clone(), PROVENANCE: prov}, ref, off, nd, nb
 
