@@ -31,7 +31,6 @@ from .resume import pinned_plan
 from .trainer import place_loader
 
 
-
 def inspect_step(output_dir: str, step: int, ranks=None, text: bool = False) -> dict:
     """Every rank's micro-batches of optimizer step `step` (1-based, as the logs number them), block by block."""
     out = {"output_dir": output_dir, "step": step, "micro_batches": []}
@@ -65,12 +64,12 @@ def replay(output_dir: str, first: int, last: int, ranks=None):
         end = segments[i + 1]["from_step"] if i + 1 < len(segments) else None
         lo, hi = max(first, seg["from_step"] + 1), last if end is None else min(last, end)
         if lo <= hi:
-            yield from _replay_segment(output_dir, segments[: i + 1], lo, hi, ranks)
+            yield from _replay_segment(output_dir, seg, lo, hi, ranks)
 
 
-def _base_checkpoint(output_dir: str, segments: list[dict], step: int) -> str | None:
-    """The newest complete checkpoint before `step` written by the last segment, else the one it resumed from."""
-    seg, best = segments[-1], None
+def _base_checkpoint(output_dir: str, seg: dict, step: int) -> str | None:
+    """The newest complete checkpoint before `step` written by segment `seg`, else the one it resumed from."""
+    best = None
     for name in os.listdir(output_dir):
         c = checkpoint_step(name)
         path = os.path.join(output_dir, name)
@@ -105,10 +104,9 @@ def _same(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
 
 
-def _replay_segment(output_dir: str, segments: list[dict], first: int, last: int, ranks):
+def _replay_segment(output_dir: str, seg: dict, first: int, last: int, ranks):
     from transformers import AutoTokenizer
-    seg = segments[-1]
-    ckpt = _base_checkpoint(output_dir, segments, first)
+    ckpt = _base_checkpoint(output_dir, seg, first)
     start = trained_steps(ckpt) if ckpt else 0
     args = _replay_arguments(seg, output_dir)
     has_tok = ckpt and os.path.isfile(os.path.join(ckpt, "tokenizer_config.json"))

@@ -1,6 +1,6 @@
 """A run's lineage: which topology and data settings fed which steps, across resumes, and which steps were skipped.
 
-    output_dir/lmstream_lineage.json               the current run's lineage, written when it starts
+    output_dir/lmstream_lineage.json               the current run's lineage, written at its first step
     checkpoint-N/lmstream_data/lineage.json        the lineage that led to checkpoint N (with what it skipped)
 
 A lineage is a list of segments, oldest first. A segment is one start of the job: the step it started from (the
@@ -16,10 +16,10 @@ import json
 import os
 
 from .checkpoints import DATA_STATE_DIR, atomic_json, trained_steps
+from .config import parse_step_ranges
 from .docids import read_id_list
-from .planfile import atomic_write
-from .config import parse_step_ranges  # noqa: F401  (the flag's parser, re-exported)
 from .errors import ConfigError
+from .planfile import atomic_write
 
 RUN_LINEAGE = "lmstream_lineage.json"
 SKIP_LIST = "lmstream_skip_documents.txt"   # every document listed by dataset_skip_documents in this lineage

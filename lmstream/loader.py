@@ -19,10 +19,9 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from . import backends
 from .errors import ConfigError
 from .longtext import warm_up
-from .stopping import ignore_signals_in_worker, kill_workers_at_exit
-
 from .provenance import BatchProvenance
 from .reader import PROVENANCE   # a sample's segments: not a tensor, kept beside the batch
+from .stopping import ignore_signals_in_worker, kill_workers_at_exit
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -54,7 +53,7 @@ class ArrayBatch:
             out["labels"] = out["input_ids"].clone()
         return out
 
-    def pin_memory(self, device=None) -> "ArrayBatch":
+    def pin_memory(self, device=None) -> "PinnedBatch":
         return PinnedBatch({k: t.pin_memory() for k, t in self.tensors().items()}, self.provenance)
 
 
@@ -75,7 +74,7 @@ def collate_tensors(samples: list[dict]) -> PinnedBatch:
 
 def collate_arrays(samples: list[dict]) -> ArrayBatch:
     """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
-    Each sample's provenance travels beside them, as a list."""
+    The samples' provenance travels beside them as one array and offsets (BatchProvenance.pack)."""
     if "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray):   # raw packed blocks
         return ArrayBatch({"input_ids": np.stack([s["input_ids"] for s in samples])}, True,
                           BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))

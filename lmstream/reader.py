@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -49,6 +49,7 @@ class Reader:
     max_samples: int | None = None
     warned_short: bool = False
     listed: frozenset | None = None   # ids/urls not to train on (dataset_skip_documents), read on first use
+    ids: dict = field(default_factory=dict)   # (shard, row group) -> {row: {"id", "url"}}, read when first needed
     raw: bool = False   # packed blocks as int32 arrays without labels: in a DataLoader worker whose collate is
                         # lmstream.loader.collate_arrays (it stacks them as they are; labels are made in the trainer)
 
@@ -64,11 +65,10 @@ class Reader:
         """Whether document j of the window has a listed id or url (counted in docs_listed_skipped)."""
         if self.listed is None:
             self.listed = read_id_list(self.args.dataset_skip_documents)
-            self._ids: dict = {}
         shard, group, row = window.origins[j].tolist()
-        if (shard, group) not in self._ids:
-            self._ids[(shard, group)] = id_columns(self.plan, shard, group, self.args)
-        hit = not self.listed.isdisjoint(self._ids[(shard, group)].get(row, {}).values())
+        if (shard, group) not in self.ids:
+            self.ids[(shard, group)] = id_columns(self.plan, shard, group, self.args)
+        hit = not self.listed.isdisjoint(self.ids[(shard, group)].get(row, {}).values())
         if hit:
             stats["docs_listed_skipped"] = stats.get("docs_listed_skipped", 0) + 1
         return hit
