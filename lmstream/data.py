@@ -17,7 +17,7 @@ from . import backends
 from .config import DataArguments, RunArguments
 from .errors import ConfigError
 from .mixture import build_mixture
-from .pipeline import StreamingBlocks, build_stream, plan_dataset, resolve_block_size
+from .pipeline import StreamingBlocks, build_stream, encoder_for, plan_dataset, resolve_block_size
 from .planfile import shared_plan
 
 log = logging.getLogger("lmstream")
@@ -38,7 +38,7 @@ STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8
 
 
 def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot: int, n_slots: int,
-                path: str) -> int:
+                path: str, plan=None) -> int:
     """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time; returns the
     number of blocks. Packed blocks are cut from the epoch's ids with one reshape per tokenizer batch (the very
     blocks the stream yields, without a Python object per block); padded samples go one by one."""
@@ -46,7 +46,7 @@ def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot
 
     import pyarrow as pa
     one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
-    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots)
+    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots, plan=plan)
     packed = args.dataset_group_text and isinstance(ds, StreamingBlocks)   # a mixture goes sample by sample
     chunks = _packed_chunks(ds.reader.epoch_ids(slot, n_slots), block_size) if packed else _sample_chunks(ds)
     writer, count = None, 0
@@ -115,7 +115,11 @@ def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | 
     backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
     folder = tempfile.mkdtemp(prefix="lmstream-blocks-")
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(n)]
-    jobs = [(args, tokenizer, seed, block_size, i, n, paths[i]) for i in range(n)]
+    # listed and checked once, here: the forked processes inherit the plan and the tokenizer backend (its
+    # self-check and fastokens' load take most of a second each)
+    plan = None if args.dataset_mixture else plan_dataset(args)
+    encoder_for(args, tokenizer)
+    jobs = [(args, tokenizer, seed, block_size, i, n, paths[i], plan) for i in range(n)]
     if n == 1:
         counts = [_write_slot(*jobs[0])]
     else:

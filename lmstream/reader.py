@@ -11,7 +11,6 @@ padded sample per document. Very long documents (LongText) are tokenized part by
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,8 +49,8 @@ class Reader:
     warned_short: bool = False
     listed: frozenset | None = None   # ids/urls not to train on (dataset_skip_documents), read on first use
     ids: dict = field(default_factory=dict)   # (shard, row group) -> {row: {"id", "url"}}, read when first needed
-    raw: bool = False   # packed blocks as int32 arrays without labels: in a DataLoader worker whose collate is
-                        # lmstream.loader.collate_arrays (it stacks them as they are; labels are made in the trainer)
+    raw: bool = False   # packed blocks as int32 arrays without labels, while lmstream.batches.Grouped batches them
+                        # (collate_arrays stacks them as they are; the labels are made once per batch)
 
     def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list, stats: dict) -> None:
         """dataset_skip_documents: a listed document of this tokenizer batch gives no token (its position, and every
@@ -161,17 +160,19 @@ class Reader:
 
     def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict):
         """(sample, next document ref, token offset, docs completed, bytes completed) for one window."""
-        for b0, b1 in long_text_runs(window.docs, tokenizer_batches(window.nbytes, doc0, self.args.dataset_tokenize_batch_size)):
-            docs = window.docs[b0:b1]
+        runs = list(long_text_runs(window.docs, tokenizer_batches(window.nbytes, doc0,
+                                                                  self.args.dataset_tokenize_batch_size)))
+        # a LongText is alone in its run and encoded by _long_samples: None (the encoder's helper waits meanwhile)
+        docs_of = [None if isinstance(window.docs[b0], LongText) else window.docs[b0:b1] for b0, b1 in runs]
+        for (b0, b1), docs, encoded in zip(runs, docs_of, self.encoder.encode_ahead(docs_of)):
             # tokens of each document already trained on: resuming inside it, or another reader's (elastic)
             skips = [max(window.skips[j], tok0 if j == doc0 else 0) for j in range(b0, b1)]
-            if isinstance(docs[0], LongText):   # always alone in its run (a listed one is skipped whole, untokenized)
+            if docs is None:   # a listed one is skipped whole, untokenized
                 if not (self.args.dataset_skip_documents and self._is_listed(window, b0, stats)):
                     yield from self._long_samples(window, b0, skips[0], packer, stats)
                 continue
-            t0 = time.perf_counter()
-            ids, lens = self.encoder.encode(docs)
-            stats["tokenize_seconds"] += time.perf_counter() - t0
+            ids, lens, seconds = encoded
+            stats["tokenize_seconds"] += seconds
             refs = [(window, j) for j in range(b0, b0 + len(docs))]
             if self.args.dataset_skip_documents:
                 self._listed_skips(window, b0, lens, skips, stats)
