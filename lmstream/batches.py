@@ -69,10 +69,39 @@ class PinnedBatch(dict):
         self.provenance = provenance
 
 
+def arrays(stream):
+    """The stream's samples with packed blocks as bare int32 arrays (a stream with `iterate`), else as they are."""
+    return stream.iterate(raw=True) if hasattr(stream, "iterate") else iter(stream)
+
+
+class Arrays(torch.utils.data.IterableDataset):
+    """A stream whose packed blocks come as bare int32 arrays (for collate_tensors in one process: one conversion
+    to int64 per batch, not per block); its state, length and epochs are the stream's."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __iter__(self):
+        return arrays(self.stream)
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+
 def collate_tensors(samples: list[dict]) -> PinnedBatch:
-    """In process (no workers): the samples' tensors stacked, their provenance beside them."""
-    return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE},
-                       [s.get(PROVENANCE) for s in samples])
+    """In process (no workers): the samples' tensors stacked (packed int32 blocks as one int64 tensor, labels a copy
+    of it), their provenance beside them."""
+    provenance = [s.get(PROVENANCE) for s in samples]
+    if "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray):   # raw packed blocks
+        ids = torch.from_numpy(np.stack([s["input_ids"] for s in samples]).astype(np.int64))
+        return PinnedBatch({"input_ids": ids, "labels": ids.clone()}, provenance)
+    return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE}, provenance)
 
 
 def collate_arrays(samples: list[dict]) -> ArrayBatch:
@@ -203,20 +232,11 @@ class Grouped(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
-        self._raw(True)   # packed blocks as bare int32 arrays while grouped: collate_arrays stacks them
-        try:
-            yield from self._groups(worker)
-        finally:
-            self._raw(False)
-
-    def _raw(self, on: bool) -> None:
-        for s in getattr(self.stream, "streams", None) or [self.stream]:
-            if hasattr(s, "reader"):
-                s.reader.raw = on
+        yield from self._groups(worker)
 
     def _groups(self, worker: int):
         batches, states, samples, start = [], [], [], self.state_dict()
-        for sample in self.stream:
+        for sample in arrays(self.stream):
             samples.append(sample)
             if len(samples) == self.batch_size:
                 batches.append(collate_arrays(samples))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 
 from . import backends
 from .config import DataArguments, RunArguments
@@ -105,33 +106,45 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+_JOBS: list = []   # materialize's jobs, read by its forked processes (inherited: the tokenizer is not pickled)
+
+
 def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
-                processes: int | None = None):
+                processes: int | None = None, timings: dict | None = None):
     """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow files), made by
-    `processes` (default dataset_num_proc, else 1) processes, each reading its share of the row groups."""
+    `processes` (default dataset_num_proc, else 1) processes, each reading its share of the row groups.
+    `timings` gets "startup" (listing the data, loading and checking the tokenizer backend: once, before the
+    processes fork, which inherit them) and "work" (the processes' reading, tokenizing, packing and writing)."""
     import datasets
+    t0 = time.perf_counter()
     block_size = resolve_block_size(args, tokenizer, max_positions)
     n = max(1, processes or args.dataset_num_proc or 1)
     backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
     folder = tempfile.mkdtemp(prefix="lmstream-blocks-")
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(n)]
-    # listed and checked once, here: the forked processes inherit the plan and the tokenizer backend (its
-    # self-check and fastokens' load take most of a second each)
     plan = None if args.dataset_mixture else plan_dataset(args)
     encoder_for(args, tokenizer)
-    jobs = [(args, tokenizer, seed, block_size, i, n, paths[i], plan) for i in range(n)]
+    _JOBS[:] = [(args, tokenizer, seed, block_size, i, n, paths[i], plan) for i in range(n)]
+    t1 = time.perf_counter()
     if n == 1:
-        counts = [_write_slot(*jobs[0])]
+        counts = [_write_slot(*_JOBS[0])]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
-            counts = list(pool.map(_write_slot, *zip(*jobs)))
+            counts = list(pool.map(_write_job, range(n)))
+    _JOBS.clear()
     parts = [datasets.Dataset.from_file(p) for p, c in zip(paths, counts) if c]
     if not parts:
         raise ConfigError(f"Dataset '{args.dataset_name}' gave no complete block of {block_size} tokens: use more "
                           "data or a smaller dataset_block_size.")
+    if timings is not None:
+        timings.update(startup=t1 - t0, work=time.perf_counter() - t1)
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _write_job(i: int) -> int:
+    return _write_slot(*_JOBS[i])
 
 
 def save_blocks(ds, folder: str) -> None:

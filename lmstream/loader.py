@@ -18,7 +18,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import backends
-from .batches import (ArrayBatch, Grouped, Handout, collate_arrays, collate_tensors, group_size,
+from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, collate_tensors, group_size,
                       saved_group)
 from .errors import ConfigError
 from .longtext import warm_up
@@ -84,7 +84,7 @@ class BlockLoader(StatefulDataLoader):
 
     def __init__(self, dataset, *args, micro_batch: int | None = None, **kwargs):
         super().__init__(dataset, *args, **kwargs)
-        self.stream = dataset.stream if isinstance(dataset, Grouped) else dataset   # the stream of samples
+        self.stream = dataset.stream if isinstance(dataset, (Grouped, Arrays)) else dataset   # the stream itself
         self.micro_batch = micro_batch or self.batch_size   # samples per batch handed out
         self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
         self.provenance = None    # the last batch's: per sample, its segments (lmstream.packing)
@@ -177,6 +177,9 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     if num_workers == 0:
         kwargs.pop("prefetch_factor", None)
         kwargs.pop("persistent_workers", None)
+        if "collate_fn" not in kwargs and Grouped.suits(dataset):
+            return BlockLoader(Arrays(dataset), batch_size=batch_size, num_workers=0, collate_fn=collate_tensors,
+                               **kwargs)
         kwargs.setdefault("collate_fn", collate_tensors)
         return BlockLoader(dataset, batch_size=batch_size, num_workers=0, **kwargs)
     kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)

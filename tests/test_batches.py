@@ -66,3 +66,22 @@ def test_a_checkpoint_inside_a_group_resumes_exactly(parquet_dir, tokenizer, sto
     fresh.load_state_dict(state)
     got = _ids(iter(fresh), 16 - stop)
     assert all(torch.equal(a, b) for a, b in zip(got, ref[stop:], strict=True))
+
+
+def test_in_process_batches_are_the_stream_s_blocks_and_leave_the_stream_as_it_was(parquet_dir, tokenizer):
+    """In one process the loader takes packed blocks as int32 arrays (one int64 conversion per batch): the same
+    input_ids and labels as the stream's own samples, and iterating the stream itself still gives tensors."""
+    path, _ = parquet_dir
+    loader = lmstream.build_loader(lmstream.build_pipeline(_args(path), tokenizer, seed=5), batch_size=3)
+    it = iter(loader)
+    batches = [next(it) for _ in range(4)]
+    stream = lmstream.build_pipeline(_args(path), tokenizer, seed=5)
+    samples = iter(stream)
+    for batch in batches:
+        rows = [next(samples) for _ in range(3)]
+        assert batch["input_ids"].dtype == torch.int64 and torch.equal(batch["labels"], batch["input_ids"])
+        assert torch.equal(batch["input_ids"], torch.stack([r["input_ids"] for r in rows]))
+        assert torch.equal(batch["labels"], torch.stack([r["labels"] for r in rows]))
+        assert batch["labels"].data_ptr() != batch["input_ids"].data_ptr()   # a copy: the model may shift it
+    own = next(iter(loader.stream))   # the loader's own stream, iterated directly while the loader's is alive
+    assert isinstance(own["input_ids"], torch.Tensor) and "labels" in own
