@@ -121,6 +121,9 @@ def test_checkpoint_without_data_state_warns_and_skips(tmp_path, monkeypatch, ca
     straight, _ = _run(_tiny(tmp_path / "a"), monkeypatch)
     _run(_tiny(tmp_path / "b"), monkeypatch, stop_at=4)
     shutil.rmtree(tmp_path / "b" / "checkpoint-4" / "lmstream_data")   # as if saved by another script
+    with pytest.raises(ConfigError, match="dataloader_num_workers 0"):   # workers send batch groups: no skip there
+        lt.train(*lt.parse_args(_tiny(tmp_path / "b", "--resume_from_checkpoint",
+                                      str(tmp_path / "b" / "checkpoint-4"), workers=2)))
     with caplog.at_level("WARNING", logger="lmstream"):
         second, _ = _run(_tiny(tmp_path / "b", "--resume_from_checkpoint", str(tmp_path / "b" / "checkpoint-4")),
                          monkeypatch)
