@@ -7,8 +7,10 @@
 Each message between processes costs about a quarter of a millisecond on a small machine (a request to the worker,
 a pickled reply, thread hand-overs on both sides), as much as packing a whole batch of 8 blocks of 1024 tokens:
 one message per batch made the loader slower with 2 workers than in one process. A worker therefore sends its
-batches in groups of about GROUP_TOKENS tokens, each batch with the worker's stream state after it, so a
-checkpoint taken inside a group still records the exact position (lmstream.loader.BlockLoader.state_dict).
+batches in groups of about GROUP_TOKENS tokens, each batch with the worker's stream state after it. `Handout` gives
+the batches out one per worker in turn (the order of one batch a message, whatever the group size), and a
+checkpoint taken inside a group records every worker's exact position (lmstream.loader.BlockLoader.state_dict).
+In one process (`Arrays`, `collate_tensors`) packed blocks stay int32 arrays until their batch is stacked.
 """
 from __future__ import annotations
 

@@ -79,8 +79,8 @@ class BlockLoader(StatefulDataLoader):
 
     The one adapter to torchdata's privates: a new iterator's workers must start where the last iterator's stood,
     and torchdata has no public hook for it, so `__iter__` reads `_iterator` and `_initial_iter_for_state_dict`;
-    the workers' final states must reach state_dict() (`publish_final_states`); and inside a group, state_dict()
-    names the worker's position after the last batch handed out (`_inside_group`)."""
+    the workers' final states must reach state_dict() (`publish_final_states`); and state_dict() puts each worker
+    after its last batch handed out, not after the last group it sent (`_handed_out`)."""
 
     def __init__(self, dataset, *args, micro_batch: int | None = None, **kwargs):
         super().__init__(dataset, *args, **kwargs)
@@ -101,9 +101,10 @@ class BlockLoader(StatefulDataLoader):
         if self.num_workers > 0:
             warm_up()   # before the workers fork: they inherit what the first read imports
         it = super().__iter__()
-        grouped = self.num_workers > 0 and isinstance(self.dataset, Grouped)
-        self.batches = _TimedIterator(it, self, Handout(it, self.num_workers, functools.partial(self.publish_final_states, it))
-                                      if grouped else None)
+        handout = None
+        if self.num_workers > 0 and isinstance(self.dataset, Grouped):
+            handout = Handout(it, self.num_workers, functools.partial(self.publish_final_states, it))
+        self.batches = _TimedIterator(it, self, handout)
         return self.batches
 
     def load_state_dict(self, state: dict) -> None:
