@@ -10,7 +10,9 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import os
 import re
+import threading
 import time
 import warnings
 
@@ -23,7 +25,7 @@ from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, coll
 from .errors import ConfigError
 from .longtext import warm_up
 from .state import find_dicts, reader_states
-from .stopping import ignore_signals_in_worker, kill_workers_at_exit
+from .stopping import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -100,6 +102,7 @@ class BlockLoader(StatefulDataLoader):
             self.stream.carry_over(self.state_dict())
         if self.num_workers > 0:
             warm_up()   # before the workers fork: they inherit what the first read imports
+            FORKED_BY[0] = os.getpid() if threading.current_thread() is threading.main_thread() else None
         it = super().__iter__()
         handout = None
         if self.num_workers > 0 and isinstance(self.dataset, Grouped):
