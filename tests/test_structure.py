@@ -24,7 +24,6 @@ LAYERS = [   # each module may import modules of earlier layers only (none of it
     ["state"],
     ["elastic"],
     ["reader"],
-    ["batches"],
     ["pipeline", "loader"],
     ["mixture"],
     ["data", "checkpoints", "progress"],
