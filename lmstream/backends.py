@@ -56,14 +56,24 @@ def tokenizer_threads(workers: int = 1) -> int:
     so that processes x workers x threads never exceeds the cores."""
     if os.environ.get("LMSTREAM_TOKENIZER_THREADS"):
         return max(1, int(os.environ["LMSTREAM_TOKENIZER_THREADS"]))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // (max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) * max(1, workers)))
+    return max(1, _cores() // (max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) * max(1, workers)))
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def limit_threads(threads: int) -> None:
     """fastokens' thread pool size for this process (read when the pool starts: call before the first encode).
     A forked DataLoader worker does not inherit its parent's pool threads and encodes on its own thread."""
     os.environ["FASTOKENS_BPE_THREADS"] = str(threads)
+
+
+def current_threads() -> int:
+    """The threads fastokens uses in this process (limit_threads; unset: the process's cores)."""
+    if os.environ.get("FASTOKENS_BPE_THREADS"):
+        return max(1, int(os.environ["FASTOKENS_BPE_THREADS"]))
+    return _cores()
 
 
 def fastokens_backend(tokenizer, spec: str | None = None):

@@ -13,7 +13,7 @@ from .data import build_pipeline
 from .reference import reference_loader
 from .loader import build_loader
 from .pipeline import plan_dataset
-from .tokenize import build_encoder
+from .tokenize import build_encoder, forget_backends
 
 
 def corpus_texts(args: DataArguments) -> list[str]:
@@ -30,6 +30,7 @@ def _timed(fn):
 def _lmstream_epoch(args, tokenizer, batch: int, workers: int) -> tuple[int, float, float]:
     """(tokens, seconds, start-up seconds) of one epoch of a freshly built pipeline: the start-up (plan, tokenizer
     backend and its self-check) is timed apart, the epoch from the loader's first request to its last batch."""
+    forget_backends()   # a fresh tokenizer backend, as each backend alone gets: its cache would remember the texts
     t0 = time.perf_counter()
     ds = build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)
     t1 = time.perf_counter()
@@ -147,8 +148,8 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     return r
 
 
-def single_core_rate(args: DataArguments, tokenizer_path: str) -> float:
-    """fastokens alone on one thread (a fresh process with FASTOKENS_BPE_THREADS=1), texts in memory: tokens/s."""
+def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int) -> float:
+    """fastokens alone on `threads` threads (a fresh process, FASTOKENS_BPE_THREADS), texts in memory: tokens/s."""
     import json
     import os
     import subprocess
@@ -161,14 +162,15 @@ def single_core_rate(args: DataArguments, tokenizer_path: str) -> float:
             "t0 = time.perf_counter(); n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
             "print(n / (time.perf_counter() - t0))\n")
     data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
-    env = {**os.environ, "FASTOKENS_BPE_THREADS": "1", "LMSTREAM_TOKENIZER_THREADS": "1"}
+    env = {**os.environ, "FASTOKENS_BPE_THREADS": str(threads), "LMSTREAM_TOKENIZER_THREADS": str(threads)}
     out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path], capture_output=True, text=True, env=env,
                          check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
-    """`python -m lmstream.prepare` on all cores against cores x fastokens' single-core rate."""
+    """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x fastokens' single-core
+    rate (the target's measure) and against fastokens alone on all cores (the machine's bound for any pipeline)."""
     import os
     import shutil
     from .arguments import parse_args
@@ -182,6 +184,9 @@ def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str
     model_args, data_args, _, training_args = parse_args(argv)
     done = prepare(model_args, data_args, training_args)
     shutil.rmtree(folder, ignore_errors=True)
-    single = single_core_rate(args, tokenizer_path)
-    return {"prepare_tok_s": done["tokens_per_second"], "processes": done["processes"], "single_core_tok_s": single,
-            "prepare_vs_cores_x_single": done["tokens_per_second"] / (done["processes"] * single)}
+    single = fastokens_rate(args, tokenizer_path, 1)
+    every = fastokens_rate(args, tokenizer_path, done["processes"])
+    return {"prepare_tok_s": done["tokens_per_second"], "prepare_startup_seconds": done["startup_seconds"],
+            "processes": done["processes"], "single_core_tok_s": single, "all_cores_tok_s": every,
+            "prepare_vs_cores_x_single": done["tokens_per_second"] / (done["processes"] * single),
+            "prepare_vs_all_cores": done["tokens_per_second"] / every}

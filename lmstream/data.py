@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 
 from . import backends
 from .config import DataArguments, RunArguments
 from .errors import ConfigError
 from .mixture import build_mixture
-from .pipeline import StreamingBlocks, build_stream, plan_dataset, resolve_block_size
+from .pipeline import StreamingBlocks, build_stream, encoder_for, plan_dataset, resolve_block_size
 from .planfile import shared_plan
 
 log = logging.getLogger("lmstream")
@@ -38,7 +39,7 @@ STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8
 
 
 def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot: int, n_slots: int,
-                path: str) -> int:
+                path: str, plan=None) -> int:
     """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time; returns the
     number of blocks. Packed blocks are cut from the epoch's ids with one reshape per tokenizer batch (the very
     blocks the stream yields, without a Python object per block); padded samples go one by one."""
@@ -46,7 +47,7 @@ def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot
 
     import pyarrow as pa
     one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
-    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots)
+    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots, plan=plan)
     packed = args.dataset_group_text and isinstance(ds, StreamingBlocks)   # a mixture goes sample by sample
     chunks = _packed_chunks(ds.reader.epoch_ids(slot, n_slots), block_size) if packed else _sample_chunks(ds)
     writer, count = None, 0
@@ -105,29 +106,45 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+_JOBS: list = []   # materialize's jobs, read by its forked processes (inherited: the tokenizer is not pickled)
+
+
 def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
-                processes: int | None = None):
+                processes: int | None = None, timings: dict | None = None):
     """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow files), made by
-    `processes` (default dataset_num_proc, else 1) processes, each reading its share of the row groups."""
+    `processes` (default dataset_num_proc, else 1) processes, each reading its share of the row groups.
+    `timings` gets "startup" (listing the data, loading and checking the tokenizer backend: once, before the
+    processes fork, which inherit them) and "work" (the processes' reading, tokenizing, packing and writing)."""
     import datasets
+    t0 = time.perf_counter()
     block_size = resolve_block_size(args, tokenizer, max_positions)
     n = max(1, processes or args.dataset_num_proc or 1)
     backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
     folder = tempfile.mkdtemp(prefix="lmstream-blocks-")
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(n)]
-    jobs = [(args, tokenizer, seed, block_size, i, n, paths[i]) for i in range(n)]
+    plan = None if args.dataset_mixture else plan_dataset(args)
+    encoder_for(args, tokenizer)
+    _JOBS[:] = [(args, tokenizer, seed, block_size, i, n, paths[i], plan) for i in range(n)]
+    t1 = time.perf_counter()
     if n == 1:
-        counts = [_write_slot(*jobs[0])]
+        counts = [_write_slot(*_JOBS[0])]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
-            counts = list(pool.map(_write_slot, *zip(*jobs)))
+            counts = list(pool.map(_write_job, range(n)))
+    _JOBS.clear()
     parts = [datasets.Dataset.from_file(p) for p, c in zip(paths, counts) if c]
     if not parts:
         raise ConfigError(f"Dataset '{args.dataset_name}' gave no complete block of {block_size} tokens: use more "
                           "data or a smaller dataset_block_size.")
+    if timings is not None:
+        timings.update(startup=t1 - t0, work=time.perf_counter() - t1)
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+
+
+def _write_job(i: int) -> int:
+    return _write_slot(*_JOBS[i])
 
 
 def save_blocks(ds, folder: str) -> None:

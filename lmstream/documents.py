@@ -259,11 +259,18 @@ class DocumentStream:
             count = True
             key = self.window_key(epoch, index, tag)
             docs, skips, origins = self._permute(docs, skips, origins, key)
-            nbytes = [d.nbytes if isinstance(d, LongText) else len(d.encode("utf-8")) for d in docs]
+            nbytes = [utf8_size(d) for d in docs]
             yield Window(epoch, index, start, pos, docs, nbytes, last, skips, key, origins)
             if last:
                 return
             start, index = pos, index + 1
+
+
+def utf8_size(doc) -> int:
+    """UTF-8 bytes of a document: its length when ASCII (str.isascii() reads a flag: no pass over the text)."""
+    if isinstance(doc, LongText):
+        return doc.nbytes
+    return len(doc) if doc.isascii() else len(doc.encode("utf-8"))
 
 
 def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0, split: str = "train",

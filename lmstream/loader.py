@@ -1,5 +1,6 @@
 """The loader: torchdata's StatefulDataLoader over a stream, with every worker's data position in its state_dict,
-batches passed from workers as NumPy arrays, and the consumer's waits timed (data starvation).
+batches passed from workers as NumPy arrays in groups (lmstream.batches), and the consumer's waits timed (data
+starvation).
 
     loader = build_loader(blocks, batch_size=8, num_workers=8)
     state = loader.state_dict()          # every worker's reader state (lmstream.state)
@@ -7,89 +8,36 @@ batches passed from workers as NumPy arrays, and the consumer's waits timed (dat
 from __future__ import annotations
 
 import collections
+import copy
 import functools
+import os
 import re
+import threading
 import time
 import warnings
 
-import numpy as np
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from . import backends
+from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, collate_tensors, group_size,
+                      saved_group)
 from .errors import ConfigError
 from .longtext import warm_up
-from .provenance import BatchProvenance
-from .reader import PROVENANCE   # a sample's segments: not a tensor, kept beside the batch
-from .stopping import ignore_signals_in_worker, kill_workers_at_exit
+from .state import find_dicts, reader_states
+from .stopping import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
-PREFETCH_FACTOR = 4   # batches in flight per worker, unless dataloader_prefetch_factor says otherwise
-
-
-class ArrayBatch:
-    """A batch as NumPy arrays on its way from a worker: pickled by value through the worker's queue.
-
-    torch would move tensors through shared memory, one file-descriptor hand-over (a socket connection)
-    per tensor, which costs the consuming process about twice as much per batch as unpickling the arrays.
-    Token ids travel as int32 (half the bytes of int64) and labels equal to input_ids (packed blocks) are not
-    sent at all: the consumer makes them, a quarter of the bytes through the pipe. The loader's pin-memory thread
-    calls `pin_memory` (off the training thread); otherwise the iterator turns it into tensors.
-    """
-
-    def __init__(self, arrays: dict, labels_are_inputs: bool = False, packed: tuple | None = None):
-        self.arrays, self.labels_are_inputs = arrays, labels_are_inputs
-        self.packed = packed   # the samples' provenance, BatchProvenance.pack's (rows, starts): plain, cheap to send
-
-    @property
-    def provenance(self):
-        """Each sample's segments (lmstream.provenance), or None."""
-        return BatchProvenance(*self.packed) if self.packed is not None else None
-
-    def tensors(self) -> dict:
-        out = {k: torch.from_numpy(v.astype(np.int64)) for k, v in self.arrays.items()}
-        if self.labels_are_inputs:
-            out["labels"] = out["input_ids"].clone()
-        return out
-
-    def pin_memory(self, device=None) -> "PinnedBatch":
-        return PinnedBatch({k: t.pin_memory() for k, t in self.tensors().items()}, self.provenance)
-
-
-class PinnedBatch(dict):
-    """A batch's tensors (pinned by the loader's pin-memory thread, or collated in process), with its provenance
-    beside them: a dict to everything else (the Trainer, accelerate's skip_first_batches)."""
-
-    def __init__(self, tensors=(), provenance: list | None = None):
-        super().__init__(tensors)
-        self.provenance = provenance
-
-
-def collate_tensors(samples: list[dict]) -> PinnedBatch:
-    """In process (no workers): the samples' tensors stacked, their provenance beside them."""
-    return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE},
-                       [s.get(PROVENANCE) for s in samples])
-
-
-def collate_arrays(samples: list[dict]) -> ArrayBatch:
-    """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
-    The samples' provenance travels beside them as one array and offsets (BatchProvenance.pack)."""
-    if "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray):   # raw packed blocks
-        return ArrayBatch({"input_ids": np.stack([s["input_ids"] for s in samples])}, True,
-                          BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
-    arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0] if k != PROVENANCE}
-    same = "labels" in arrays and "input_ids" in arrays and np.array_equal(arrays["labels"], arrays["input_ids"])
-    if same:
-        del arrays["labels"]
-    return ArrayBatch(arrays, same, BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
+PREFETCH_FACTOR = 4   # messages (batch groups) in flight per worker, unless dataloader_prefetch_factor says otherwise
 
 
 class _TimedIterator:
-    """Adds the seconds spent waiting for each batch to the loader's `wait_seconds`."""
+    """The loader's batches one by one (a loader over batch groups hands them out with lmstream.batches.Handout);
+    adds the seconds spent waiting for each to the loader's `wait_seconds`."""
 
-    def __init__(self, it, loader):
-        self.it, self.loader = it, loader
+    def __init__(self, it, loader, handout: Handout | None = None):
+        self.it, self.loader, self.handout = it, loader, handout
 
     def __iter__(self):
         return self
@@ -97,7 +45,7 @@ class _TimedIterator:
     def __next__(self):
         t0 = time.perf_counter()
         try:
-            batch = next(self.it)
+            batch = next(self.handout if self.handout is not None else self.it)
             self.loader.provenance = getattr(batch, "provenance", None)
             self.loader.taken.append(self.loader.provenance)
             return batch.tensors() if isinstance(batch, ArrayBatch) else dict(batch)
@@ -128,28 +76,63 @@ def own_message(err: ConfigError) -> ConfigError:
 
 
 class BlockLoader(StatefulDataLoader):
-    """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits.
+    """torchdata's StatefulDataLoader (per-worker data state) that also times the consumer's waits, and hands out
+    the batches of the groups its workers send (lmstream.batches) one by one.
 
     The one adapter to torchdata's privates: a new iterator's workers must start where the last iterator's stood,
     and torchdata has no public hook for it, so `__iter__` reads `_iterator` and `_initial_iter_for_state_dict`;
-    and the workers' final states must reach state_dict() (`publish_final_states`)."""
+    the workers' final states must reach state_dict() (`publish_final_states`); and state_dict() puts each worker
+    after its last batch handed out, not after the last group it sent (`_handed_out`)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, dataset, *args, micro_batch: int | None = None, **kwargs):
+        super().__init__(dataset, *args, **kwargs)
+        self.stream = dataset.stream if isinstance(dataset, (Grouped, Arrays)) else dataset   # the stream itself
+        self.micro_batch = micro_batch or self.batch_size   # samples per batch handed out
         self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
         self.provenance = None    # the last batch's: per sample, its segments (lmstream.packing)
         self.taken = collections.deque(maxlen=1024)   # the provenance of the batches taken since it was cleared
+        self.batches = None       # the current iterator (a _TimedIterator)
 
     def __iter__(self):
         done = getattr(self, "_iterator", None)
         if (done is not None and not self._initial_iter_for_state_dict and self.num_workers > 0
-                and not self.persistent_workers and hasattr(self.dataset, "carry_over")):
+                and not self.persistent_workers and hasattr(self.stream, "carry_over")):
             # a new iterator has new worker processes: hand them where the last ones stood (the last batch
-            # yielded) with their counters, as a re-iterated in-process stream continues
-            self.dataset.carry_over(done.state_dict())
+            # handed out) with their counters, as a re-iterated in-process stream continues
+            self.stream.carry_over(self.state_dict())
         if self.num_workers > 0:
             warm_up()   # before the workers fork: they inherit what the first read imports
-        return _TimedIterator(super().__iter__(), self)
+            FORKED_BY[0] = os.getpid() if threading.current_thread() is threading.main_thread() else None
+        it = super().__iter__()
+        handout = None
+        if self.num_workers > 0 and isinstance(self.dataset, Grouped):
+            handout = Handout(it, self.num_workers, functools.partial(self.publish_final_states, it))
+        self.batches = _TimedIterator(it, self, handout)
+        return self.batches
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at `state`; a loader whose workers send groups keeps the grouping the state was saved with."""
+        if isinstance(self.dataset, Grouped):
+            sizes = [saved_group(d) for d in find_dicts(state, lambda d: saved_group(d) is not None)]
+            if sizes or reader_states(state):   # data states without a group size: one batch a message
+                self.dataset.group = max(sizes, default=1)
+        super().load_state_dict(state)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        handout = self.batches.handout if self.batches is not None else None
+        return state if handout is None else self._handed_out(state, *handout.where())
+
+    def _handed_out(self, state: dict, positions: dict, turn: int | None) -> dict:
+        """torchdata's state puts each worker after the last group it sent; a worker stands after its last batch
+        handed out (lmstream.batches.Handout), and the next batch is `turn`'s: a resumed loader asks it first."""
+        state = copy.deepcopy(state)
+        snap = state["_snapshot"]
+        for worker, position in positions.items():
+            snap["_worker_snapshots"][f"worker_{worker}"]["dataset_state"] = position
+        if turn is not None:
+            snap["_last_yielded_worker_id"] = (turn - 1) % self.num_workers
+        return state
 
     def publish_final_states(self, it) -> None:
         """At the end of the data, make the workers' last states (sent with their end-of-data signal) part of
@@ -163,40 +146,52 @@ class BlockLoader(StatefulDataLoader):
 
     def __len__(self) -> int:
         """Batches per epoch of a sized stream (max_train_samples): each worker's samples in batches."""
-        sizes = self.dataset.epoch_samples(self.num_workers) if hasattr(self.dataset, "epoch_samples") else None
+        sizes = self.stream.epoch_samples(self.num_workers) if hasattr(self.stream, "epoch_samples") else None
         if sizes is None:
             raise TypeError("a stream without max_train_samples has no length")
-        return sum(-(-n // self.batch_size) for n in sizes)
+        return sum(-(-n // self.micro_batch) for n in sizes)
 
     def set_epoch(self, epoch: int) -> None:
         """A fresh stream starts at `epoch` (the Trainer calls this before each epoch); one with a position
         (resumed, or continued from the last iterator) goes on from it. A sized stream ends with each epoch."""
-        if hasattr(self.dataset, "start_epoch"):
-            self.dataset.start_epoch = epoch
+        if hasattr(self.stream, "start_epoch"):
+            self.stream.start_epoch = epoch
 
 
-def init_worker(worker_id: int, raw: bool = False) -> None:
-    """DataLoader worker_init_fn: signals are the main process's; the node's cores are shared between workers.
-    `raw`: the loader collates with collate_arrays, so its streams may yield packed blocks as bare int32 arrays."""
+def init_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: signals are the main process's; the node's cores are shared between workers."""
     ignore_signals_in_worker(worker_id)
     info = torch.utils.data.get_worker_info()
     backends.limit_threads(backends.tokenizer_threads(info.num_workers))
-    if raw:
-        for stream in getattr(info.dataset, "streams", None) or [info.dataset]:
-            if hasattr(stream, "reader"):
-                stream.reader.raw = True
+
+
+def whole(item):
+    """The collate_fn of a loader over batch groups (made by lmstream.batches.Grouped): the item as it came."""
+    return item
 
 
 def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:
-    """A loader over `dataset` whose state_dict holds every worker's data position."""
+    """A loader over `dataset` whose state_dict holds every worker's data position.
+
+    With workers and no collate_fn of the caller's, a resumable stream's batches are made in the workers and sent
+    in groups (lmstream.batches.Grouped: `group` batches a message, default about GROUP_TOKENS tokens)."""
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
-    kwargs.setdefault("collate_fn", collate_arrays if num_workers > 0 else collate_tensors)
-    if num_workers > 0:
-        kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
-        kwargs.setdefault("worker_init_fn", functools.partial(init_worker, raw=kwargs["collate_fn"] is collate_arrays))
-        kill_workers_at_exit()
-    else:
+    group = kwargs.pop("group", None)
+    if num_workers == 0:
         kwargs.pop("prefetch_factor", None)
         kwargs.pop("persistent_workers", None)
-    return BlockLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+        if "collate_fn" not in kwargs and Grouped.suits(dataset):
+            return BlockLoader(Arrays(dataset), batch_size=batch_size, num_workers=0, collate_fn=collate_tensors,
+                               **kwargs)
+        kwargs.setdefault("collate_fn", collate_tensors)
+        return BlockLoader(dataset, batch_size=batch_size, num_workers=0, **kwargs)
+    kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
+    kwargs.setdefault("worker_init_fn", init_worker)
+    kill_workers_at_exit()
+    if "collate_fn" in kwargs or not Grouped.suits(dataset):
+        kwargs.setdefault("collate_fn", collate_arrays)
+        return BlockLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+    group = group or group_size(batch_size, getattr(dataset, "block_size", None))
+    return BlockLoader(Grouped(dataset, batch_size, group), batch_size=None, num_workers=num_workers,
+                       collate_fn=whole, micro_batch=batch_size, **kwargs)

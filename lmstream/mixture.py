@@ -52,11 +52,15 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
 
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, raw: bool = False):
+        """The mixture's samples; `raw`: packed blocks as bare int32 arrays (lmstream.reader.Reader.samples)."""
         slot = self.streams[0].identity().slot
         if self._n == 0 and slot in self._starts:
             start = self._starts.pop(slot)
             self._n, self._counts, self._gen = start["n"], list(start["counts"]), start["gen"]
-        iters = [iter(s) for s in self.streams]
+        iters = [s.iterate(raw) for s in self.streams]
         while True:
             k = self._pick(slot, self._n)
             try:
@@ -146,8 +150,11 @@ class ChainBlocks(torch.utils.data.IterableDataset):
         self.streams = streams
 
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, raw: bool = False):
         for stream in self.streams:
-            yield from stream
+            yield from stream.iterate(raw)
 
 
 def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_size: int, split: str,

@@ -166,6 +166,10 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, raw: bool = False):
+        """The samples from the stream's position on; `raw`: packed blocks as bare int32 arrays (Reader.samples)."""
         who = self.identity()
         state = self._state
         if state is None and who.slot in self._starts:
@@ -186,7 +190,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             if cap == 0 and not state.phase.owed:
                 return   # fewer samples per epoch than readers: this one has none, in any epoch
             state = state.advanced()   # the epoch's last sample was here (its end not yet published)
-        for sample, state in self.reader.samples(state):
+        for sample, state in self.reader.samples(state, raw):
             self._state = state
             if sample is not None:
                 yield sample

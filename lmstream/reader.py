@@ -11,7 +11,6 @@ padded sample per document. Very long documents (LongText) are tokenized part by
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -50,8 +49,6 @@ class Reader:
     warned_short: bool = False
     listed: frozenset | None = None   # ids/urls not to train on (dataset_skip_documents), read on first use
     ids: dict = field(default_factory=dict)   # (shard, row group) -> {row: {"id", "url"}}, read when first needed
-    raw: bool = False   # packed blocks as int32 arrays without labels: in a DataLoader worker whose collate is
-                        # lmstream.loader.collate_arrays (it stacks them as they are; labels are made in the trainer)
 
     def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list, stats: dict) -> None:
         """dataset_skip_documents: a listed document of this tokenizer batch gives no token (its position, and every
@@ -91,15 +88,16 @@ class Reader:
                 else:
                     yield self.encoder.encode(window.docs[b0:b1])[0]
 
-    def samples(self, state: ReaderState):
-        """(sample, position after it) from `state` on; a sample None publishes the end of an epoch."""
+    def samples(self, state: ReaderState, raw: bool = False):
+        """(sample, position after it) from `state` on; a sample None publishes the end of an epoch. `raw`: packed
+        blocks as bare int32 arrays without labels (for lmstream.batches' collates: one conversion per batch)."""
         stream = self.documents(state.who.slot, state.who.n_slots)
         stream.restore_counters(state.stats)
         stats = dict(state.stats)
         resumed = state.samples_in_epoch > 0   # only saved states have yielded samples
         while True:
             packer, cap = BlockPacker(self.block_size), self.cap(state)
-            last = yield from self._epoch(stream, state, stats, packer, cap, resumed)
+            last = yield from self._epoch(stream, state, stats, packer, cap, resumed, raw)
             stats["tokens_dropped"] += packer.drop_remainder()
             self._check_epoch(state, last, cap)
             state, resumed = state.at_epoch(*state.phase.next(state.epoch), stats=stats), False
@@ -108,7 +106,8 @@ class Reader:
                 yield None, state.moved(stats=dict(stats))
                 return
 
-    def _epoch(self, stream: DocumentStream, state: ReaderState, stats: dict, packer: BlockPacker, cap, resumed):
+    def _epoch(self, stream: DocumentStream, state: ReaderState, stats: dict, packer: BlockPacker, cap, resumed,
+               raw: bool):
         """The samples of the state's epoch (or owed phase) from its position on; returns the last position."""
         last, in_epoch = state, state.samples_in_epoch
         if cap is not None and in_epoch >= cap:
@@ -124,7 +123,7 @@ class Reader:
                 if resumed and doc0 > len(window.docs):
                     raise ConfigError(f"The data position is corrupt: document {doc0} of window {window.index}, "
                                       f"which has {len(window.docs)} documents: resume from another checkpoint.")
-                for sample, (win, j), off, nd, nb in self._samples(window, doc0, tok0, packer, stats):
+                for sample, (win, j), off, nd, nb in self._samples(window, doc0, tok0, packer, stats, raw):
                     in_epoch += 1
                     stats["docs"] += nd
                     stats["bytes"] += nb
@@ -159,19 +158,21 @@ class Reader:
                 f"epoch ({len(self.plan.pieces)} piece(s) for {who.n_slots} reader(s)): use more data, a smaller "
                 "dataset_block_size, or fewer workers/processes.")
 
-    def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict):
+    def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict, raw: bool):
         """(sample, next document ref, token offset, docs completed, bytes completed) for one window."""
-        for b0, b1 in long_text_runs(window.docs, tokenizer_batches(window.nbytes, doc0, self.args.dataset_tokenize_batch_size)):
-            docs = window.docs[b0:b1]
+        runs = list(long_text_runs(window.docs, tokenizer_batches(window.nbytes, doc0,
+                                                                  self.args.dataset_tokenize_batch_size)))
+        # a LongText is alone in its run and encoded by _long_samples: None (the encoder's helper waits meanwhile)
+        docs_of = [None if isinstance(window.docs[b0], LongText) else window.docs[b0:b1] for b0, b1 in runs]
+        for (b0, b1), docs, encoded in zip(runs, docs_of, self.encoder.encode_ahead(docs_of)):
             # tokens of each document already trained on: resuming inside it, or another reader's (elastic)
             skips = [max(window.skips[j], tok0 if j == doc0 else 0) for j in range(b0, b1)]
-            if isinstance(docs[0], LongText):   # always alone in its run (a listed one is skipped whole, untokenized)
+            if docs is None:   # a listed one is skipped whole, untokenized
                 if not (self.args.dataset_skip_documents and self._is_listed(window, b0, stats)):
-                    yield from self._long_samples(window, b0, skips[0], packer, stats)
+                    yield from self._long_samples(window, b0, skips[0], packer, stats, raw)
                 continue
-            t0 = time.perf_counter()
-            ids, lens = self.encoder.encode(docs)
-            stats["tokenize_seconds"] += time.perf_counter() - t0
+            ids, lens, seconds = encoded
+            stats["tokenize_seconds"] += seconds
             refs = [(window, j) for j in range(b0, b0 + len(docs))]
             if self.args.dataset_skip_documents:
                 self._listed_skips(window, b0, lens, skips, stats)
@@ -179,22 +180,22 @@ class Reader:
                 ids, lens = cut_heads(ids, lens, skips, refs)
             if self.args.dataset_group_text:
                 yield from self._blocks(packer.feed(ids, lens, window.nbytes[b0:b0 + len(docs)], refs,
-                                                    window.origins[b0:b0 + len(docs)]), stats)
+                                                    window.origins[b0:b0 + len(docs)]), stats, raw)
             else:
                 yield from self._padded(ids, lens, window, b0, stats)
 
-    def _blocks(self, packed, stats: dict):
+    def _blocks(self, packed, stats: dict, raw: bool):
         """Samples (labels = input_ids, the provenance of their tokens) from the packer's output, counted."""
         for block, ref, off, nd, nb, prov in packed:
             stats["tokens"] += len(block)
             stats["blocks"] += 1
-            if self.raw:
+            if raw:
                 yield {"input_ids": block, PROVENANCE: prov}, ref, off, nd, nb
                 continue
             t = torch.from_numpy(block.astype(np.int64))
             yield {"input_ids": t, "labels": t.clone(), PROVENANCE: prov}, ref, off, nd, nb
 
-    def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict):
+    def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict, raw: bool):
         """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
         doc, base, cut = window.docs[j], 0, 0
         for ids, last in self.encoder.encode_parts(doc):
@@ -214,7 +215,7 @@ class Reader:
             skip = max(0, tok0 - base)
             ref = ((window, j), base + skip, last)
             yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref],
-                                                window.origins[j:j + 1]), stats)
+                                                window.origins[j:j + 1]), stats, raw)
             base += n
 
     def _padded(self, ids, lens, window, b0, stats):

@@ -8,8 +8,7 @@
     metrics = run.fit()                                           # train (and evaluate), save, print the summary
 
 With `launch=N` (N > 1, the notebook's `num_processes`) the run's own process only shows rank 0's model and data;
-`fit()` starts N processes with accelerate's notebook_launcher, each running these steps through `train()`.
-"""
+`fit()` starts N processes with accelerate's notebook_launcher, each running these steps through `train()`."""
 from __future__ import annotations
 
 import contextlib
@@ -156,21 +155,21 @@ class Run:
     def _resume_data(self, restart):
         """The saved data states to load (None: none, or the data changed and the user accepted a new epoch)."""
         a = self.training_args
-        if restart is not False:
+        if restart is not False:   # the data changed and the user accepted a new epoch
             self.train_dataset.min_epoch = restart
+        states = read_data_states(self.checkpoint) if restart is False else None
+        if restart is not False or states is not None:   # nothing for the Trainer to skip
             a.ignore_data_skip = True
-            return None
-        states = read_data_states(self.checkpoint)
-        if states is None:
-            log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", self.checkpoint,
-                        "the Trainer will skip the consumed batches by reading and tokenizing them again (slow); "
-                        "pass --ignore_data_skip true to start the data stream from its beginning instead."
-                        if not a.ignore_data_skip else
-                        "--ignore_data_skip is set, so the data stream starts again from its beginning "
-                        "(documents already trained on are seen again).")
-        else:
-            a.ignore_data_skip = True
-        return states
+            return states
+        if not a.ignore_data_skip and a.dataloader_num_workers > 0:
+            raise ConfigError(f"Checkpoint {self.checkpoint} holds no lmstream data position (saved by another script?), "
+                              "and the Trainer's skip of the batches trained on (reading them again) works in one "
+                              "process only: resume with --dataloader_num_workers 0, or --ignore_data_skip true.")
+        log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", self.checkpoint,
+                    "--ignore_data_skip is set: the data stream starts from its beginning (documents seen again)."
+                    if a.ignore_data_skip else "the Trainer will skip the consumed batches by reading and tokenizing "
+                    "them again (slow); --ignore_data_skip true starts the data stream from its beginning instead.")
+        return None
 
     def peek_batch(self) -> dict:
         """The first batch training will take (the resumed position included), from a copy of the stream with the

@@ -14,7 +14,9 @@ import atexit
 import contextlib
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its exit handler is registered before ours, so ours runs first
+import os
 import signal
+import sys
 import threading
 
 from transformers import TrainerCallback
@@ -56,6 +58,28 @@ def ignore_signals_in_worker(_worker_id: int) -> None:
     """DataLoader worker_init_fn: the main process handles SIGTERM/SIGINT (workers exit when it does)."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    if FORKED_BY[0] is not None:
+        _die_with_parent(FORKED_BY[0])
+
+
+FORKED_BY = [None]   # the loader's process id when its main thread forks the workers (they read their copy), or None
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when its parent process dies. A parent killed without running its exit
+    handlers (a notebook kernel killed at shutdown, SIGKILL) would otherwise leave workers behind that never exit:
+    at their own exit each waits to flush its last message into a pipe no one reads any more (the other workers
+    hold its read end open). The signal follows the thread that forked: only a fork by the main thread asks it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:   # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 _reaper = []

@@ -83,6 +83,19 @@ def no_timings(obj):
     return [no_timings(v) for v in obj] if isinstance(obj, list) else obj
 
 
+# torchdata's counts of the messages its loader received: a run resumed inside a worker's batch group gets the
+# rest of that group in a message of its own, so these differ from the uninterrupted run's while every position
+# is the same
+MESSAGE_COUNTS = ("_snapshot_step", "_sampler_iter_yielded")
+
+
+def positions(obj):
+    """A loader state without timings and without torchdata's message counts: what must equal between runs."""
+    if isinstance(obj, dict):
+        return {k: positions(v) for k, v in obj.items() if not k.endswith("_seconds") and k not in MESSAGE_COUNTS}
+    return [positions(v) for v in obj] if isinstance(obj, list) else obj
+
+
 # -- a corpus whose every token names its document: for "each document once" accounting (elastic, epochs) ----
 BLOCK = 32
 

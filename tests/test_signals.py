@@ -116,3 +116,40 @@ def test_a_process_with_a_live_loader_iterator_exits(tmp_path):
         "print('one batch', flush=True)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert proc.returncode == 0 and "one batch" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_workers_die_with_a_parent_killed_outright(tmp_path):
+    """A process killed with SIGKILL runs no exit handler: its DataLoader workers go with it (Linux), instead of
+    staying behind, each waiting to flush a message no one reads."""
+    pytest.importorskip("ctypes")
+    if sys.platform != "linux":
+        pytest.skip("the parent-death signal is Linux's")
+    code = ("import sys, time, os, lmstream\n"
+            "from transformers import AutoTokenizer\n"
+            "tok = AutoTokenizer.from_pretrained(sys.argv[2])\n"
+            "args = lmstream.DataArguments(dataset_name=sys.argv[1], dataset_config_name='python-docs', "
+            "dataset_block_size=64)\n"
+            "it = iter(lmstream.build_loader(lmstream.build_pipeline(args, tok), batch_size=2, num_workers=2))\n"
+            "next(it)\n"
+            "import multiprocessing\n"
+            "print(' '.join(str(c.pid) for c in multiprocessing.active_children()), flush=True)\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, SAMPLE, TINY_MODEL], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(os.path.exists(f"/proc/{p}") for p in pids)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed child waits for its reaper: it is gone all the same)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -24,6 +24,7 @@ LAYERS = [   # each module may import modules of earlier layers only (none of it
     ["state"],
     ["elastic"],
     ["reader"],
+    ["batches"],
     ["pipeline", "loader"],
     ["mixture"],
     ["data", "checkpoints", "progress"],

@@ -10,7 +10,7 @@ import lmstream.train as lt
 from lmstream.checkpoints import last_complete_checkpoint
 from lmstream.config import ConfigError
 from lmstream.resume import resolve_checkpoint
-from conftest import SAMPLE, TINY_MODEL, no_timings
+from conftest import SAMPLE, TINY_MODEL, positions
 from conftest import train_recording as _run
 
 SEED_FLAGS = ["--dataset_streaming", "true", "--do_train", "--eval_strategy", "no",
@@ -76,7 +76,7 @@ def test_resume_sees_identical_batches_and_losses(tmp_path, monkeypatch, workers
     with open(tmp_path / "a" / "checkpoint-8" / "lmstream_data" / "rank-0.json") as f1, \
             open(tmp_path / "b" / "checkpoint-8" / "lmstream_data" / "rank-0.json") as f2:
         s1, s2 = json.load(f1), json.load(f2)
-    assert no_timings(s1) == no_timings(s2)   # timings differ between runs; positions and counters must not
+    assert positions(s1) == positions(s2)   # timings differ between runs; positions and counters must not
 
 
 def test_training_writes_a_loadable_model_metrics_and_state(tmp_path, monkeypatch):
@@ -121,6 +121,9 @@ def test_checkpoint_without_data_state_warns_and_skips(tmp_path, monkeypatch, ca
     straight, _ = _run(_tiny(tmp_path / "a"), monkeypatch)
     _run(_tiny(tmp_path / "b"), monkeypatch, stop_at=4)
     shutil.rmtree(tmp_path / "b" / "checkpoint-4" / "lmstream_data")   # as if saved by another script
+    with pytest.raises(ConfigError, match="dataloader_num_workers 0"):   # workers send batch groups: no skip there
+        lt.train(*lt.parse_args(_tiny(tmp_path / "b", "--resume_from_checkpoint",
+                                      str(tmp_path / "b" / "checkpoint-4"), workers=2)))
     with caplog.at_level("WARNING", logger="lmstream"):
         second, _ = _run(_tiny(tmp_path / "b", "--resume_from_checkpoint", str(tmp_path / "b" / "checkpoint-4")),
                          monkeypatch)
