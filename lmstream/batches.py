@@ -96,11 +96,16 @@ class Arrays(torch.utils.data.IterableDataset):
         return len(self.stream)
 
 
+def raw_blocks(samples: list[dict]) -> bool:
+    """Packed blocks as bare int32 arrays (Reader.samples(raw=True)): no labels, input_ids a NumPy array."""
+    return "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray)
+
+
 def collate_tensors(samples: list[dict]) -> PinnedBatch:
     """In process (no workers): the samples' tensors stacked (packed int32 blocks as one int64 tensor, labels a copy
     of it), their provenance beside them."""
     provenance = [s.get(PROVENANCE) for s in samples]
-    if "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray):   # raw packed blocks
+    if raw_blocks(samples):
         ids = torch.from_numpy(np.stack([s["input_ids"] for s in samples]).astype(np.int64))
         return PinnedBatch({"input_ids": ids, "labels": ids.clone()}, provenance)
     return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE}, provenance)
@@ -109,7 +114,7 @@ def collate_tensors(samples: list[dict]) -> PinnedBatch:
 def collate_arrays(samples: list[dict]) -> ArrayBatch:
     """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
     The samples' provenance travels beside them as one array and offsets (BatchProvenance.pack)."""
-    if "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray):   # raw packed blocks
+    if raw_blocks(samples):
         return ArrayBatch({"input_ids": np.stack([s["input_ids"] for s in samples])}, True,
                           BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
     arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0] if k != PROVENANCE}
@@ -200,9 +205,13 @@ class Handout:
         """The next worker in turn after w that may still give a batch (None: none)."""
         for d in range(1, self.n + 1):
             v = (w + d) % self.n
-            if v not in self.ended or any(k < len(g.batches) for g, k in self.queues[v]):
+            if v not in self.ended or self._pending(v):
                 return v
         return None
+
+    def _pending(self, w: int) -> list:
+        """Worker w's groups pulled from torchdata with batches not yet handed out."""
+        return [g for g, k in self.queues[w] if k < len(g.batches)]
 
     def where(self) -> tuple[dict, int | None]:
         """({worker: its position} for the workers whose state in torchdata's snapshot is past what was handed out,
@@ -210,7 +219,7 @@ class Handout:
         a worker sent its group, is past the batches not handed out yet, and may be past the end of its stream."""
         out = {}
         for w in range(self.n):
-            pending = [g for g, k in self.queues[w] if k < len(g.batches)]
+            pending = self._pending(w)
             if w in self.ended and not pending:
                 continue   # torchdata holds its final state (the epoch's end, the dropped remainder)
             if w in self.handed:

@@ -91,7 +91,7 @@ class BlockLoader(StatefulDataLoader):
         self.wait_seconds = 0.0   # time the consumer spent blocked on next(): data starvation
         self.provenance = None    # the last batch's: per sample, its segments (lmstream.packing)
         self.taken = collections.deque(maxlen=1024)   # the provenance of the batches taken since it was cleared
-        self.batches = None       # the current iterator (a _TimedIterator)
+        self.handout = None       # the current iterator's Handout (not the iterator: it refers to the loader)
 
     def __iter__(self):
         done = getattr(self, "_iterator", None)
@@ -106,9 +106,9 @@ class BlockLoader(StatefulDataLoader):
         it = super().__iter__()
         handout = None
         if self.num_workers > 0 and isinstance(self.dataset, Grouped):
-            handout = Handout(it, self.num_workers, functools.partial(self.publish_final_states, it))
-        self.batches = _TimedIterator(it, self, handout)
-        return self.batches
+            handout = Handout(it, self.num_workers, functools.partial(BlockLoader.publish_final_states, it))
+        self.handout = handout   # no reference cycle: a fork must not inherit an old iterator as garbage
+        return _TimedIterator(it, self, handout)
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at `state`; a loader whose workers send groups keeps the grouping the state was saved with."""
@@ -120,7 +120,7 @@ class BlockLoader(StatefulDataLoader):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        handout = self.batches.handout if self.batches is not None else None
+        handout = self.handout
         return state if handout is None else self._handed_out(state, *handout.where())
 
     def _handed_out(self, state: dict, positions: dict, turn: int | None) -> dict:
@@ -134,7 +134,8 @@ class BlockLoader(StatefulDataLoader):
             snap["_last_yielded_worker_id"] = (turn - 1) % self.num_workers
         return state
 
-    def publish_final_states(self, it) -> None:
+    @staticmethod
+    def publish_final_states(it) -> None:
         """At the end of the data, make the workers' last states (sent with their end-of-data signal) part of
         state_dict(). torchdata refreshes its snapshot only when it yields a batch, so the state of a worker that
         ends after the last batch (always, with one worker) was left out: its epoch's end, its dropped remainder."""
