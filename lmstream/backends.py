@@ -59,6 +59,14 @@ def tokenizer_threads(workers: int = 1) -> int:
     return max(1, _cores() // (max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) * max(1, workers)))
 
 
+def reader_threads(workers: int = 1) -> int:
+    """fastokens threads for a reader (in process, or a DataLoader worker): its share of the cores (tokenizer_threads)
+    less one for its Python thread, which packs a batch while the encoder's helper thread tokenizes the next
+    (lmstream.tokenize.Encoder.encode_ahead); at least 1. LMSTREAM_TOKENIZER_THREADS sets it exactly."""
+    share = tokenizer_threads(workers)
+    return share if os.environ.get("LMSTREAM_TOKENIZER_THREADS") else max(1, share - 1)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -87,7 +95,7 @@ def fastokens_backend(tokenizer, spec: str | None = None):
     except ImportError:
         return None
     if "FASTOKENS_BPE_THREADS" not in os.environ:
-        limit_threads(tokenizer_threads())
+        limit_threads(reader_threads())
     try:
         fast = fastokens.Tokenizer.from_json_str(spec)
         got = decode_flat(*fast.encode_batch_flat(list(CHECK_TEXTS), add_special_tokens=True))

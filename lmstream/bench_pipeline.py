@@ -82,9 +82,11 @@ def _best_of(fn, repeats: int) -> tuple[object, float]:
     return runs[0][0], min(t for _, t in runs)
 
 
-def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
+def _backends_alone(args: DataArguments, texts: list[str], tokenizer, repeats: int) -> dict:
     """Tokens/s of each backend alone on texts in memory (the bounds): HF (batches of 256), tiktoken (one thread,
-    one call per text, as the pipeline calls it) and fastokens (one flat call, its own threads)."""
+    one call per text, as the pipeline calls it) and fastokens (one flat call on all cores: in a process of its
+    own, since a process's fastokens threads are fixed at its first call and lmstream's reader leaves one core to
+    its Python thread)."""
     from . import backends
     out = {}
     batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
@@ -94,21 +96,15 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
     if tk is not None:
         n, t = _best_of(lambda: sum(len(tk.encode(x, allowed_special="all")) for x in texts), repeats)
         out["tiktoken"] = n / t
-    fast = backends.fastokens_backend(tokenizer)
-    if fast is not None:   # a fresh tokenizer per run (built untimed): its segment cache would remember the texts
-        rates = []
-        for _ in range(repeats):
-            tok = type(fast).from_json_str(backends.tokenizer_json(tokenizer))
-            n, t = _timed(lambda: len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4)
-            rates.append(n / t)
-        out["fastokens"] = max(rates)
+    if backends.fastokens_backend(tokenizer) is not None:
+        out["fastokens"] = fastokens_rate(args, tokenizer.name_or_path, backends.tokenizer_threads(), repeats)
     return out
 
 
 def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeats: int = 3, passes: int = 1) -> dict:
     texts = corpus_texts(args)
     corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
-    alone = _backends_alone(texts, tokenizer, repeats)
+    alone = _backends_alone(args, texts, tokenizer, repeats)
     args = dataclasses.replace(args, dataset_block_size=block)
     per_backend, startup = {}, {}
     for name in alone:                # lmstream in one process on each backend
@@ -148,8 +144,9 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     return r
 
 
-def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int) -> float:
-    """fastokens alone on `threads` threads (a fresh process, FASTOKENS_BPE_THREADS), texts in memory: tokens/s."""
+def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repeats: int = 1) -> float:
+    """fastokens alone on `threads` threads (a fresh process, FASTOKENS_BPE_THREADS), texts in memory: tokens/s, the
+    best of `repeats` calls, each by a fresh tokenizer (built untimed: its segment cache would remember the texts)."""
     import json
     import os
     import subprocess
@@ -158,12 +155,15 @@ def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int) -> fl
             "from lmstream.config import DataArguments; from lmstream import backends\n"
             "from lmstream.bench_pipeline import corpus_texts\n"
             "a = DataArguments(**json.loads(sys.argv[1])); texts = corpus_texts(a)\n"
-            "tok = backends.fastokens_backend(AutoTokenizer.from_pretrained(sys.argv[2]))\n"
-            "t0 = time.perf_counter(); n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
-            "print(n / (time.perf_counter() - t0))\n")
+            "hf = AutoTokenizer.from_pretrained(sys.argv[2]); fast = backends.fastokens_backend(hf); rates = []\n"
+            "for _ in range(int(sys.argv[3])):\n"
+            "    tok = type(fast).from_json_str(backends.tokenizer_json(hf)); t0 = time.perf_counter()\n"
+            "    n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
+            "    rates.append(n / (time.perf_counter() - t0))\n"
+            "print(max(rates))\n")
     data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
     env = {**os.environ, "FASTOKENS_BPE_THREADS": str(threads), "LMSTREAM_TOKENIZER_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path], capture_output=True, text=True, env=env,
+    out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(repeats)], capture_output=True, text=True, env=env,
                          check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -184,8 +184,8 @@ def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str
     model_args, data_args, _, training_args = parse_args(argv)
     done = prepare(model_args, data_args, training_args)
     shutil.rmtree(folder, ignore_errors=True)
-    single = fastokens_rate(args, tokenizer_path, 1)
-    every = fastokens_rate(args, tokenizer_path, done["processes"])
+    single = fastokens_rate(args, tokenizer_path, 1, 3)
+    every = fastokens_rate(args, tokenizer_path, done["processes"], 3)
     return {"prepare_tok_s": done["tokens_per_second"], "prepare_startup_seconds": done["startup_seconds"],
             "processes": done["processes"], "single_core_tok_s": single, "all_cores_tok_s": every,
             "prepare_vs_cores_x_single": done["tokens_per_second"] / (done["processes"] * single),

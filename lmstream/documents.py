@@ -95,7 +95,7 @@ class DocumentStream:
     # -- reading rows ---------------------------------------------------------------------------
     def _piece_rows(self, piece, skip: int, ahead: ReadAhead, k: int, pieces: list):
         """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8, token skip, new,
-        origin): `origin` is the row's (shard, row group, row) in the data.
+        origin, UTF-8 bytes or None where not known): `origin` is the row's (shard, row group, row) in the data.
 
         `new` is False for the rows of a WindowRest: another reader read (and counted) them already.
         """
@@ -104,22 +104,22 @@ class DocumentStream:
             docs, skips, origins = self._rest_docs(piece)
             for i in range(skip, len(docs)):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, OTHER, False, 0, False, None
+                    yield i, OTHER, False, 0, False, None, None
                     continue
-                yield i, docs[i], False, skips[i], False, tuple(origins[i])
+                yield i, docs[i], False, skips[i], False, tuple(origins[i]), None
             return
         shard = self.plan.shards[piece.shard]
         try:
             if shard.format == "parquet":
-                texts = with_long_texts(ahead.take(k, pieces).column(0).slice(skip))
-                rows = ((t, False) for t in texts)
+                texts, sizes = with_long_texts(ahead.take(k, pieces).column(0).slice(skip))
+                rows = zip(texts, itertools.repeat(False), sizes)
             else:   # compressed streams cannot seek: re-read up to the row
-                rows = self._line_rows(shard, skip)
-            for i, (text, bad) in enumerate(rows, skip):
+                rows = ((text, bad, None) for text, bad in self._line_rows(shard, skip))
+            for i, (text, bad, size) in enumerate(rows, skip):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, OTHER, False, 0, True, None   # another slot's row: advance the position, emit nothing
+                    yield i, OTHER, False, 0, True, None, None   # another slot's row: advance the position only
                     continue
-                yield i, text, bad, 0, True, (piece.shard, piece.row_group, i)
+                yield i, text, bad, 0, True, (piece.shard, piece.row_group, i), size
         except Unreadable as err:
             if not self.args.dataset_skip_bad_shards:
                 raise
@@ -171,15 +171,14 @@ class DocumentStream:
         return textfiles.text_samples(raw, self.args.dataset_text_sample_by)
 
     def _rows(self, pieces: list, start: tuple[int, int]):
-        """(position after the row, text, invalid_utf8, token skip, new, origin) for every row from `start` on."""
+        """(position after the row, text, invalid_utf8, token skip, new, origin, bytes) for every row from `start` on."""
         p0, r0 = start
         ahead = ReadAhead(self._read_row_group, self._piece_bytes, self.args.dataset_readahead_bytes)
         try:
             for pi in range(p0, len(pieces)):
-                for i, text, bad, tok, new, origin in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi,
-                                                                       pieces):
-                    yield (pi, i + 1), text, bad, tok, new, origin
-            yield (len(pieces), 0), StopIteration, False, 0, True, None
+                for i, *row in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi, pieces):
+                    yield ((pi, i + 1), *row)
+            yield (len(pieces), 0), StopIteration, False, 0, True, None, None
         finally:
             self.stats["read_wait_seconds"] += ahead.wait_seconds
             ahead.close()
@@ -190,10 +189,11 @@ class DocumentStream:
         return (self.seed, epoch, self.slot, index, *tag) if self.shuffle else None
 
     def _fill(self, rows, stats: dict):
-        """Up to window_size documents from `rows`: (docs, token skips, origins, position after, epoch ended)."""
+        """Up to window_size documents from `rows`: (docs, token skips, origins, position after, epoch ended, UTF-8
+        bytes of each document)."""
         frac, split = self.args.dataset_holdout_fraction, self.split
-        docs, skips, origins, pos, last = [], [], [], None, False
-        for pos, text, bad, tok, new, origin in rows:
+        docs, skips, origins, sizes, pos, last = [], [], [], [], None, False
+        for pos, text, bad, tok, new, origin, size in rows:
             if text is StopIteration:
                 last = True
                 break
@@ -207,7 +207,7 @@ class DocumentStream:
             if not isinstance(text, (str, LongText)):
                 raise ConfigError(f"Column '{self.args.dataset_text_field}' holds {type(text).__name__} values, not "
                                   "text: set dataset_text_field to a string column.")
-            if text.is_blank() if isinstance(text, LongText) else not text.strip():
+            if text.is_blank() if isinstance(text, LongText) else not text or text.isspace():   # no copy
                 stats["docs_empty"] += new
                 continue
             if frac > 0 and split != "all" and (_holdout_bucket(text) < frac) != (split == "holdout"):
@@ -216,26 +216,27 @@ class DocumentStream:
             docs.append(text)
             skips.append(tok)
             origins.append(origin)
+            sizes.append(utf8_size(text) if size is None else size)
             if len(docs) == self.window_size:
                 break
-        return docs, skips, np.array(origins, dtype=np.int64).reshape(-1, 3), pos, last
+        return docs, skips, np.array(origins, dtype=np.int64).reshape(-1, 3), pos, last, sizes
 
     @staticmethod
-    def _permute(docs: list, skips: list, origins: np.ndarray, key):
+    def _permute(docs: list, skips: list, origins: np.ndarray, sizes: list, key):
         if key is None or len(docs) < 2:
-            return docs, skips, origins
-        perm = np.random.default_rng(list(key)).permutation(len(docs))
-        return [docs[k] for k in perm], [skips[k] for k in perm], origins[perm]
+            return docs, skips, origins, sizes
+        perm = np.random.default_rng(list(key)).permutation(len(docs)).tolist()
+        return [docs[k] for k in perm], [skips[k] for k in perm], origins[perm], [sizes[k] for k in perm]
 
     def _rest_docs(self, rest: WindowRest):
         """The documents of another reader's window from `rest.doc` on, their token skips and origins."""
         scratch = dict.fromkeys(_WINDOW_COUNTERS, 0)
         rows = self._rows(list(rest.pieces), (0, rest.start_row))
         try:
-            docs, skips, origins, _, _ = self._fill(rows, scratch)
+            docs, skips, origins, _, _, sizes = self._fill(rows, scratch)
         finally:
             rows.close()
-        docs, skips, origins = self._permute(docs, skips, origins, rest.key)
+        docs, skips, origins, _ = self._permute(docs, skips, origins, sizes, rest.key)
         docs, skips, origins = docs[rest.doc:], skips[rest.doc:], origins[rest.doc:]
         if docs:
             skips[0] = max(skips[0], rest.token)
@@ -251,15 +252,14 @@ class DocumentStream:
         rows = self._rows(pieces, start)
         while True:
             stats = dict.fromkeys(_WINDOW_COUNTERS, 0)
-            docs, skips, origins, pos, last = self._fill(rows, stats)
+            docs, skips, origins, pos, last, nbytes = self._fill(rows, stats)
             pos = start if pos is None else pos
             if count:   # a window re-read on resume was already counted
                 for k, v in stats.items():
                     self.stats[k] += v
             count = True
             key = self.window_key(epoch, index, tag)
-            docs, skips, origins = self._permute(docs, skips, origins, key)
-            nbytes = [utf8_size(d) for d in docs]
+            docs, skips, origins, nbytes = self._permute(docs, skips, origins, nbytes, key)
             yield Window(epoch, index, start, pos, docs, nbytes, last, skips, key, origins)
             if last:
                 return

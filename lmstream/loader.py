@@ -163,7 +163,7 @@ def init_worker(worker_id: int) -> None:
     """DataLoader worker_init_fn: signals are the main process's; the node's cores are shared between workers."""
     ignore_signals_in_worker(worker_id)
     info = torch.utils.data.get_worker_info()
-    backends.limit_threads(backends.tokenizer_threads(info.num_workers))
+    backends.limit_threads(backends.reader_threads(info.num_workers))
 
 
 def whole(item):

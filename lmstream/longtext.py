@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -58,18 +59,29 @@ def warm_up() -> None:
     pc.binary_length(pa.array([""]))
 
 
-def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> list:
-    """Python values of a string column, with documents above `limit` bytes as LongText."""
+def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> tuple[list, list]:
+    """(Python values of a string column with documents above `limit` bytes as LongText, each value's UTF-8 bytes).
+    The sizes come from the column's offsets (no pass over the text); None where the column is not text."""
     limit = LONG_DOC_BYTES if limit is None else limit
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return column.to_pylist()   # an all-null or non-text column: the document checks downstream say so
-    sizes = pc.binary_length(column)
-    big = pc.greater(sizes, limit)
-    if not pc.any(big).as_py():
-        return column.to_pylist()
+        # an all-null or non-text column: the document checks downstream say so
+        return column.to_pylist(), [None] * len(column)
+    sizes = utf8_sizes(column)
+    if not len(sizes) or sizes.max() <= limit:
+        return column.to_pylist(), sizes.tolist()
+    big = pa.array(sizes > limit)
     values = pc.if_else(big, pa.scalar(None, column.type), column).to_pylist()
-    for i in pc.indices_nonzero(big).to_pylist():
+    for i in np.flatnonzero(sizes > limit).tolist():
         values[i] = LongText(column.slice(i, 1))
-    return values
+    return values, sizes.tolist()
+
+
+def utf8_sizes(column: pa.Array) -> np.ndarray:
+    """UTF-8 bytes of each value of a string array (0 for a null), from its offsets buffer."""
+    if not len(column):
+        return np.zeros(0, dtype=np.int64)
+    dtype = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], dtype)[column.offset:column.offset + len(column) + 1]
+    return np.diff(offsets).astype(np.int64)

@@ -65,15 +65,15 @@ class BlockPacker:
         cum_bytes = np.concatenate([[0], np.cumsum(self.nbytes * last)])
         blocks = self.buf[: n * L].reshape(n, L)
         prov = self._block_provenance(ends, n)
-        out, prev = [], 0
-        for b in range(n):
-            k = int(done[b])
-            if k < len(self.refs):
-                ref, off = self._position(k, int(bounds[b] - (ends[k - 1] if k else 0)))
+        out, prev, pending = [], 0, len(self.refs)
+        # Python ints in the per-block loop (a NumPy scalar's arithmetic costs several times a Python int's)
+        ends_, cum_docs, cum_bytes = [0, *ends.tolist()], cum_docs.tolist(), cum_bytes.tolist()
+        for b, k in enumerate(done.tolist()):
+            if k < pending:
+                ref, off = self._position(k, (b + 1) * L - ends_[k])
             else:   # the block ends exactly at the end of the last pending entry
-                ref, off = self._position(k - 1, int(self.lens[k - 1]), after=True)
-            out.append((blocks[b], ref, off, int(cum_docs[k] - cum_docs[prev]), int(cum_bytes[k] - cum_bytes[prev]),
-                        prov[b]))
+                ref, off = self._position(k - 1, ends_[k] - ends_[k - 1], after=True)
+            out.append((blocks[b], ref, off, cum_docs[k] - cum_docs[prev], cum_bytes[k] - cum_bytes[prev], prov[b]))
             prev = k
         k, used = int(done[-1]), n * L
         self._carry_origins(k, used - int(ends[k] - self.lens[k]) if k < len(self.refs) else 0)
