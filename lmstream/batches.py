@@ -237,7 +237,9 @@ class Grouped(torch.utils.data.IterableDataset):
 
     A group ends where the worker's count of batches reaches a multiple of `group`, a count its saved state keeps
     (GROUP_KEY): a run resumed inside a group first finishes that group, so the batches come in the order of the
-    uninterrupted run. Everything else (state, epochs, sizes) is the stream's."""
+    uninterrupted run. An iterator's first messages are parts of groups, of 1, 2, 4, ... batches: the first batch
+    comes as soon as it is made, and a loader read for a few batches only (inspect, a notebook) has its workers make
+    few more. Everything else (state, epochs, sizes) is the stream's."""
 
     def __init__(self, stream, batch_size: int, group: int):
         self.stream, self.batch_size, self.group = stream, batch_size, group
@@ -250,6 +252,7 @@ class Grouped(torch.utils.data.IterableDataset):
 
     def _groups(self, worker: int):
         batches, states, samples, start = [], [], [], self.state_dict()
+        limit = 1   # an iterator's first messages hold 1, 2, 4, ... batches: its first batch comes without a group's wait
         for sample in arrays(self.stream):
             samples.append(sample)
             if len(samples) == self.batch_size:
@@ -257,9 +260,10 @@ class Grouped(torch.utils.data.IterableDataset):
                 samples = []
                 self.pos = (self.pos + 1) % self.group
                 states.append(self.state_dict())
-                if self.pos == 0:
+                if self.pos == 0 or len(batches) == limit:
                     yield BatchGroup(worker, batches, states, start)
                     batches, states, start = [], [], states[-1]
+                    limit = min(2 * limit, self.group)
         self.pos = 0   # the stream ended: a new iterator starts a new group
         if samples:   # the last batch may be short, as a DataLoader's without drop_last
             batches.append(collate_arrays(samples))

@@ -5,6 +5,10 @@ side on the same corpus (see lmstream.bench for the command and the targets).
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import time
 
 
@@ -82,11 +86,10 @@ def _best_of(fn, repeats: int) -> tuple[object, float]:
     return runs[0][0], min(t for _, t in runs)
 
 
-def _backends_alone(args: DataArguments, texts: list[str], tokenizer, repeats: int) -> dict:
+def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
     """Tokens/s of each backend alone on texts in memory (the bounds): HF (batches of 256), tiktoken (one thread,
-    one call per text, as the pipeline calls it) and fastokens (one flat call on all cores: in a process of its
-    own, since a process's fastokens threads are fixed at its first call and lmstream's reader leaves one core to
-    its Python thread)."""
+    one call per text, as the pipeline calls it) and fastokens (one flat call on all the cores: this process's
+    fastokens threads, fixed at its first call, are the cores; lmstream's own runs are in a fresh process)."""
     from . import backends
     out = {}
     batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
@@ -96,23 +99,50 @@ def _backends_alone(args: DataArguments, texts: list[str], tokenizer, repeats: i
     if tk is not None:
         n, t = _best_of(lambda: sum(len(tk.encode(x, allowed_special="all")) for x in texts), repeats)
         out["tiktoken"] = n / t
-    if backends.fastokens_backend(tokenizer) is not None:
-        out["fastokens"] = fastokens_rate(args, tokenizer.name_or_path, backends.tokenizer_threads(), repeats)
+    if "FASTOKENS_BPE_THREADS" not in os.environ:
+        backends.limit_threads(backends.tokenizer_threads())
+    fast = backends.fastokens_backend(tokenizer)
+    if fast is not None:   # a fresh tokenizer per run (built untimed): its segment cache would remember the texts
+        rates = []
+        for _ in range(repeats):
+            tok = type(fast).from_json_str(backends.tokenizer_json(tokenizer))
+            n, t = _timed(lambda: len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4)
+            rates.append(n / t)
+        out["fastokens"] = max(rates)
     return out
+
+
+def in_process_measures(args: DataArguments, tokenizer_path: str, batch: int, repeats: int, names: list) -> dict:
+    """lmstream in one process, measured in a fresh process with lmstream's own choice of fastokens threads
+    (backends.reader_threads; this process's are all the cores, for the bounds, and a process's threads are fixed
+    at its first call): {"rates": {backend: (best tokens/s, least start-up seconds)} (_epoch_rate),
+    "provenance": _provenance_cost on the default backend}."""
+    code = "import sys; from lmstream.bench_pipeline import _in_process_child; _in_process_child(*sys.argv[1:])"
+    env = {k: v for k, v in os.environ.items() if k != "FASTOKENS_BPE_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(args)), tokenizer_path, str(batch),
+                          str(repeats), ",".join(names)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: str, names: str) -> None:
+    from transformers import AutoTokenizer
+    args, tokenizer = DataArguments(**json.loads(args_json)), AutoTokenizer.from_pretrained(tokenizer_path)
+    rates = {n: _epoch_rate(dataclasses.replace(args, dataset_tokenizer_backend=n), tokenizer, int(batch), 0,
+                            int(repeats)) for n in names.split(",")}
+    default = dataclasses.replace(args, dataset_tokenizer_backend=build_encoder(tokenizer).backend)
+    print(json.dumps({"rates": rates, "provenance": _provenance_cost(default, tokenizer, int(repeats))}))
 
 
 def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeats: int = 3, passes: int = 1) -> dict:
     texts = corpus_texts(args)
     corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
-    alone = _backends_alone(args, texts, tokenizer, repeats)
+    alone = _backends_alone(texts, tokenizer, repeats)
     args = dataclasses.replace(args, dataset_block_size=block)
-    per_backend, startup = {}, {}
-    for name in alone:                # lmstream in one process on each backend
-        one = dataclasses.replace(args, dataset_tokenizer_backend=name)
-        per_backend[name], startup[name] = _epoch_rate(one, tokenizer, batch, 0, repeats)
+    fresh = in_process_measures(args, tokenizer.name_or_path, batch, repeats, list(alone))
+    per_backend = {k: rate for k, (rate, _) in fresh["rates"].items()}
+    startup = {k: seconds for k, (_, seconds) in fresh["rates"].items()}
     default = build_encoder(tokenizer).backend
-    with_prov, without, prov_cost = _provenance_cost(dataclasses.replace(args, dataset_tokenizer_backend=default),
-                                                     tokenizer, repeats)
+    with_prov, without, prov_cost = fresh["provenance"]
     lm_rate, _ = _epoch_rate(args, tokenizer, batch, workers, repeats)
     lm_tokens, lm_s, _ = _lmstream_epoch(args, tokenizer, batch, workers)
     long_rate = None
@@ -147,10 +177,6 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
 def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repeats: int = 1) -> float:
     """fastokens alone on `threads` threads (a fresh process, FASTOKENS_BPE_THREADS), texts in memory: tokens/s, the
     best of `repeats` calls, each by a fresh tokenizer (built untimed: its segment cache would remember the texts)."""
-    import json
-    import os
-    import subprocess
-    import sys
     code = ("import json, sys, time, dataclasses; from transformers import AutoTokenizer\n"
             "from lmstream.config import DataArguments; from lmstream import backends\n"
             "from lmstream.bench_pipeline import corpus_texts\n"
@@ -171,7 +197,6 @@ def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repea
 def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
     """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x fastokens' single-core
     rate (the target's measure) and against fastokens alone on all cores (the machine's bound for any pipeline)."""
-    import os
     import shutil
     from .arguments import parse_args
     from .prepare import prepare

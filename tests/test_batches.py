@@ -1,13 +1,14 @@
 """Workers send their batches in groups (lmstream.batches): one message per group, and a checkpoint taken at any
 batch inside a group resumes exactly where the uninterrupted run goes on."""
 import dataclasses
+import itertools
 import json
 
 import pytest
 import torch
 
 import lmstream
-from lmstream.batches import GROUP_KEY, SIZE_KEY, group_size
+from lmstream.batches import GROUP_KEY, SIZE_KEY, Grouped, group_size
 from lmstream.state import find_dicts
 
 
@@ -27,13 +28,18 @@ def _ids(loader_iter, n):
 
 def test_a_worker_sends_a_group_of_batches_in_one_message(parquet_dir, tokenizer):
     path, _ = parquet_dir
-    loader = _loader(path, tokenizer, group=3)
+    loader = _loader(path, tokenizer, group=4)
     it = iter(loader)
     first = _ids(it, 1)[0]
-    group, handed = it.handout.queues[0][0]   # the message the first batch came in
-    assert handed == 1 and len(group.batches) == 3 and len(group.states) == 3 and group.worker == 0
+    group, handed = it.handout.queues[0][0]   # the message the first batch came in: an iterator's first is 1 batch
+    assert handed == 1 and len(group.batches) == 1 and len(group.states) == 1 and group.worker == 0
     assert torch.equal(first, torch.from_numpy(group.batches[0].arrays["input_ids"]).long())
-    assert [s[GROUP_KEY] for s in group.states] == [1, 2, 0] and {s[SIZE_KEY] for s in group.states} == {3}
+    # then 2, then what is left of the group (a group ends at a multiple of 4 batches), then whole groups
+    messages = list(itertools.islice(Grouped(lmstream.build_pipeline(_args(path), tokenizer, seed=5), 2, 4)._groups(0), 5))
+    assert [len(m.batches) for m in messages] == [1, 2, 1, 4, 4]
+    assert [[s[GROUP_KEY] for s in m.states] for m in messages[:4]] == [[1], [2, 3], [0], [1, 2, 3, 0]]
+    assert {s[SIZE_KEY] for m in messages for s in m.states} == {4}
+    assert all(m.start == p.states[-1] for p, m in zip(messages, messages[1:]))   # each starts where the last ended
     assert group_size(8, 1024) == 32 and group_size(64, 8192) == 1   # about GROUP_TOKENS tokens a message
 
 
