@@ -20,18 +20,19 @@ from .errors import ConfigError
 from .mixture import build_mixture
 from .pipeline import StreamingBlocks, build_stream, encoder_for, plan_dataset, resolve_block_size
 from .planfile import shared_plan
+from .tokenize import settle
 
 log = logging.getLogger("lmstream")
 
 
 def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
                    world_size: int | None = None, split: str = "train", max_positions: int | None = None,
-                   max_samples: int | None = None, plan=None):
+                   max_samples: int | None = None, plan=None, encoder=None):
     """The blocks of `rank` of `world_size` (default: RANK/WORLD_SIZE env): a MixtureBlocks for dataset_mixture,
     else one source's StreamingBlocks (see lmstream.pipeline.build_stream for the arguments)."""
     if args.dataset_mixture:
         return build_mixture(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples)
-    return build_stream(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan)
+    return build_stream(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan, encoder)
 
 
 ROWS_PER_WRITE = 1024   # blocks per Arrow record batch written by a materializing process
@@ -39,7 +40,7 @@ STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8
 
 
 def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot: int, n_slots: int,
-                path: str, plan=None) -> int:
+                path: str, plan=None, encoder=None) -> int:
     """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time; returns the
     number of blocks. Packed blocks are cut from the epoch's ids with one reshape per tokenizer batch (the very
     blocks the stream yields, without a Python object per block); padded samples go one by one."""
@@ -47,7 +48,7 @@ def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot
 
     import pyarrow as pa
     one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
-    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots, plan=plan)
+    ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots, plan=plan, encoder=encoder)
     packed = args.dataset_group_text and isinstance(ds, StreamingBlocks)   # a mixture goes sample by sample
     chunks = _packed_chunks(ds.reader.epoch_ids(slot, n_slots), block_size) if packed else _sample_chunks(ds)
     writer, count = None, 0
@@ -123,14 +124,15 @@ def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | 
     folder = tempfile.mkdtemp(prefix="lmstream-blocks-")
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(n)]
     plan = None if args.dataset_mixture else plan_dataset(args)
-    encoder_for(args, tokenizer)
-    _JOBS[:] = [(args, tokenizer, seed, block_size, i, n, paths[i], plan) for i in range(n)]
+    encoder = encoder_for(args, tokenizer)   # chosen and checked once, before the fork: the processes share it
+    _JOBS[:] = [(args, tokenizer, seed, block_size, i, n, paths[i], plan, encoder) for i in range(n)]
     t1 = time.perf_counter()
     if n == 1:
         counts = [_write_slot(*_JOBS[0])]
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
+        settle()   # no tokenizer call under way on another thread when the processes fork
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
             counts = list(pool.map(_write_job, range(n)))
     _JOBS.clear()

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .longtext import warm_up
 from .state import find_dicts, reader_states
 from .stopping import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
+from .tokenize import settle
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's concern
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
@@ -102,6 +103,7 @@ class BlockLoader(StatefulDataLoader):
             self.stream.carry_over(self.state_dict())
         if self.num_workers > 0:
             warm_up()   # before the workers fork: they inherit what the first read imports
+            settle()    # and no tokenizer call under way on another thread
             FORKED_BY[0] = os.getpid() if threading.current_thread() is threading.main_thread() else None
         it = super().__iter__()
         handout = None

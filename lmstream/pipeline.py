@@ -257,7 +257,7 @@ def encoder_for(args: DataArguments, tokenizer) -> Encoder:
 
 def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
                    world_size: int | None = None, split: str = "train", max_positions: int | None = None,
-                   max_samples: int | None = None, plan: Plan | None = None) -> StreamingBlocks:
+                   max_samples: int | None = None, plan: Plan | None = None, encoder=None) -> StreamingBlocks:
     """The streaming dataset of blocks of one source for `rank` of `world_size` (default: RANK/WORLD_SIZE env);
     `lmstream.build_pipeline` (lmstream.data) also builds mixtures.
 
@@ -270,6 +270,8 @@ def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None
         max_samples: samples per epoch over all ranks (max_train_samples / max_eval_samples).
         plan: the training split's shards and pieces, already resolved (shared by the train pipeline and the
             held-out evaluation; an evaluation on the test split plans that split itself).
+        encoder: the Encoder `encoder_for(args, tokenizer)` gives, when already at hand (it reads the tokenizer's
+            JSON: tens of milliseconds for GPT-2's, more for larger vocabularies).
     """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
@@ -290,4 +292,5 @@ def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None
                           f"block per epoch: use max_train_samples >= {world_size}.")
     if plan is None:
         plan = plan_dataset(args)
-    return StreamingBlocks(plan, args, encoder_for(args, tokenizer), block_size, seed, rank, world_size, mode, max_samples)
+    encoder = encoder or encoder_for(args, tokenizer)
+    return StreamingBlocks(plan, args, encoder, block_size, seed, rank, world_size, mode, max_samples)

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CHUNK_CHARS = 1 << 20   # documents longer than this are encoded in pieces (GPT-2-style tokenizers)
 _SAFE_CUT = None
 BACKENDS = ("fastokens", "tiktoken", "hf")   # fastest first; each used only where it is identical to HF
+_HELPER: list = []   # [pid, the thread that encodes the next batch ahead (Encoder.encode_ahead)]: made on first use
 _CHOSEN: dict = {}   # (tokenizer JSON digest, class, special tokens, allowed) -> the backends chosen, this process
 
 
@@ -72,7 +73,6 @@ class Encoder:
             raise ConfigError(f"Tokenizer '{tokenizer.name_or_path}' has no eos_token: set one "
                               "(tokenizer.eos_token = ...) so documents can be separated.")
         self.tokenizer, self.allowed = tokenizer, tuple(allowed)
-        self.helper = None   # (pid, the thread that encodes the next batch ahead): made on first use
         self._load()
         self.vocab_size = len(tokenizer)
 
@@ -102,7 +102,7 @@ class Encoder:
 
     def __getstate__(self):   # the Rust objects don't pickle: rebuilt (and checked again) in the worker
         state = dict(self.__dict__)
-        state["fast"] = state["tiktoken"] = state["helper"] = None
+        state["fast"] = state["tiktoken"] = None
         return state
 
     def encode_ahead(self, batches: list):
@@ -134,11 +134,13 @@ class Encoder:
         ids, lengths = self.encode(texts)
         return ids, lengths, time.perf_counter() - t0
 
-    def _helper(self) -> concurrent.futures.ThreadPoolExecutor:
-        """This process's encoding thread (a forked worker makes its own: threads do not survive a fork)."""
-        if self.helper is None or self.helper[0] != os.getpid():
-            self.helper = (os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstream-tok"))
-        return self.helper[1]
+    @staticmethod
+    def _helper() -> concurrent.futures.ThreadPoolExecutor:
+        """This process's encoding thread, shared by its encoders (a forked process makes its own: threads do not
+        survive a fork)."""
+        if not _HELPER or _HELPER[0] != os.getpid():
+            _HELPER[:] = [os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstream-tok")]
+        return _HELPER[1]
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -210,6 +212,13 @@ def with_eos(flat: np.ndarray, offsets: np.ndarray, eos: int) -> tuple[np.ndarra
     last = flat[np.maximum(ends - 1, 0)] if len(flat) else np.full(len(ends), -1, np.int32)
     need = (lengths == 0) | (last != eos)
     return np.insert(flat, ends[need], np.int32(eos)), lengths + need
+
+
+def settle() -> None:
+    """Wait until this process's encoding thread has nothing under way: call before forking, so that no child
+    starts as a copy taken while the tokenizer ran on another thread (its locks held by a thread the child lacks)."""
+    if _HELPER and _HELPER[0] == os.getpid():
+        _HELPER[1].submit(int).result()   # one thread, tasks in order: this one runs after every earlier one
 
 
 def forget_backends() -> None:

@@ -147,18 +147,34 @@ class _ThreadsOfWorkers(__import__("torch").utils.data.IterableDataset):
 
 @pytest.mark.parametrize("workers", [2, 8])
 def test_workers_share_the_cores_without_oversubscribing(workers, monkeypatch):
-    from lmstream.backends import tokenizer_threads
+    from lmstream.backends import reader_threads, tokenizer_threads
     from lmstream.loader import build_loader
     monkeypatch.delenv("LMSTREAM_TOKENIZER_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cores = len(os.sched_getaffinity(0))
     got = [int(b["threads"]) for b in build_loader(_ThreadsOfWorkers(), 1, num_workers=workers)]
-    assert got == [max(1, cores // workers)] * workers
+    # each worker's share of the cores, less one for its Python thread (the encoder's helper overlaps it)
+    assert got == [max(1, cores // workers - 1)] * workers
     assert workers * max(got) <= max(cores, workers)   # one thread at least, never more than the cores allow
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")        # 4 processes on this node (torchrun)
     assert tokenizer_threads() == max(1, cores // 4) and tokenizer_threads(workers) == max(1, cores // (4 * workers))
+    assert reader_threads(workers) == max(1, tokenizer_threads(workers) - 1)
     monkeypatch.setenv("LMSTREAM_TOKENIZER_THREADS", "3")
-    assert tokenizer_threads(workers) == 3
+    assert tokenizer_threads(workers) == 3 and reader_threads(workers) == 3   # set exactly
+
+
+def test_settle_waits_for_the_encoding_thread(tokenizer):
+    """Before a fork, nothing runs on the encoder's helper thread: settle() returns after every task given to it."""
+    import threading
+    import time
+    from lmstream.tokenize import Encoder, settle
+    enc, done = build_encoder(tokenizer), threading.Event()
+    ahead = enc.encode_ahead([["one document"], ["another"]])
+    assert next(ahead)[1].tolist() == [3]   # "one document" + EOS; the next batch is being encoded meanwhile
+    Encoder._helper().submit(lambda: (time.sleep(0.2), done.set()))
+    settle()
+    assert done.is_set()
+    assert next(ahead)[1].tolist() == [2]
 
 
 @pytest.mark.parametrize("allowed", [("fastokens", "tiktoken", "hf"), ("tiktoken", "hf"), ("hf",)])
