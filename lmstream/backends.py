@@ -77,13 +77,6 @@ def limit_threads(threads: int) -> None:
     os.environ["FASTOKENS_BPE_THREADS"] = str(threads)
 
 
-def current_threads() -> int:
-    """The threads fastokens uses in this process (limit_threads; unset: the process's cores)."""
-    if os.environ.get("FASTOKENS_BPE_THREADS"):
-        return max(1, int(os.environ["FASTOKENS_BPE_THREADS"]))
-    return _cores()
-
-
 def fastokens_backend(tokenizer, spec: str | None = None):
     """A fastokens Tokenizer identical to `tokenizer` (special tokens added as HF adds them), or None.
     `spec`: the tokenizer's JSON when already at hand."""

@@ -11,8 +11,7 @@ import subprocess
 import sys
 import time
 
-
-from .backends import tokenizer_threads
+from . import backends
 from .config import DataArguments
 from .data import build_pipeline
 from .reference import reference_loader
@@ -91,7 +90,6 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
     """Tokens/s of each backend alone on texts in memory (the bounds): HF (batches of 256), tiktoken (one thread,
     one call per text, as the pipeline calls it) and fastokens (one flat call on all the cores: this process's
     fastokens threads, fixed at its first call, are the cores; lmstream's own runs are in a fresh process)."""
-    from . import backends
     out = {}
     batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
     n, hf_s = _best_of(lambda: sum(len(x) for b in batches for x in tokenizer(b, verbose=False)["input_ids"]), repeats)
@@ -140,7 +138,7 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     alone = _backends_alone(texts, tokenizer, repeats)
     args = dataclasses.replace(args, dataset_block_size=block)
     # fastokens alone also in fresh processes, as lmstream's runs are, before and after them: the bound is the best
-    path, threads = tokenizer.name_or_path, tokenizer_threads()
+    path, threads = tokenizer.name_or_path, backends.tokenizer_threads()
     before = fastokens_rate(args, path, threads, repeats) if "fastokens" in alone else None
     fresh = in_process_measures(args, path, batch, repeats, list(alone))
     if before is not None:
@@ -195,8 +193,8 @@ def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repea
             "print(max(rates))\n")
     data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
     env = {**os.environ, "FASTOKENS_BPE_THREADS": str(threads), "LMSTREAM_TOKENIZER_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(repeats)], capture_output=True, text=True, env=env,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(repeats)], capture_output=True,
+                         text=True, env=env, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 

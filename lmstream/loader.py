@@ -23,7 +23,6 @@ from . import backends
 from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, collate_tensors, group_size,
                       saved_group)
 from .errors import ConfigError
-from .longtext import warm_up
 from .state import find_dicts, reader_states
 from .stopping import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
 from .tokenize import settle
@@ -102,8 +101,7 @@ class BlockLoader(StatefulDataLoader):
             # handed out) with their counters, as a re-iterated in-process stream continues
             self.stream.carry_over(self.state_dict())
         if self.num_workers > 0:
-            warm_up()   # before the workers fork: they inherit what the first read imports
-            settle()    # and no tokenizer call under way on another thread
+            settle()    # before the workers fork: no tokenizer call under way on another thread
             FORKED_BY[0] = os.getpid() if threading.current_thread() is threading.main_thread() else None
         it = super().__iter__()
         handout = None

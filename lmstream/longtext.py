@@ -53,15 +53,11 @@ class LongText:
         return self.array[0].as_py()
 
 
-def warm_up() -> None:
-    """Make pyarrow's first compute call here: it imports pandas (a few tenths of a second), and a DataLoader
-    worker forked after this inherits the import instead of paying it again at every new iterator."""
-    pc.binary_length(pa.array([""]))
-
-
 def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> tuple[list, list]:
     """(Python values of a string column with documents above `limit` bytes as LongText, each value's UTF-8 bytes).
-    The sizes come from the column's offsets (no pass over the text); None where the column is not text."""
+    The sizes come from the column's offsets (no pass over the text); None where the column is not text. Only a
+    column holding a LongText makes a pyarrow compute call (whose first call imports pandas, a few tenths of a
+    second): the common path makes none, so no process pays that import before it meets a very long document."""
     limit = LONG_DOC_BYTES if limit is None else limit
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
@@ -71,9 +67,9 @@ def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None
     sizes = utf8_sizes(column)
     if not len(sizes) or sizes.max() <= limit:
         return column.to_pylist(), sizes.tolist()
-    big = pa.array(sizes > limit)
-    values = pc.if_else(big, pa.scalar(None, column.type), column).to_pylist()
-    for i in np.flatnonzero(sizes > limit).tolist():
+    big = sizes > limit
+    values = pc.if_else(pa.array(big), pa.scalar(None, column.type), column).to_pylist()
+    for i in np.flatnonzero(big).tolist():
         values[i] = LongText(column.slice(i, 1))
     return values, sizes.tolist()
 
