@@ -91,3 +91,18 @@ def test_in_process_batches_are_the_stream_s_blocks_and_leave_the_stream_as_it_w
         assert batch["labels"].data_ptr() != batch["input_ids"].data_ptr()   # a copy: the model may shift it
     own = next(iter(loader.stream))   # the loader's own stream, iterated directly while the loader's is alive
     assert isinstance(own["input_ids"], torch.Tensor) and "labels" in own
+
+
+def test_ids_travel_as_uint16_when_they_fit_and_reach_the_model_as_int64():
+    import numpy as np
+    from lmstream.batches import collate_arrays
+    small = [{"input_ids": np.array([0, 5, 65535, 7], dtype=np.int32)} for _ in range(2)]
+    batch = collate_arrays(small)
+    assert batch.arrays["input_ids"].dtype == np.uint16
+    out = batch.tensors()
+    assert out["input_ids"].dtype == torch.int64 and out["input_ids"].tolist() == [[0, 5, 65535, 7]] * 2
+    assert out["labels"].tolist() == out["input_ids"].tolist() and out["labels"].data_ptr() != out["input_ids"].data_ptr()
+    large = [{"input_ids": np.array([1, 65536, 128000], dtype=np.int32)}]   # a Llama-3-sized vocabulary
+    batch = collate_arrays(large)
+    assert batch.arrays["input_ids"].dtype == np.int32
+    assert batch.tensors()["input_ids"].tolist() == [[1, 65536, 128000]]
