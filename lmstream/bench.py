@@ -127,7 +127,8 @@ def main(argv=None) -> int:
         results["pipeline"] = bench_pipeline(args, tokenizer, a.block, a.batch, a.workers, 1 if a.quick else 3,
                                              2 if a.quick else a.repeat)
     if a.what in ("prepare", "all") and importlib.util.find_spec("fastokens"):
-        results["prepare"] = bench_prepare(repeated(args, a.repeat or 1), a.tokenizer, a.block, a.out)
+        results["prepare"] = bench_prepare(repeated(args, a.repeat or 1), a.tokenizer, a.block, a.out,
+                                           1 if a.quick else 3)
     if a.what in ("resume", "all"):
         results["resume"] = bench_resume(args, tokenizer, a.block, a.batch, a.workers, a.early, a.late,
                                          1 if a.quick else 7)
@@ -154,7 +155,9 @@ TARGETS = [
     ("pipeline", "tokens that reach training, lmstream", "lmstream_kept", None, (">=", 0.99)),
     ("pipeline", "provenance's cost, one process (CPU time, paired median)", "provenance_cost", None, ("<=", 0.02)),
     ("prepare", "prepare, all cores / (cores x one-thread fastokens)", "prepare_vs_cores_x_single", None, (">=", 0.7)),
-    ("prepare", "prepare / fastokens alone on all cores (the bound)", "prepare_vs_all_cores", None, None),
+    ("prepare", "prepare, all cores / (cores x prepare on one core)", "prepare_scaling", None, (">=", 0.7)),
+    ("prepare", "fastokens alone, a process a core / (cores x one thread)", "machine_scaling", None, None),
+    ("prepare", "prepare / fastokens alone, a process a core (the bound)", "prepare_vs_all_cores", None, None),
     ("resume", "time to first batch after resume, late / early", "lmstream_late_over_early", None, ("<=", 1.2)),
     ("resume", "Trainer's skip / lmstream, late", "skip_over_lmstream_late", None, (">=", 1.0)),
     ("train", "data wait, fraction of step time", "data_wait_fraction", None, ("<=", 0.02)),

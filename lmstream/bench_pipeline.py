@@ -205,29 +205,43 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     return r
 
 
-def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repeats: int = 1) -> float:
-    """fastokens alone on `threads` threads (a fresh process, FASTOKENS_BPE_THREADS), texts in memory: tokens/s, the
-    best of `repeats` calls, each by a fresh tokenizer (built untimed: its segment cache would remember the texts)."""
-    code = ("import json, sys, time, dataclasses; from transformers import AutoTokenizer\n"
+def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repeats: int = 1,
+                   processes: int = 1) -> float:
+    """fastokens alone on `threads` threads (FASTOKENS_BPE_THREADS) in each of `processes` fresh processes at once,
+    texts in memory: tokens/s of all of them together (their tokens over the slowest one's time), the best of
+    `repeats` rounds, each by a fresh tokenizer (built untimed: its segment cache would remember the texts)."""
+    code = ("import json, sys, time; from transformers import AutoTokenizer\n"
             "from lmstream.config import DataArguments; from lmstream import backends\n"
             "from lmstream.bench_pipeline import corpus_texts\n"
             "a = DataArguments(**json.loads(sys.argv[1])); texts = corpus_texts(a)\n"
-            "hf = AutoTokenizer.from_pretrained(sys.argv[2]); fast = backends.fastokens_backend(hf); rates = []\n"
+            "hf = AutoTokenizer.from_pretrained(sys.argv[2]); fast = backends.fastokens_backend(hf)\n"
             "for _ in range(int(sys.argv[3])):\n"
-            "    tok = type(fast).from_json_str(backends.tokenizer_json(hf)); t0 = time.perf_counter()\n"
+            "    tok = type(fast).from_json_str(backends.tokenizer_json(hf))\n"
+            "    print('ready', flush=True); sys.stdin.readline(); t0 = time.perf_counter()\n"
             "    n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
-            "    rates.append(n / (time.perf_counter() - t0))\n"
-            "print(max(rates))\n")
+            "    print(n, time.perf_counter() - t0, flush=True)\n")
     data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
     env = {**os.environ, "FASTOKENS_BPE_THREADS": str(threads), "LMSTREAM_TOKENIZER_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(repeats)], capture_output=True,
-                         text=True, env=env, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    children = [subprocess.Popen([sys.executable, "-c", code, data, tokenizer_path, str(repeats)], env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(processes)]
+    rates = []
+    try:
+        for _ in range(repeats):
+            for c in children:   # all loaded and ready: then all start together
+                assert c.stdout.readline().strip() == "ready"
+            for c in children:
+                c.stdin.write("go\n")
+                c.stdin.flush()
+            done = [c.stdout.readline().split() for c in children]
+            rates.append(sum(int(n) for n, _ in done) / max(float(t) for _, t in done))
+    finally:
+        for c in children:
+            c.stdin.close()
+            c.wait()
+    return max(rates)
 
 
-def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
-    """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x fastokens' single-core
-    rate (the target's measure) and against fastokens alone on all cores (the machine's bound for any pipeline)."""
+def _prepare_once(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
     import shutil
     from .arguments import parse_args
     from .prepare import prepare
@@ -240,9 +254,41 @@ def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str
     model_args, data_args, _, training_args = parse_args(argv)
     done = prepare(model_args, data_args, training_args)
     shutil.rmtree(folder, ignore_errors=True)
-    single = fastokens_rate(args, tokenizer_path, 1, 3)
-    every = fastokens_rate(args, tokenizer_path, done["processes"], 3)
-    return {"prepare_tok_s": done["tokens_per_second"], "prepare_startup_seconds": done["startup_seconds"],
-            "processes": done["processes"], "single_core_tok_s": single, "all_cores_tok_s": every,
-            "prepare_vs_cores_x_single": done["tokens_per_second"] / (done["processes"] * single),
-            "prepare_vs_all_cores": done["tokens_per_second"] / every}
+    return done
+
+
+def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
+    """_prepare_once in a fresh process held to one core (so: one process, one fastokens thread)."""
+    code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
+            "from lmstream.config import DataArguments; from lmstream.bench_pipeline import _prepare_once\n"
+            "print(json.dumps(_prepare_once(DataArguments(**json.loads(sys.argv[1])), *sys.argv[2:3], int(sys.argv[3]),"
+            " sys.argv[4])))\n")
+    data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTOKENS_BPE_THREADS", "LMSTREAM_TOKENIZER_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(block), os.path.join(out, "one")],
+                          capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str, repeats: int = 3) -> dict:
+    """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x fastokens' one-thread
+    rate, against cores x prepare held to one core (how it scales), and against fastokens alone in as many
+    processes at once (the bound for any pipeline of processes, below cores x one thread on a machine whose cores
+    slow each other down). Each is the best of `repeats`, all four taken in turn (this machine's speed drifts)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("bench prepare holds a process to one core: Linux only.")
+    runs: dict = {"prepare": [], "one_core": [], "single": [], "processes": []}
+    for _ in range(repeats):
+        done = _prepare_once(args, tokenizer_path, block, out)
+        n = done["processes"]
+        runs["prepare"].append(done)
+        runs["one_core"].append(_prepare_on_one_core(args, tokenizer_path, block, out)["tokens_per_second"])
+        runs["single"].append(fastokens_rate(args, tokenizer_path, 1))
+        runs["processes"].append(fastokens_rate(args, tokenizer_path, 1, processes=n))
+    best = max(runs["prepare"], key=lambda d: d["tokens_per_second"])
+    rate, single, bound = best["tokens_per_second"], max(runs["single"]), max(runs["processes"])
+    one = max(runs["one_core"])
+    return {"prepare_tok_s": rate, "prepare_startup_seconds": best["startup_seconds"], "processes": n,
+            "prepare_one_core_tok_s": one, "single_core_tok_s": single, "all_cores_tok_s": bound,
+            "prepare_vs_cores_x_single": rate / (n * single), "prepare_scaling": rate / (n * one),
+            "machine_scaling": bound / (n * single), "prepare_vs_all_cores": rate / bound}

@@ -177,6 +177,16 @@ def test_very_long_documents_stream_in_parts_and_resume_exactly(tmp_path, tokeni
             assert torch.equal(next(iter(fresh))["input_ids"], whole[k + 1]), k
 
 
+def test_saved_ids_are_uint16_only_when_every_id_of_the_tokenizer_fits(tokenizer):
+    from lmstream.data import stored_types
+
+    class Large:   # a Llama-3-sized vocabulary
+        def __len__(self):
+            return 128_256
+    assert stored_types(tokenizer)["input_ids"] == "uint16" and stored_types(Large())["input_ids"] == "int32"
+    assert stored_types(tokenizer)["labels"] == "int64"   # -100 where padded
+
+
 @pytest.mark.parametrize("group", [True, False])
 @pytest.mark.parametrize("processes", [1, 2])
 def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeypatch, group, processes):
@@ -184,7 +194,7 @@ def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeyp
     blocks cut from whole tokenizer batches at once), long documents in parts included."""
     import lmstream.longtext as LT
     import lmstream.tokenize as T
-    from lmstream.data import materialize
+    from lmstream.data import materialize, slots_for
     docs = make_docs(60, seed=5)
     docs[9] = " ".join(docs[:30]) * 3 + " 東京 🤗 tail"
     write_parquet(tmp_path / "pq", docs, shards=3, rows_per_group=7)
@@ -193,13 +203,31 @@ def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeyp
     args = _args(str(tmp_path / "pq"), dataset_group_text=group, dataset_max_seq_length=48 if not group else None,
                  dataset_shuffle_buffer=9)
     ds = materialize(args, tokenizer, seed=4, processes=processes)
-    stream = [b for slot in range(processes) for b in lmstream.build_pipeline(
-        dataclasses.replace(args, dataset_cycle=False), tokenizer, seed=4, rank=slot, world_size=processes)]
+    slots = slots_for(processes)   # readers: several per process when there are several processes
+    stream = [b for slot in range(slots) for b in lmstream.build_pipeline(
+        dataclasses.replace(args, dataset_cycle=False), tokenizer, seed=4, rank=slot, world_size=slots)]
     tensors = sorted(k for k in stream[0] if k != "provenance")   # provenance is the stream's, not stored
     assert len(stream) > 10 and sorted(ds.column_names) == (["input_ids"] if group else tensors)
+    assert ds.features["input_ids"].feature.dtype == "uint16"   # GPT-2's ids fit: half the bytes on disk
     for column in ds.column_names:   # packed blocks are stored without labels (input_ids again): collated later
         assert ds[column] == [b[column].tolist() for b in stream], column
     from lmstream.trainer import collate_blocks
     batch = collate_blocks([ds[i] for i in range(3)])
     for column in tensors:
         assert torch.equal(batch[column], torch.stack([b[column] for b in stream[:3]])), column
+
+
+def test_packed_chunks_cut_consecutive_blocks_across_arrays_of_any_length():
+    """prepare's blocks from tokenizer batches: every full block of the concatenation, in order, the remainder
+    dropped, whatever the arrays' lengths (empty ones, shorter than a block, a block spanning several)."""
+    import numpy as np
+    from lmstream.data import _packed_chunks
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        block = int(rng.integers(1, 9))
+        arrays = [rng.integers(0, 100, int(rng.integers(0, 30))).astype(np.int32) for _ in range(int(rng.integers(8)))]
+        flat = np.concatenate(arrays) if arrays else np.empty(0, np.int32)
+        want = flat[: len(flat) // block * block].reshape(-1, block)
+        got = [c["input_ids"] for c in _packed_chunks(iter(arrays), block)]
+        got = np.concatenate(got) if got else np.empty((0, block), np.int32)
+        assert got.shape == want.shape and (got == want).all(), (block, [len(a) for a in arrays])

@@ -185,8 +185,8 @@ def test_killed_runs_resume_from_the_last_complete_checkpoint(tmp_path):
 
 
 def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):
-    """Pre-tokenizing with 2 processes (each its share of the row groups) keeps every token but one partial block
-    per process, and says how fast it went."""
+    """Pre-tokenizing with 2 processes (readers of a share of the row groups each, several per process) keeps every
+    token but one partial block per reader, and says how fast it went."""
     import datasets
 
     import lmstream.prepare as lp
@@ -197,7 +197,8 @@ def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tokens/s with 1 processes" in out and "tokens/s with 2 processes" in out
     one, two = datasets.load_from_disk(str(tmp_path / "one")), datasets.load_from_disk(str(tmp_path / "two"))
-    assert 0 <= len(one) - len(two) <= 1 and len(two) > 100
+    from lmstream.data import slots_for
+    assert 0 <= len(one) - len(two) <= slots_for(2) - 1 and len(two) > 100
 
 
 def test_materializing_processes_survive_a_parent_that_used_torch_threads(tmp_path):
