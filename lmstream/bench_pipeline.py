@@ -242,7 +242,10 @@ def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repea
 
 
 def _prepare_once(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
+    """`python -m lmstream.prepare` once, with a fresh tokenizer backend (a process's backend is kept for its later
+    runs, and its cache would remember the corpus: fastokens alone and lmstream's other runs start cold too)."""
     import shutil
+    forget_backends()
     from .arguments import parse_args
     from .prepare import prepare
     folder = os.path.join(out, "prepared")
@@ -267,8 +270,10 @@ def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, o
             "print(json.dumps(max(runs, key=lambda d: d['tokens_per_second'])))\n")
     data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
     env = {k: v for k, v in os.environ.items() if k not in ("FASTOKENS_BPE_THREADS", "LMSTREAM_TOKENIZER_THREADS")}
-    done = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(block), os.path.join(out, "one")],
-                          capture_output=True, text=True, env=env, check=True)
+    import tempfile
+    with tempfile.TemporaryDirectory(dir=out) as scratch:
+        done = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(block), scratch],
+                              capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
