@@ -146,8 +146,7 @@ def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: 
 
 def _sustained(args, tokenizer, batch: int, workers: int, repeats: int, passes: int) -> dict:
     """The rate a training job receives tokens at, once started: one long epoch (the corpus `passes` times over) in
-    one process and with `workers` workers, the two run in turn `repeats` times (best of each). The loader's
-    start-up is paid once per run and measured apart (the one-pass figures, the start-up seconds)."""
+    one process and with `workers` workers, in turn, `repeats` times (best of each); start-up is measured apart."""
     many = repeated(args, passes)
     runs = {0: [], workers: []}
     for _ in range(repeats):
