@@ -163,8 +163,8 @@ class Reader:
 
     def _call_bytes(self) -> int:
         """Text per tokenizer call. fastokens in one process (or a loader's only worker): 2 MB, about 10 ms, gave
-        12-20% more tokens/s than 512 KB on documents of 22 KB on average (2 cores, 57 M tokens; on 3 KB ones the
-        document cap binds first). In each of 2 workers on 2 cores it gave no more (within noise, 10% less)."""
+        7-16% more tokens/s than 512 KB on documents of 22 KB on average (2 cores, 57 M tokens, A/B in turn; on 3 KB
+        ones the document cap binds first). In each of 2 workers on 2 cores it gave no more (within noise)."""
         info = torch.utils.data.get_worker_info()
         alone = info is None or info.num_workers == 1
         return FAST_TOKENIZE_BYTES if alone and self.encoder.backend == "fastokens" else TOKENIZE_BYTES
