@@ -35,11 +35,9 @@ def group_size(batch_size: int, block_size: int | None) -> int:
 class ArrayBatch:
     """A batch as NumPy arrays on its way from a worker: pickled by value through the worker's queue.
 
-    torch would move tensors through shared memory, a file-descriptor hand-over (a socket connection) per tensor:
-    twice the consumer's cost of unpickling arrays. Ids travel as uint16 where they fit (`narrow`), else int32;
-    labels equal to input_ids (packed blocks) are not sent. (2 cores, 2 workers: uint16 over int32 raised the
-    loader from 0.75-0.80 to 0.88-0.89 of one process's tokens/s.) The loader's pin-memory thread calls
-    `pin_memory`; otherwise the iterator turns it into tensors."""
+    torch would move tensors through shared memory, a file-descriptor hand-over per tensor: twice the consumer's
+    cost of unpickling arrays. Ids travel as uint16 where the vocabulary fits (collate_arrays), else int32; labels
+    equal to input_ids (packed blocks) are not sent. The pin-memory thread calls `pin_memory`, else `tensors`."""
 
     def __init__(self, arrays: dict, labels_are_inputs: bool = False, packed: tuple | None = None):
         self.arrays, self.labels_are_inputs = arrays, labels_are_inputs
@@ -112,12 +110,14 @@ def collate_tensors(samples: list[dict]) -> PinnedBatch:
     return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE}, provenance)
 
 
-def collate_arrays(samples: list[dict]) -> ArrayBatch:
+def collate_arrays(samples: list[dict], id_type=None) -> ArrayBatch:
     """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
-    The samples' provenance travels beside them as one array and offsets (BatchProvenance.pack)."""
+    Packed blocks go straight into `id_type` (the stream's, lmstream.tokenize.id_type), else `narrow`. The samples'
+    provenance travels beside them as one array and offsets (BatchProvenance.pack)."""
     if raw_blocks(samples):
-        return ArrayBatch({"input_ids": narrow(np.stack([s["input_ids"] for s in samples]))}, True,
-                          BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
+        ids = [s["input_ids"] for s in samples]
+        ids = np.array(ids, dtype=id_type) if id_type is not None else narrow(np.stack(ids))
+        return ArrayBatch({"input_ids": ids}, True, BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
     arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0] if k != PROVENANCE}
     same = "labels" in arrays and "input_ids" in arrays and np.array_equal(arrays["labels"], arrays["input_ids"])
     if same:
@@ -126,8 +126,7 @@ def collate_arrays(samples: list[dict]) -> ArrayBatch:
 
 
 def narrow(ids: np.ndarray) -> np.ndarray:
-    """Token ids as uint16 when all fit (GPT-2's vocabulary does): half the bytes through the pipe; the consumer
-    widens them to int64 in the copy it makes anyway."""
+    """Token ids as uint16 when all fit (a stream of unknown vocabulary): half the bytes through the pipe."""
     return ids.astype(np.uint16) if ids.size and 0 <= ids.min() and ids.max() < 1 << 16 else ids
 
 
@@ -257,10 +256,11 @@ class Grouped(torch.utils.data.IterableDataset):
     def _groups(self, worker: int):
         batches, states, samples, start = [], [], [], self.state_dict()
         limit = 1   # an iterator's first messages hold 1, 2, 4, ... batches: its first batch comes without a group's wait
+        id_type = getattr(self.stream, "id_type", None)
         for sample in arrays(self.stream):
             samples.append(sample)
             if len(samples) == self.batch_size:
-                batches.append(collate_arrays(samples))
+                batches.append(collate_arrays(samples, id_type))
                 samples = []
                 self.pos = (self.pos + 1) % self.group
                 states.append(self.state_dict())
@@ -270,7 +270,7 @@ class Grouped(torch.utils.data.IterableDataset):
                     limit = min(2 * limit, self.group)
         self.pos = 0   # the stream ended: a new iterator starts a new group
         if samples:   # the last batch may be short, as a DataLoader's without drop_last
-            batches.append(collate_arrays(samples))
+            batches.append(collate_arrays(samples, id_type))
             states.append(self.state_dict())
         if batches:
             states[-1][GROUP_KEY] = 0

@@ -14,13 +14,15 @@ import os
 import tempfile
 import time
 
+import numpy as np
+
 from . import backends
 from .config import DataArguments, RunArguments
 from .errors import ConfigError
 from .mixture import build_mixture
 from .pipeline import StreamingBlocks, build_stream, encoder_for, plan_dataset, resolve_block_size
 from .planfile import shared_plan
-from .tokenize import settle
+from .tokenize import id_type, settle
 
 log = logging.getLogger("lmstream")
 
@@ -40,9 +42,9 @@ STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8
 
 
 def stored_types(tokenizer) -> dict:
-    """The saved columns' types: input_ids as uint16 when every id of the tokenizer fits (GPT-2's do), half the
-    bytes written and kept on disk; datasets' torch and numpy formats read them as int64 all the same."""
-    small = len(tokenizer) <= 1 << 16
+    """The saved columns' types: input_ids as uint16 when every id of the tokenizer fits (lmstream.tokenize.id_type;
+    GPT-2's do), half the bytes written and kept on disk; datasets' torch and numpy formats read them as int64."""
+    small = id_type(tokenizer) == np.uint16
     return {**STORED_TYPES, "input_ids": "uint16"} if small else STORED_TYPES
 
 

@@ -40,6 +40,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         w = np.asarray(weights, dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
         self.block_size = streams[0].block_size
+        self.id_type = np.result_type(*[s.id_type for s in streams]).type   # one that holds every source's ids
         # Variables for checkpointing
         self._n = 0                              # blocks yielded by this reader
         self._counts = [0] * len(streams)        # ... from each source
@@ -148,6 +149,7 @@ class ChainBlocks(torch.utils.data.IterableDataset):
 
     def __init__(self, streams: list):
         self.streams = streams
+        self.id_type = np.result_type(*[s.id_type for s in streams]).type
 
     def __iter__(self):
         return self.iterate()

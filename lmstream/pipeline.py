@@ -56,6 +56,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self.start_epoch = 0                # a fresh stream starts at this epoch (set_epoch)
         self.min_epoch = 0                  # ... and at least at this one (a resume on changed data)
         self.max_len = args.dataset_max_seq_length or block_size
+        self.id_type = encoder.id_type        # what a worker's batches carry ids as (lmstream.batches)
         self.settings = self._settings()
         self.reader = Reader(plan, args, encoder, block_size, self.max_len, seed, split, self.cycle, self.cap,
                              max_samples)

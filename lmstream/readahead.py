@@ -19,11 +19,23 @@ class ReadAhead:
         self.threads = threads
         self.pool: ThreadPoolExecutor | None = None
         self.inflight: dict[int, Future] = {}
+        self.sizes: dict[int, int] = {}             # the in-flight pieces' sizes, and their sum: the budget used
+        self.used = 0
         self.wait_seconds = 0.0                     # time the consumer waited for a piece
 
     def take(self, k: int, pieces: list):
         """Piece k's table (read now if it was not fetched ahead); then schedule what follows."""
-        fut = self.inflight.pop(k, None)
+        fut = None
+        while self.inflight:   # in flight in increasing order: k, and any the reader moved past without taking
+            j = next(iter(self.inflight))
+            if j > k:
+                break
+            f = self.inflight.pop(j)
+            self.used -= self.sizes.pop(j)
+            if j == k:
+                fut = f
+            else:
+                f.cancel()
         self._schedule(k + 1, pieces)
         t0 = time.perf_counter()
         table = fut.result() if fut is not None else self.read(pieces[k])
@@ -31,27 +43,28 @@ class ReadAhead:
         return table
 
     def _schedule(self, first: int, pieces: list) -> None:
+        """Fetch pieces from `first` on while the budget allows (the first one always). The sizes in flight are
+        kept and their sum updated, not asked again: a stream of many small pieces keeps thousands in flight, and
+        `take` runs once per piece."""
         if self.budget <= 0:
             return
-        used = sum(self.size_of(pieces[j]) for j in self.inflight)
-        j = first
-        while j < len(pieces) and (j in self.inflight or used + self.size_of(pieces[j]) <= self.budget or not self.inflight):
-            if j not in self.inflight:
-                if not self._readable(pieces[j]):
-                    break
-                if self.pool is None:
-                    self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lmstream-readahead")
-                self.inflight[j] = self.pool.submit(self.read, pieces[j])
-                used += self.size_of(pieces[j])
+        j = max(first, next(reversed(self.inflight)) + 1) if self.inflight else first
+        while j < len(pieces):
+            size = self.size_of(pieces[j])
+            if size < 0 or (self.inflight and self.used + size > self.budget):
+                break   # not a piece that can be read ahead, or over the budget
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lmstream-readahead")
+            self.inflight[j], self.sizes[j] = self.pool.submit(self.read, pieces[j]), size
+            self.used += size
             j += 1
-
-    def _readable(self, piece) -> bool:
-        return self.size_of(piece) >= 0
 
     def close(self) -> None:
         for fut in self.inflight.values():
             fut.cancel()
         self.inflight.clear()
+        self.sizes.clear()
+        self.used = 0
         if self.pool is not None:
             try:
                 self.pool.shutdown(wait=False, cancel_futures=True)

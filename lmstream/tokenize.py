@@ -75,6 +75,7 @@ class Encoder:
         self.tokenizer, self.allowed = tokenizer, tuple(allowed)
         self._load()
         self.vocab_size = len(tokenizer)
+        self.id_type = id_type(tokenizer)   # the narrowest type every id fits: what workers send, prepare saves
 
     def _load(self) -> None:
         """Choose the backend and fingerprint the tokenizer: once per process for the same tokenizer content (the
@@ -203,6 +204,15 @@ class Encoder:
     def _encode_long(self, text: str) -> np.ndarray:
         """A long str document's ids (EOS included), encoded in pieces."""
         return np.concatenate([ids for ids, _ in self.encode_parts(text)])
+
+
+def id_type(tokenizer) -> type:
+    """np.uint16 when every id of the tokenizer (its vocabulary and added tokens) is below 65536, as GPT-2's are,
+    else np.int32: one rule for the ids DataLoader workers send and lmstream.prepare saves."""
+    if len(tokenizer) > 1 << 16:
+        return np.int32
+    ids = list(tokenizer.get_vocab().values()) + list(getattr(tokenizer, "added_tokens_decoder", {}))
+    return np.uint16 if max(ids, default=0) < 1 << 16 else np.int32
 
 
 def with_eos(flat: np.ndarray, offsets: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:

@@ -106,3 +106,30 @@ def test_ids_travel_as_uint16_when_they_fit_and_reach_the_model_as_int64():
     batch = collate_arrays(large)
     assert batch.arrays["input_ids"].dtype == np.int32
     assert batch.tensors()["input_ids"].tolist() == [[1, 65536, 128000]]
+    direct = collate_arrays(small, np.uint16)   # the stream's id type: stacked straight into it, no scan
+    assert direct.arrays["input_ids"].dtype == np.uint16 and direct.tensors()["input_ids"].tolist() == [[0, 5, 65535, 7]] * 2
+    assert collate_arrays(large, np.int32).tensors()["input_ids"].tolist() == [[1, 65536, 128000]]
+
+
+def test_the_id_type_comes_from_the_whole_vocabulary(parquet_dir, tokenizer):
+    """One rule (lmstream.tokenize.id_type) for the ids workers send and prepare saves: uint16 only when every id of
+    the vocabulary and of the added tokens is below 65536."""
+    import numpy as np
+    from lmstream.tokenize import id_type
+
+    class Tok:
+        def __init__(self, size, vocab, added=()):
+            self.size, self.vocab, self.added_tokens_decoder = size, vocab, dict.fromkeys(added)
+
+        def __len__(self):
+            return self.size
+
+        def get_vocab(self):
+            return self.vocab
+    assert id_type(tokenizer) is np.uint16 and id_type(Tok(128_256, {})) is np.int32
+    assert id_type(Tok(3, {"a": 0, "b": 1}, added=[70_000])) is np.int32   # an added token past the vocabulary
+    assert id_type(Tok(3, {"a": 0, "b": 65_536})) is np.int32
+    stream = lmstream.build_pipeline(_args(parquet_dir[0]), tokenizer)
+    assert stream.id_type is np.uint16
+    group = next(iter(Grouped(stream, 2, 4)))
+    assert all(b.arrays["input_ids"].dtype == np.uint16 for b in group.batches)

@@ -93,6 +93,28 @@ def test_read_ahead_fetches_the_next_pieces_within_the_budget():
     assert off.take(3, pieces) == "table-3" and not off.inflight
 
 
+def test_read_ahead_asks_each_size_once_over_many_small_pieces():
+    """A long stream of small pieces keeps thousands in flight: the budget is kept as a sum, not re-added on every
+    take (which made a pass quadratic in the pieces). A piece the reader moved past is dropped from the budget."""
+    from lmstream.readahead import ReadAhead
+    asked = []
+
+    def size_of(piece):
+        asked.append(piece)
+        return 10
+    n = 3000
+    ahead = ReadAhead(lambda p: f"table-{p}", size_of, budget_bytes=10 * n)
+    pieces = list(range(n))
+    assert [ahead.take(k, pieces) for k in range(0, n, 2)] == [f"table-{k}" for k in range(0, n, 2)]
+    assert len(asked) <= n and ahead.used == 10 * len(ahead.inflight)
+    ahead.close()
+    small = ReadAhead(lambda p: f"table-{p}", size_of, budget_bytes=30)
+    small.take(0, pieces)
+    assert list(small.inflight) == [1, 2, 3]
+    assert small.take(3, pieces) == "table-3" and list(small.inflight) == [4, 5, 6] and small.used == 30
+    small.close()
+
+
 def test_read_ahead_off_and_on_give_the_same_documents(parquet_dir):
     path, _ = parquet_dir
     plan = _plan(path)
