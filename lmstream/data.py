@@ -9,8 +9,10 @@ shards it with its sampler). `tokenized_dataset_save_dir` saves those blocks wit
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import time
 
@@ -134,17 +136,18 @@ def slots_for(processes: int) -> int:
 
 
 def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
-                processes: int | None = None, timings: dict | None = None):
+                processes: int | None = None, timings: dict | None = None, folder: str | None = None):
     """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow files), made by
     `processes` (default dataset_num_proc, else 1) processes: the blocks of slots_for(processes) readers, in order.
-    `timings` gets "startup" (listing the data, loading and checking the tokenizer backend: once, before the
-    processes fork, which inherit them) and "work" (the processes' reading, tokenizing, packing and writing)."""
+    `folder`: where the Arrow files go, the caller's to remove (default: scratch_folder()). `timings` gets
+    "startup" (listing the data, loading and checking the tokenizer backend: once, before the processes fork,
+    which inherit them) and "work" (the processes' reading, tokenizing, packing and writing)."""
     import datasets
     t0 = time.perf_counter()
     block_size = resolve_block_size(args, tokenizer, max_positions)
     n = max(1, processes or args.dataset_num_proc or 1)
     backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
-    folder = tempfile.mkdtemp(prefix="lmstream-blocks-")
+    folder = folder or scratch_folder()
     slots = slots_for(n)
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(slots)]
     plan = None if args.dataset_mixture else plan_dataset(args)
@@ -170,15 +173,38 @@ def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | 
     return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
+SCRATCH_PREFIX = ".lmstream-blocks-"
+
+
+def scratch_folder(where: str | None = None, tag: str = "") -> str:
+    """A new folder for materialized blocks, removed when this process exits (its forked workers leave it alone):
+    inside `where` (a run's output_dir: nothing written outside it), else in the system's temporary folder. The
+    folders `tag` left there by an earlier process of the same output_dir (one killed before it could remove
+    them) are removed first: the output_dir's lock says no other job uses them."""
+    if where:
+        os.makedirs(where, exist_ok=True)
+        for name in os.listdir(where):
+            if name.startswith(SCRATCH_PREFIX + tag):
+                shutil.rmtree(os.path.join(where, name), ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX + tag, dir=where)
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def _write_job(i: int) -> int:
     return _write_slot(*_JOBS[i])
 
 
-def save_blocks(ds, folder: str) -> None:
-    """Write materialized blocks to `folder`, refusing to overwrite another dataset."""
-    if os.path.isdir(folder) and os.listdir(folder):
+def check_save_dir(folder: str, staged: str | None = None) -> None:
+    """Refuse a tokenized_dataset_save_dir that holds anything (but the blocks' own staging folder `staged`)."""
+    if os.path.isdir(folder) and [n for n in os.listdir(folder) if os.path.join(folder, n) != staged]:
         raise ConfigError(f"tokenized_dataset_save_dir '{folder}' is not empty: choose a new folder "
                           "(nothing was overwritten).")
+
+
+def save_blocks(ds, folder: str, staged: str | None = None) -> None:
+    """Write materialized blocks to `folder`, refusing to overwrite another dataset."""
+    check_save_dir(folder, staged)
     ds.save_to_disk(folder)
     log.info("saved %d blocks to %s", len(ds), folder)
 
@@ -201,8 +227,9 @@ def load_blocks(folder: str, block_size: int | None):
 
 
 def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int, rank: int, world_size: int,
-                   max_positions: int | None, do_eval: bool, plan=None):
-    """(train, eval) datasets for this rank; eval is None unless requested.
+                   max_positions: int | None, do_eval: bool, plan=None, output_dir: str | None = None):
+    """(train, eval) datasets for this rank; eval is None unless requested. Blocks made before training
+    (dataset_streaming false) are kept in output_dir/.lmstream while the process runs.
 
     `plan`: the training data's plan when already known (a resume: the checkpoint's). Otherwise rank 0 plans
     and sends the plan to the other ranks: startup requests do not grow with the number of processes."""
@@ -221,11 +248,10 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
     if not args.dataset_streaming:
         if args.dataset_mixture:
             raise ConfigError("dataset_mixture needs dataset_streaming true (or pre-tokenize each source separately).")
-        if args.tokenized_dataset_save_dir and os.path.isdir(args.tokenized_dataset_save_dir) and \
-                os.listdir(args.tokenized_dataset_save_dir):
-            raise ConfigError(f"tokenized_dataset_save_dir '{args.tokenized_dataset_save_dir}' is not empty: choose a "
-                              "new folder (nothing was overwritten).")
-        blocks = materialize(args, tokenizer, seed, max_positions)
+        if args.tokenized_dataset_save_dir:
+            check_save_dir(args.tokenized_dataset_save_dir)
+        blocks = materialize(args, tokenizer, seed, max_positions, folder=scratch_folder(
+            os.path.join(output_dir, ".lmstream") if output_dir else None, f"rank{rank}-"))
         if args.tokenized_dataset_save_dir:   # as the reference script does: save the blocks, then train on them
             save_blocks(blocks, args.tokenized_dataset_save_dir)
         train = blocks.with_format("torch")

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 from transformers import AutoConfig, AutoTokenizer
 
 from .errors import ConfigError
-from .data import materialize, save_blocks
+from .data import check_save_dir, materialize, save_blocks
 from .arguments import parse_args
 
 log = logging.getLogger("lmstream")
@@ -36,13 +38,24 @@ def prepare(model_args, data_args, training_args) -> int:
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     processes = data_args.dataset_num_proc or len(os.sched_getaffinity(0))
     timings: dict = {}
-    ds = materialize(data_args, tokenizer, seed, positions, processes, timings)
-    save_blocks(ds, data_args.tokenized_dataset_save_dir)
-    tokens, seconds = _tokens(ds), timings["work"]
+    target = data_args.tokenized_dataset_save_dir
+    check_save_dir(target)   # before the work, not after it
+    staging = tempfile.mkdtemp(prefix=".lmstream-staging-", dir=_made(target))   # inside it: nothing written elsewhere
+    try:
+        ds = materialize(data_args, tokenizer, seed, positions, processes, timings, folder=staging)
+        save_blocks(ds, target, staged=staging)
+        tokens, seconds = _tokens(ds), timings["work"]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("prepared %d blocks, %d tokens in %.1f s after %.1f s of start-up: %.0f tokens/s with %d processes",
              len(ds), tokens, seconds, timings["startup"], tokens / max(seconds, 1e-9), processes)
     return {"blocks": len(ds), "tokens": tokens, "seconds": seconds, "startup_seconds": timings["startup"],
             "processes": processes, "tokens_per_second": tokens / max(seconds, 1e-9)}
+
+
+def _made(folder: str) -> str:
+    os.makedirs(folder, exist_ok=True)
+    return folder
 
 
 def _tokens(ds) -> int:

@@ -141,7 +141,8 @@ class Run:
         rank, world = self.rank_and_world
         self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args, a.output_dir)
         self.train_dataset, self.eval_dataset = build_datasets(self.data_args, self.run_args, self.tokenizer, seed, rank,
-                                                               world, positions, a.do_eval, plan=plan)
+                                                               world, positions, a.do_eval, plan=plan,
+                                                               output_dir=a.output_dir)
         stream = is_stream(self.train_dataset)
         if stream and a.do_train and a.max_steps <= 0 and not self.run_args.max_train_samples:
             raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N, "

@@ -132,16 +132,29 @@ def test_checkpoint_without_data_state_warns_and_skips(tmp_path, monkeypatch, ca
 
 
 def test_pretokenized_save_and_load_and_non_streaming(tmp_path, monkeypatch):
+    """prepare saves blocks that a run trains from, and a non-streamed run trains on blocks it makes first: neither
+    writes outside its own folders (the blocks are staged inside the save dir, or inside output_dir/.lmstream)."""
+    import tempfile
+
     import lmstream.prepare as lp
+    system_tmp = tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     blocks = tmp_path / "blocks"
     assert lp.main(["--dataset_name", SAMPLE, "--dataset_config_name", "python-docs", "--config_name", TINY_MODEL,
                     "--dataset_block_size", "64", "--tokenized_dataset_save_dir", str(blocks)]) == 0
+    assert sorted(os.listdir(blocks)) == ["data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
     assert lp.main(["--dataset_name", SAMPLE, "--config_name", TINY_MODEL, "--dataset_block_size", "64",
                     "--tokenized_dataset_save_dir", str(blocks)]) == 2   # not overwritten
     _, m = _run(_tiny(tmp_path / "r1", "--tokenized_dataset_load_dir", str(blocks), steps=3), monkeypatch)
     assert m["train_loss"] > 0
+    stale = tmp_path / "r2" / ".lmstream" / ".lmstream-blocks-rank0-left-by-a-killed-run"
+    stale.mkdir(parents=True)
     _, m = _run(_tiny(tmp_path / "r2", "--dataset_streaming", "false", "--max_train_samples", "40", steps=3), monkeypatch)
     assert m["train_loss"] > 0
+    assert not stale.exists() and [p.name for p in (tmp_path / "r2" / ".lmstream").iterdir()
+                                   if p.name.startswith(".lmstream-blocks-rank0-")]   # removed when the process ends
+    assert not os.listdir(system_tmp)
     with pytest.raises(ConfigError, match="holds blocks of 64 tokens"):
         lt.train(*lt.parse_args(_tiny(tmp_path / "r3", "--tokenized_dataset_load_dir", str(blocks),
                                       "--dataset_block_size", "32")))
@@ -210,5 +223,9 @@ def test_materializing_processes_survive_a_parent_that_used_torch_threads(tmp_pa
             "print(len(materialize(args, tok, 0, processes=2)))\n")
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    scratch = tmp_path / "tmp"   # materialize's default folder is temporary: gone when the process ends
+    scratch.mkdir()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert proc.returncode == 0 and int(proc.stdout.strip().splitlines()[-1]) > 100, proc.stderr[-2000:]
+    assert not os.listdir(scratch)
