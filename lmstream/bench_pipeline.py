@@ -120,10 +120,9 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
 
 def in_process_measures(args: DataArguments, tokenizer_path: str, batch: int, repeats: int, names: list,
                         workers: int, passes: int) -> dict:
-    """lmstream in one process, measured in a fresh process with lmstream's own choice of fastokens threads
-    (backends.reader_threads; this process's are all the cores, for the bounds, and a process's threads are fixed
-    at its first call): {"rates": {backend: (best tokens/s, least start-up seconds)} (_epoch_rate),
-    "provenance": _provenance_cost on the default backend, "sustained": _sustained with `workers`, `passes`}."""
+    """lmstream in one process, measured in a fresh process with lmstream's own fastokens threads (this one's are
+    all the cores, for the bounds; a process's are fixed at its first call): {"rates": {backend: (best tokens/s,
+    least start-up seconds)}, "provenance": _provenance_cost, "sustained": _sustained with `workers`, `passes`}."""
     code = "import sys; from lmstream.bench_pipeline import _in_process_child; _in_process_child(*sys.argv[1:])"
     env = {k: v for k, v in os.environ.items() if k != "FASTOKENS_BPE_THREADS"}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(args)), tokenizer_path, str(batch),
@@ -136,9 +135,10 @@ def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: 
                       passes: str) -> None:
     from transformers import AutoTokenizer
     args, tokenizer = DataArguments(**json.loads(args_json)), AutoTokenizer.from_pretrained(tokenizer_path)
+    chosen = build_encoder(tokenizer).backend   # its runs: as many as fastokens alone gets (3 x repeats, best taken)
     rates = {n: _epoch_rate(dataclasses.replace(args, dataset_tokenizer_backend=n), tokenizer, int(batch), 0,
-                            int(repeats)) for n in names.split(",")}
-    default = dataclasses.replace(args, dataset_tokenizer_backend=build_encoder(tokenizer).backend)
+                            int(repeats) * (3 if n == chosen else 1)) for n in names.split(",")}
+    default = dataclasses.replace(args, dataset_tokenizer_backend=chosen)
     print(json.dumps({"rates": rates, "provenance": _provenance_cost(default, tokenizer, int(repeats)),
                       "sustained": _sustained(default, tokenizer, int(batch), int(workers), int(repeats),
                                               int(passes))}))
