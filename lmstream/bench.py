@@ -26,7 +26,8 @@ from .config import DataArguments
 from .models import SAMPLE_CONFIG, SAMPLE_DATASET, TINY_MODEL
 from .data import build_pipeline
 from .loader import build_loader
-from .bench_pipeline import bench_pipeline, bench_prepare, repeated
+from .bench_pipeline import bench_pipeline, repeated
+from .bench_prepare import bench_prepare
 from .explore import first_batch_after
 
 
