@@ -31,7 +31,8 @@ LAYERS = [   # each module may import modules of earlier layers only (none of it
     ["lineage"],
     ["trainer", "resume", "prepare", "explore"],
     ["run", "inspect"],
-    ["train", "bench_pipeline", "bench_prepare"],
+    ["train", "bench_pipeline"],
+    ["bench_prepare"],
     ["job", "bench", "gpucheck"],
     ["cli", "__init__"],
 ]
