@@ -84,8 +84,10 @@ def _chart(results: dict, path: str) -> None:
     p = results.get("pipeline")
     if p:
         names = [b for b in ("hf", "tiktoken", "fastokens") if f"{b}_alone_tok_s" in p]
-        bars({"reference": p["reference_tok_s"], f"lmstream, {p['workers']} workers": p["lmstream_tok_s"],
-              **{f"lmstream {b}, 1 process": p[f"lmstream_{b}_tok_s"] for b in names},
+        sustained = {f"lmstream, {p['workers']} workers, sustained": p["sustained_workers_tok_s"],
+                     "lmstream, 1 process, sustained": p["sustained_in_process_tok_s"]} if "sustained_ratios" in p else {}
+        bars({"reference": p["reference_tok_s"], f"lmstream, {p['workers']} workers, one pass": p["lmstream_tok_s"],
+              **sustained, **{f"lmstream {b}, 1 process": p[f"lmstream_{b}_tok_s"] for b in names},
               **{f"{b} alone": p[f"{b}_alone_tok_s"] for b in names}},
              "pipeline throughput (tokens/s)", "tokens/s", path)
     r = results.get("resume")
