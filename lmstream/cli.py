@@ -102,24 +102,6 @@ def _caches_in(output_dir: str) -> None:
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(own, "matplotlib"))
 
 
-def _compile_caches_in(output_dir: str) -> None:
-    """torch's compile caches (inductor's, made by `import torch` itself, and triton's) in the run's folder, not the
-    system's temporary folder or $HOME (unless set); torch makes the folders when it needs them."""
-    own = os.path.join(os.path.abspath(output_dir), ".lmstream")
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(own, "torchinductor"))
-    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(own, "triton"))
-
-
-def _output_dir_arg(argv: list[str]) -> str:
-    """--output_dir from the command line before it is parsed (the default job's folder without one)."""
-    for i, arg in enumerate(argv):
-        if arg == "--output_dir" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--output_dir="):
-            return arg.split("=", 1)[1]
-    return "runs/default"
-
-
 def _forward_signals_to_kernel() -> list:
     """SIGTERM/SIGINT to this process go to the notebook's kernel (in a session of its own), which saves a
     checkpoint at the next step boundary and stops; returns the list of the signals forwarded so far."""
@@ -154,7 +136,6 @@ def main(argv: list[str] | None = None) -> int:
     if "--help-all" in argv:
         print(full_help("lmstream-train"), end="")
         return 0
-    _compile_caches_in(_output_dir_arg(argv))   # before anything imports torch: its import makes its cache folder
     import papermill as pm
     notebook = os.environ.get("LMSTREAM_NOTEBOOK", NOTEBOOK)
     if not os.path.isfile(notebook):
