@@ -43,10 +43,10 @@ ROWS_PER_WRITE = 1024   # blocks per Arrow record batch written by a materializi
 STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8"}   # as saved blocks always were
 
 
-def stored_types(tokenizer) -> dict:
+def stored_types(tokenizer, ids=None) -> dict:
     """The saved columns' types: input_ids as uint16 when every id of the tokenizer fits (lmstream.tokenize.id_type;
     GPT-2's do), half the bytes written and kept on disk; datasets' torch and numpy formats read them as int64."""
-    small = id_type(tokenizer) == np.uint16
+    small = (ids or id_type(tokenizer)) == np.uint16   # `ids`: the encoder's id_type, when already at hand
     return {**STORED_TYPES, "input_ids": "uint16"} if small else STORED_TYPES
 
 
@@ -152,7 +152,7 @@ def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | 
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(slots)]
     plan = None if args.dataset_mixture else plan_dataset(args)
     encoder = encoder_for(args, tokenizer)   # chosen and checked once, before the fork: the processes share it
-    types = stored_types(tokenizer)
+    types = stored_types(tokenizer, encoder.id_type)
     _JOBS[:] = [(args, tokenizer, seed, block_size, i, slots, paths[i], plan, encoder, types) for i in range(slots)]
     t1 = time.perf_counter()
     if n == 1:

@@ -75,7 +75,6 @@ class Encoder:
         self.tokenizer, self.allowed = tokenizer, tuple(allowed)
         self._load()
         self.vocab_size = len(tokenizer)
-        self.id_type = id_type(tokenizer)   # the narrowest type every id fits: what workers send, prepare saves
 
     def _load(self) -> None:
         """Choose the backend and fingerprint the tokenizer: once per process for the same tokenizer content (the
@@ -85,12 +84,13 @@ class Encoder:
                                          repr(sorted(self.tokenizer.special_tokens_map.items())), self.allowed)
         if key not in _CHOSEN:
             _CHOSEN[key] = self._choose(text)
-        self.fast, self.tiktoken, self.backend, self.cuttable, self.fingerprint = _CHOSEN[key]
+        # id_type: the narrowest type every id fits (what workers send, prepare saves), read from the vocabulary once
+        self.fast, self.tiktoken, self.backend, self.cuttable, self.fingerprint, self.id_type = _CHOSEN[key]
         if key is None:
             _CHOSEN.pop(key)   # a slow tokenizer: nothing to key it by, chosen again each time
 
     def _choose(self, text: str | None) -> tuple:
-        """(fastokens, tiktoken, backend name, cuttable, fingerprint), the tokenizer's JSON parsed once."""
+        """(fastokens, tiktoken, backend name, cuttable, fingerprint, id type), the tokenizer's JSON parsed once."""
         spec = json.loads(text) if text is not None else None
         fast = backends.fastokens_backend(self.tokenizer, text) if "fastokens" in self.allowed else None
         tik = None
@@ -99,7 +99,7 @@ class Encoder:
         backend = "fastokens" if fast is not None else "tiktoken" if tik is not None else "hf"
         # a GPT-2-style text can be cut where its pre-tokenizer splits anyway (long documents, in pieces)
         cuttable = backend != "hf" and spec is not None and backends.is_gpt2_style(spec)
-        return fast, tik, backend, cuttable, tokenizer_fingerprint(self.tokenizer, spec)
+        return fast, tik, backend, cuttable, tokenizer_fingerprint(self.tokenizer, spec), id_type(self.tokenizer)
 
     def __getstate__(self):   # the Rust objects don't pickle: rebuilt (and checked again) in the worker
         state = dict(self.__dict__)
