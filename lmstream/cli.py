@@ -100,6 +100,21 @@ def _caches_in(output_dir: str) -> None:
     os.makedirs(own, exist_ok=True)
     os.environ.setdefault("IPYTHONDIR", os.path.join(own, "ipython"))
     os.environ.setdefault("MPLCONFIGDIR", os.path.join(own, "matplotlib"))
+    _own_kernel(own)
+
+
+def _own_kernel(own: str) -> None:
+    """The notebook runs in this very interpreter: a `python3` kernel spec naming sys.executable, first on
+    JUPYTER_PATH, so that a kernel spec the machine has elsewhere (in HOME, in another environment) is never the
+    one that runs the job."""
+    import json
+    folder = os.path.join(own, "jupyter")
+    spec = os.path.join(folder, "kernels", "python3")
+    os.makedirs(spec, exist_ok=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    with open(os.path.join(spec, "kernel.json"), "w") as f:
+        json.dump({"argv": argv, "display_name": "Python 3 (ipykernel)", "language": "python"}, f)
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([folder, *filter(None, [os.environ.get("JUPYTER_PATH")])])
 
 
 def _forward_signals_to_kernel() -> list:

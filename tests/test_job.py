@@ -107,26 +107,62 @@ def test_the_training_notebook_run_all_twice_in_jupyter(tmp_path):
     assert (demo / "model.safetensors").exists()
 
 
+def _site_dirs() -> list[str]:
+    """The running environment's site-packages folders (a venv's own, not its base interpreter's)."""
+    return [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
+
+
+def _isolated_venv(path) -> str:
+    """A venv that sees this test run's packages and nothing of the base interpreter: no --system-site-packages
+    (that would expose the *base* interpreter's site-packages, which a fresh machine leaves empty), and a .pth
+    naming the running environment's site-packages instead. Plain path lines: the checkout's editable finder
+    (a .pth of its own there) is not run, so `lmstream` comes from whatever the venv installs itself."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=600)
+    py = os.path.join(str(path), "bin", "python")
+    own = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(own, "lmstream-tests-runtime.pth"), "w") as f:
+        f.write("".join(d + "\n" for d in _site_dirs()))
+    return py
+
+
+def test_an_isolated_venv_sees_the_test_run_packages_and_not_the_base_interpreter(tmp_path):
+    py = _isolated_venv(tmp_path / "venv")
+    probe = "import sys, papermill, transformers; print(sys.base_prefix); print('\\n'.join(sys.path))"
+    out = subprocess.run([py, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split("\n")
+    base, path = out[0], out[1:]
+    base_sites = [p for p in path if p.startswith(base) and os.path.basename(p) == "site-packages"]
+    if sys.prefix != sys.base_prefix:    # this run is a venv: its base interpreter's packages stay out
+        assert not base_sites, base_sites
+
+
 @pytest.mark.slow
 def test_the_job_runs_from_an_installed_wheel(tmp_path):
-    """`pip install .` (a wheel, not an editable install) ships the notebooks and assets the job needs."""
+    """`pip install .` (a wheel, not an editable install) ships the notebooks and assets the job needs; the venv
+    it goes into sees this run's packages, never the base interpreter's (tests/test_job.py::_isolated_venv)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                     str(tmp_path / "dist"), root], check=True, capture_output=True, timeout=600)
     wheel = next((tmp_path / "dist").glob("lmstream-*.whl"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=600)
-    py = venv / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True,
-                   timeout=600)
-    where = subprocess.run([str(py), "-c", "import lmstream.cli as c; print(c.__file__, c.NOTEBOOK)"], cwd=tmp_path,
+    py = _isolated_venv(venv)
+    subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", str(wheel)],
+                   check=True, capture_output=True, timeout=600)   # pip of this run, installing into the venv
+    target = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    entry = venv / "bin" / "lmstream-train"
+    assert entry.read_text().startswith(f"#!{py}")
+    where = subprocess.run([py, "-c", "import lmstream.cli as c; print(c.__file__, c.NOTEBOOK)"], cwd=tmp_path,
                            capture_output=True, text=True, check=True).stdout.split()
-    assert all(str(venv) in w for w in where) and os.path.isfile(where[1])
-    run = subprocess.run([str(venv / "bin" / "lmstream-train"), "--output_dir", "out", *SHORT], cwd=tmp_path,
-                         capture_output=True, text=True, env=_env(tmp_path / "home"), timeout=600)
+    assert all(w.startswith(target) for w in where) and os.path.isfile(where[1])   # the wheel, not the checkout
+    env = {k: v for k, v in _env(tmp_path / "home").items() if k != "PYTHONPATH"}
+    run = subprocess.run([str(entry), "--output_dir", "out", *SHORT], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "lmstream: done  6 steps" in run.stdout and (tmp_path / "out" / "report.ipynb").exists()
     assert str(SAMPLE).split("lmstream/")[-1] in run.stdout   # the bundled sample, from the installed package
+    kernel = tmp_path / "out" / ".lmstream" / "jupyter" / "kernels" / "python3" / "kernel.json"
+    assert kernel.exists() and f'"{py}"' in kernel.read_text()   # the notebook ran in the wheel's interpreter
 
 
 def test_papermill_itself_streams_the_same_lines(tmp_path):
