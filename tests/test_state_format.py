@@ -46,3 +46,26 @@ def test_an_old_loader_state_with_workers_resumes_exactly(tokenizer):
     got = [_digest(row) for batch, _ in zip(loader, range(len(case["next"]) // case["batch_size"]))
            for row in batch["input_ids"]]
     assert got == case["next"]
+
+
+CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "checkpoint_v3")
+
+
+def test_a_checkpoint_written_before_the_wings_resumes_exactly(tmp_path, monkeypatch):
+    """tests/fixtures/checkpoint_v3 (make_checkpoint_v3.py, written by the flat package): the job resumed from it
+    trains steps 5-8 on the very batches its run did. The data and the checkpoint are copied elsewhere first: a
+    checkpoint names its data by content, not by where it lay."""
+    import shutil
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from conftest import TINY_MODEL, train_recording
+    with open(os.path.join(CHECKPOINT, "cases.json")) as f:
+        case = json.load(f)
+    data, out = tmp_path / "data", tmp_path / "out"
+    shutil.copytree(os.path.join(os.path.dirname(CHECKPOINT), "state_v2", "web"), data)
+    shutil.copytree(os.path.join(CHECKPOINT, "out"), out)
+    config = AutoConfig.from_pretrained(TINY_MODEL)
+    config.update_from_string(case["small"])
+    AutoModelForCausalLM.from_config(config).save_pretrained(out / "checkpoint-4")  # weights are not the point
+    argv = [{"@DATA@": str(data), "@OUT@": str(out), "@TINY@": TINY_MODEL}.get(a, a) for a in case["argv"]]
+    batches, _ = train_recording([*argv, "--resume_from_checkpoint", "true"], monkeypatch)
+    assert [[_digest(row) for row in b] for b in batches] == case["after"]
