@@ -19,4 +19,4 @@ corpus=bench/data/corpus/data/python-3.11-docs
 [ -n "${DATA:-}" ] && args+=(--dataset "$DATA")
 [ -n "${CONFIG:-}" ] && args+=(--config "$CONFIG")
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 -m lmstream.gpucheck "${args[@]}" "$@"   # extra flags: --rounds 2, --compile, --out FILE
+python3 -m lmstream.tools.gpucheck "${args[@]}" "$@"   # extra flags: --rounds 2, --compile, --out FILE

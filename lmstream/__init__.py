@@ -13,13 +13,17 @@ from .config import DataArguments, ModelArguments, RunArguments
 from .errors import ConfigError
 
 _WHERE = {
-    "data_arguments": "job", "generate_sample": "job", "job_from_parameters": "job", "notebook_parameters": "job",
-    "run_job": "job", "SAMPLE_DATASET": "models", "TINY_MODEL": "models", "load_model_and_tokenizer": "models",
-    "StreamingBlocks": "pipeline", "build_loader": "loader", "build_pipeline": "data", "merge_stats": "state",
-    "plan_dataset": "pipeline", "resolve_block_size": "pipeline", "Shard": "shards", "resolve_shards": "sources",
-    "build_encoder": "tokenize", "Run": "run", "start_run": "job", "read_metrics": "run", "BlockPacker": "packing",
-    "last_complete_checkpoint": "checkpoints", "reader_states": "state", "StopAfterStep": "stopping",
-    "parse_args": "arguments", "inspect_step": "inspect", "find_document": "inspect",
+    "data_arguments": "training.job", "generate_sample": "training.job", "job_from_parameters": "training.job",
+    "notebook_parameters": "training.job", "run_job": "training.job", "start_run": "training.job",
+    "SAMPLE_DATASET": "training.models", "TINY_MODEL": "training.models",
+    "load_model_and_tokenizer": "training.models",
+    "StreamingBlocks": "stream.blocks", "plan_dataset": "stream.blocks", "resolve_block_size": "stream.blocks",
+    "build_loader": "stream.loader", "build_pipeline": "stream.pipeline", "merge_stats": "stream.state",
+    "reader_states": "stream.state", "Shard": "corpus.shards", "resolve_shards": "corpus.sources",
+    "build_encoder": "tokens.tokenize", "BlockPacker": "tokens.packing", "Run": "training.run",
+    "read_metrics": "training.run", "last_complete_checkpoint": "training.checkpoints",
+    "StopAfterStep": "training.signals", "parse_args": "arguments", "inspect_step": "tools.inspect",
+    "find_document": "tools.inspect",
 }
 
 
@@ -30,9 +34,9 @@ def __getattr__(name):
 
 
 def train(model_args, data_args, run_args, training_args, callbacks: list | None = None) -> dict:
-    """Train as the argument dataclasses say (see lmstream.run); returns the metrics. `callbacks`: extra
+    """Train as the argument dataclasses say (see lmstream.training.run); returns the metrics. `callbacks`: extra
     TrainerCallbacks."""
-    from .run import train as _train
+    from .training.run import train as _train
     return _train(model_args, data_args, run_args, training_args, callbacks)
 
 

@@ -74,9 +74,9 @@ def preflight(argv: list[str], declared: set[str]) -> dict:
     """Parse and check everything that can be checked before the job starts, so that a refused start writes
     nothing: the flags, the output folder (another run's is refused), the checkpoint to resume from, that the
     dataset resolves (its files are listed, not read) and that local model and tokenizer folders exist."""
-    from .sources import resolve_shards
+    from .corpus.sources import resolve_shards
     from .arguments import parse_args
-    from .resume import check_output_dir, resolve_checkpoint
+    from .training.resume import check_output_dir, resolve_checkpoint
     parsed = parse_args(argv)
     model_args, data_args, run_args, training_args = parsed
     params = notebook_parameters_from_flags(argv, declared, parsed)

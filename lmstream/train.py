@@ -18,8 +18,8 @@ import logging
 
 from .arguments import parse_args
 from .errors import ConfigError
-from .run import Run, train
-from .stopping import Stopped
+from .training.run import Run, train
+from .training.signals import Stopped
 
 __all__ = ["Run", "Stopped", "main", "train"]
 

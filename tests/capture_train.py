@@ -10,7 +10,7 @@ import sys
 from transformers import TrainerCallback
 
 from lmstream.arguments import parse_args
-from lmstream.run import train
+from lmstream.training.run import train
 
 
 class Capture(TrainerCallback):

@@ -174,7 +174,7 @@ def train_recording(argv, monkeypatch, stop_at=None):
     """(the input_ids of every batch trained on, the metrics) of `python -m lmstream.train ARGV` run in process."""
     import lmstream.train as lt
     from lmstream.arguments import parse_args
-    from lmstream.trainer import StreamingTrainer
+    from lmstream.training.trainer import StreamingTrainer
     batches = []
     orig_step = StreamingTrainer.training_step
 

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 
-from lmstream.localserve import LocalServer, RangeHandler
+from lmstream.tools.localserve import LocalServer, RangeHandler
 
 
 class FaultyRangeHandler(RangeHandler):

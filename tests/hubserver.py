@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.parse
 
-from lmstream.localserve import parse_range
+from lmstream.tools.localserve import parse_range
 
 LFS_SUFFIXES = (".parquet", ".arrow", ".gz", ".zst")
 

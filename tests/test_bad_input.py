@@ -7,7 +7,7 @@ import pytest
 import lmstream
 import lmstream.train as lt
 from lmstream.config import ConfigError
-from lmstream.documents import DocumentStream
+from lmstream.corpus.documents import DocumentStream
 from conftest import SAMPLE, TINY_MODEL, write_parquet
 
 

@@ -1,4 +1,4 @@
-"""Workers send their batches in groups (lmstream.batches): one message per group, and a checkpoint taken at any
+"""Workers send their batches in groups (lmstream.stream.batches): one message per group, and a checkpoint taken at any
 batch inside a group resumes exactly where the uninterrupted run goes on."""
 import dataclasses
 import itertools
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lmstream
-from lmstream.batches import GROUP_KEY, SIZE_KEY, Grouped, group_size
-from lmstream.state import find_dicts
+from lmstream.stream.batches import GROUP_KEY, SIZE_KEY, Grouped, group_size
+from lmstream.stream.state import find_dicts
 
 
 def _args(path):
@@ -95,7 +95,7 @@ def test_in_process_batches_are_the_stream_s_blocks_and_leave_the_stream_as_it_w
 
 def test_ids_travel_as_uint16_when_they_fit_and_reach_the_model_as_int64():
     import numpy as np
-    from lmstream.batches import collate_arrays
+    from lmstream.stream.batches import collate_arrays
     small = [{"input_ids": np.array([0, 5, 65535, 7], dtype=np.int32)} for _ in range(2)]
     batch = collate_arrays(small)
     assert batch.arrays["input_ids"].dtype == np.uint16
@@ -112,10 +112,10 @@ def test_ids_travel_as_uint16_when_they_fit_and_reach_the_model_as_int64():
 
 
 def test_the_id_type_comes_from_the_whole_vocabulary(parquet_dir, tokenizer):
-    """One rule (lmstream.tokenize.id_type) for the ids workers send and prepare saves: uint16 only when every id of
+    """One rule (lmstream.tokens.tokenize.id_type) for the ids workers send and prepare saves: uint16 only when every id of
     the vocabulary and of the added tokens is below 65536."""
     import numpy as np
-    from lmstream.tokenize import id_type
+    from lmstream.tokens.tokenize import id_type
 
     class Tok:
         def __init__(self, size, vocab, added=()):

@@ -5,7 +5,7 @@ import sys
 
 
 def test_bench_quick_completes_and_reports(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "lmstream.bench", "all", "--quick", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "lmstream.tools.bench", "all", "--quick", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "all.json") as f:
@@ -23,7 +23,7 @@ def test_bench_quick_completes_and_reports(tmp_path):
 
 def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "-m", "lmstream.gpucheck", "--cpu-dry-run", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "lmstream.tools.gpucheck", "--cpu-dry-run", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(out.read_text())

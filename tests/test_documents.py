@@ -1,9 +1,9 @@
 import collections
 
 from lmstream.config import DataArguments
-from lmstream.documents import DocumentStream
-from lmstream.plan import plan_pieces
-from lmstream.sources import resolve_shards
+from lmstream.corpus.documents import DocumentStream
+from lmstream.corpus.plan import plan_pieces
+from lmstream.corpus.sources import resolve_shards
 
 
 def _all_docs(plan, args, slot, n_slots, epoch=0, split="train", seed=0):
@@ -72,7 +72,7 @@ def test_window_can_be_re_read_identically(parquet_dir):
 
 def test_read_ahead_fetches_the_next_pieces_within_the_budget():
     import threading
-    from lmstream.readahead import ReadAhead
+    from lmstream.corpus.readahead import ReadAhead
     started, gate = [], threading.Event()
 
     def read(piece):
@@ -96,7 +96,7 @@ def test_read_ahead_fetches_the_next_pieces_within_the_budget():
 def test_read_ahead_asks_each_size_once_over_many_small_pieces():
     """A long stream of small pieces keeps thousands in flight: the budget is kept as a sum, not re-added on every
     take (which made a pass quadratic in the pieces). A piece the reader moved past is dropped from the budget."""
-    from lmstream.readahead import ReadAhead
+    from lmstream.corpus.readahead import ReadAhead
     asked = []
 
     def size_of(piece):

@@ -64,7 +64,7 @@ def _drain(loaders):
 def test_elastic_resume_trains_every_document_once(corpus, tokenizer, old, new, steps):
     folder, lengths, owner = corpus
     before, states = _take(_loaders(folder, tokenizer, *old), steps)
-    inside = [st for st in lmstream.state.reader_states(states) if st["token"] > 0]
+    inside = [st for st in lmstream.stream.state.reader_states(states) if st["token"] > 0]
     after, stats = _drain(_loaders(folder, tokenizer, *new, resume=states))
     check_once(account(before + after, lengths, owner), lengths, readers=new[0] * max(1, new[1]))
     assert sum(s["docs"] for s in stats) >= len(lengths) - len(stats) * max(1, new[1])
@@ -78,7 +78,7 @@ def test_elastic_twice_then_exact_on_the_same_shape(corpus, tokenizer):
     a, s1 = _take(_loaders(folder, tokenizer, 2, 1), 3)
     b, s2 = _take(_loaders(folder, tokenizer, 1, 2, resume=s1), 4)
     # both readers of the 1x2 run hold items that are the rest of other readers' windows
-    assert any('"w"' in json.dumps(st["items"]) for st in lmstream.state.reader_states(s2))
+    assert any('"w"' in json.dumps(st["items"]) for st in lmstream.stream.state.reader_states(s2))
     c, s3 = _take(_loaders(folder, tokenizer, 3, 0, resume=s2), 2)
     # same shape: the exact path, straight vs resumed
     straight, _ = _drain(_resumed_exact(folder, tokenizer, s3))
@@ -148,7 +148,7 @@ def test_training_job_resumes_elastically_from_two_workers_to_none(corpus, tmp_p
     """Stopped after 4 steps with 2 DataLoader workers, resumed in-process: the first epoch ends with
     every document trained on once (tokens counted from the batches the model saw)."""
     import lmstream.train as lt
-    from lmstream.trainer import StreamingTrainer
+    from lmstream.training.trainer import StreamingTrainer
     folder, lengths, owner = corpus
     out = tmp_path / "run"
     first, _ = train_recording(_job_argv(folder, out, 200, 2), monkeypatch, stop_at=4)

@@ -112,7 +112,7 @@ def test_a_drained_loader_accounts_for_every_token_of_the_epoch(tokenizer, worke
     args = lmstream.DataArguments(dataset_name=SAMPLE, dataset_config_name="python-docs", dataset_block_size=128,
                                   dataset_cycle=False, dataset_shuffle=False)
     plan = lmstream.plan_dataset(args)
-    from lmstream.documents import iter_documents
+    from lmstream.corpus.documents import iter_documents
     every = int(lmstream.build_encoder(tokenizer).encode(list(iter_documents(plan, args, shuffle=False)))[1].sum())
     loader = lmstream.build_loader(lmstream.build_pipeline(args, tokenizer), batch_size=4, num_workers=workers)
     trained = sum(int(b["input_ids"].numel()) for b in loader)

@@ -6,7 +6,7 @@ import torch
 
 import lmstream
 from lmstream.config import ConfigError
-from lmstream.documents import DocumentStream
+from lmstream.corpus.documents import DocumentStream
 from conftest import make_docs, write_jsonl, write_parquet
 from httpserver import FileServer
 

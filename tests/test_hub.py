@@ -17,7 +17,7 @@ import torch
 import lmstream
 from lmstream import planfile, ranges
 from lmstream.config import ConfigError
-from lmstream.documents import DocumentStream, iter_documents
+from lmstream.corpus.documents import DocumentStream, iter_documents
 from conftest import TINY_MODEL, make_docs
 from hubserver import HubServer
 

@@ -1,4 +1,4 @@
-"""Provenance of every block, `lmstream.inspect` (the data of step N, replayed) and --dataset_skip_steps."""
+"""Provenance of every block, `lmstream.tools.inspect` (the data of step N, replayed) and --dataset_skip_steps."""
 import json
 import os
 import shutil
@@ -171,7 +171,7 @@ def test_skip_steps_before_the_checkpoint_are_refused(tmp_path):
 def test_the_inspect_command(tmp_path):
     data, out = _corpus(tmp_path), tmp_path / "out"
     seen, _ = _train(_argv(data, out, 5, 2), tmp_path / "cap")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "lmstream.inspect", str(out), *a], capture_output=True,
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lmstream.tools.inspect", str(out), *a], capture_output=True,
                                     text=True, timeout=300)
     proc = run("--step", "5", "--text")
     assert proc.returncode == 0, proc.stderr
@@ -186,7 +186,7 @@ def test_the_inspect_command(tmp_path):
     assert entry, "lmstream-inspect is not on PATH: pip install -e . (or pip install .) first"
     proc = subprocess.run([entry, str(out), "--step", "3", "--rank", "0"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "rank 0, micro-batch 0" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "lmstream.inspect", str(tmp_path), "--step", "1"],
+    bad = subprocess.run([sys.executable, "-m", "lmstream.tools.inspect", str(tmp_path), "--step", "1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "holds no lmstream_lineage.json" in bad.stderr
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from lmstream.packing import BlockPacker, pad_document
+from lmstream.tokens.packing import BlockPacker, pad_document
 
 
 def _docs(lengths, start=0):

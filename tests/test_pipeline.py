@@ -28,7 +28,7 @@ def test_lossless_every_token_once_with_eos(parquet_dir, tokenizer):
     out = [b["input_ids"] for b in blocks]
     assert all(torch.equal(b["input_ids"], b["labels"]) for b in lmstream.build_pipeline(args, tokenizer))
     # the same documents, in the stream's order, tokenized one by one
-    from lmstream.documents import DocumentStream
+    from lmstream.corpus.documents import DocumentStream
     stream = DocumentStream(blocks.plan, args, 0, 0, 1)
     docs = [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
     expected = np.concatenate([tokenizer(d)["input_ids"] + [tokenizer.eos_token_id] for d in docs])
@@ -140,7 +140,7 @@ def test_eval_split_uses_holdout_documents(parquet_dir, tokenizer):
 
 
 def test_tokenizer_batches_bound_documents_and_bytes():
-    from lmstream.reader import tokenizer_batches as _batches
+    from lmstream.stream.reader import tokenizer_batches as _batches
     nbytes = [10, 10, 600, 10, 10, 10, 10]
     assert list(_batches(nbytes, 0, max_docs=3, max_bytes=100)) == [(0, 2), (2, 3), (3, 6), (6, 7)]
     assert list(_batches(nbytes, 5, max_docs=3, max_bytes=100)) == [(5, 7)]
@@ -150,8 +150,8 @@ def test_tokenizer_batches_bound_documents_and_bytes():
 @pytest.mark.parametrize("group", [True, False])
 def test_very_long_documents_stream_in_parts_and_resume_exactly(tmp_path, tokenizer, monkeypatch, group):
     """Documents above LONG_DOC_BYTES go through in pieces: the same blocks as whole, exact resume inside one."""
-    import lmstream.longtext as LT
-    import lmstream.tokenize as T
+    import lmstream.corpus.longtext as LT
+    import lmstream.tokens.tokenize as T
     docs = make_docs(40, seed=12)
     docs[7] = " ".join(docs[:30]) * 3 + " 東京 🤗 tail"          # about 60 kB
     docs[20] = "x" * 9000 + " end"                             # no cut point for a long way
@@ -178,7 +178,7 @@ def test_very_long_documents_stream_in_parts_and_resume_exactly(tmp_path, tokeni
 
 
 def test_saved_ids_are_uint16_only_when_every_id_of_the_tokenizer_fits(tokenizer):
-    from lmstream.data import stored_types
+    from lmstream.stream.pipeline import stored_types
 
     class Large:   # a Llama-3-sized vocabulary
         def __len__(self):
@@ -190,11 +190,11 @@ def test_saved_ids_are_uint16_only_when_every_id_of_the_tokenizer_fits(tokenizer
 @pytest.mark.parametrize("group", [True, False])
 @pytest.mark.parametrize("processes", [1, 2])
 def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeypatch, group, processes):
-    """`dataset_streaming false` and lmstream.prepare write, per reader, the very blocks its stream yields (packed
+    """`dataset_streaming false` and lmstream.tools.prepare write, per reader, the very blocks its stream yields (packed
     blocks cut from whole tokenizer batches at once), long documents in parts included."""
-    import lmstream.longtext as LT
-    import lmstream.tokenize as T
-    from lmstream.data import materialize, slots_for
+    import lmstream.corpus.longtext as LT
+    import lmstream.tokens.tokenize as T
+    from lmstream.stream.pipeline import materialize, slots_for
     docs = make_docs(60, seed=5)
     docs[9] = " ".join(docs[:30]) * 3 + " 東京 🤗 tail"
     write_parquet(tmp_path / "pq", docs, shards=3, rows_per_group=7)
@@ -211,7 +211,7 @@ def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeyp
     assert ds.features["input_ids"].feature.dtype == "uint16"   # GPT-2's ids fit: half the bytes on disk
     for column in ds.column_names:   # packed blocks are stored without labels (input_ids again): collated later
         assert ds[column] == [b[column].tolist() for b in stream], column
-    from lmstream.trainer import collate_blocks
+    from lmstream.training.trainer import collate_blocks
     batch = collate_blocks([ds[i] for i in range(3)])
     for column in tensors:
         assert torch.equal(batch[column], torch.stack([b[column] for b in stream[:3]])), column
@@ -221,7 +221,7 @@ def test_packed_chunks_cut_consecutive_blocks_across_arrays_of_any_length():
     """prepare's blocks from tokenizer batches: every full block of the concatenation, in order, the remainder
     dropped, whatever the arrays' lengths (empty ones, shorter than a block, a block spanning several)."""
     import numpy as np
-    from lmstream.data import _packed_chunks
+    from lmstream.stream.pipeline import _packed_chunks
     rng = np.random.default_rng(1)
     for _ in range(300):
         block = int(rng.integers(1, 9))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lmstream
-from lmstream.documents import DocumentStream, iter_documents
+from lmstream.corpus.documents import DocumentStream, iter_documents
 from conftest import make_docs
 
 moto_server = pytest.importorskip("moto.server")

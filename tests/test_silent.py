@@ -200,8 +200,8 @@ def test_max_train_samples_beyond_the_data_is_said_once(tmp_path, tokenizer, cap
 def test_a_full_disk_during_the_final_save_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     """ENOSPC while the final tokenizer is written (simulated: half a tokenizer.json, then the error)."""
     import errno
-    import lmstream.models
-    real = lmstream.models.load_model_and_tokenizer
+    import lmstream.training.models
+    real = lmstream.training.models.load_model_and_tokenizer
 
     def load(args):
         model, tok = real(args)
@@ -215,8 +215,8 @@ def test_a_full_disk_during_the_final_save_leaves_no_partial_file(tmp_path, monk
             raise OSError(errno.ENOSPC, "No space left on device", os.path.join(folder, "tokenizer.json"))
         tok.save_pretrained = full_disk
         return model, tok
-    import lmstream.run
-    monkeypatch.setattr(lmstream.run, "load_model_and_tokenizer", load)
+    import lmstream.training.run
+    monkeypatch.setattr(lmstream.training.run, "load_model_and_tokenizer", load)
     out = tmp_path / "run"
     assert lt.main(_tiny(out, steps=2)) == 2
     err = capsys.readouterr().err

@@ -6,9 +6,9 @@ import torch
 
 import lmstream
 from lmstream.config import ConfigError
-from lmstream.documents import iter_documents
-from lmstream.plan import plan_pieces
-from lmstream.sources import resolve_shards
+from lmstream.corpus.documents import iter_documents
+from lmstream.corpus.plan import plan_pieces
+from lmstream.corpus.sources import resolve_shards
 from conftest import SAMPLE, make_docs, write_jsonl, write_parquet
 from httpserver import FileServer
 

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import SAMPLE, make_docs
-from lmstream.backends import CHECK_TEXTS
+from lmstream.tokens.backends import CHECK_TEXTS
 from lmstream.config import ConfigError
-from lmstream.tokenize import build_encoder, with_eos
+from lmstream.tokens.tokenize import build_encoder, with_eos
 
 FAST = ["fastokens", "tiktoken"]
 EDGES = ["<|endoftext|> inside a text", "  leading spaces\r\n\r\n", "x" * 5000, "", "ends with eos<|endoftext|>"]
@@ -76,7 +76,7 @@ def test_tokenizer_without_eos_is_refused(tokenizer):
 
 @pytest.mark.parametrize("backend", FAST)
 def test_long_documents_are_encoded_in_pieces_with_identical_ids(tokenizer, monkeypatch, backend):
-    import lmstream.tokenize as T
+    import lmstream.tokens.tokenize as T
     monkeypatch.setattr(T, "CHUNK_CHARS", 3000)
     text = " ".join(make_docs(400, seed=4)) + " end\n\n  x  y\tz" + "a" * 70000 + " tail"
     texts = [text, "short", text[:2500], "ends with eos<|endoftext|>"]
@@ -147,8 +147,8 @@ class _ThreadsOfWorkers(__import__("torch").utils.data.IterableDataset):
 
 @pytest.mark.parametrize("workers", [2, 8])
 def test_workers_share_the_cores_without_oversubscribing(workers, monkeypatch):
-    from lmstream.backends import reader_threads, tokenizer_threads
-    from lmstream.loader import build_loader
+    from lmstream.tokens.backends import reader_threads, tokenizer_threads
+    from lmstream.stream.loader import build_loader
     monkeypatch.delenv("LMSTREAM_TOKENIZER_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cores = len(os.sched_getaffinity(0))
@@ -167,7 +167,7 @@ def test_settle_waits_for_the_encoding_thread(tokenizer):
     """Before a fork, nothing runs on the encoder's helper thread: settle() returns after every task given to it."""
     import threading
     import time
-    from lmstream.tokenize import Encoder, settle
+    from lmstream.tokens.tokenize import Encoder, settle
     enc, done = build_encoder(tokenizer), threading.Event()
     ahead = enc.encode_ahead([["one document"], ["another"]])
     assert next(ahead)[1].tolist() == [3]   # "one document" + EOS; the next batch is being encoded meanwhile
@@ -198,8 +198,8 @@ def test_the_backend_is_chosen_once_per_tokenizer_content(tokenizer, monkeypatch
     """The train and eval streams, a mixture's sources and copies of a stream (a pickled or deep-copied encoder)
     share one choice and self-check per process; another tokenizer content is chosen anew."""
     import copy
-    import lmstream.backends as B
-    import lmstream.tokenize as T
+    import lmstream.tokens.backends as B
+    import lmstream.tokens.tokenize as T
     monkeypatch.setattr(T, "_CHOSEN", {})
     calls = []
     real = B.fastokens_backend

@@ -7,9 +7,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import lmstream.train as lt
-from lmstream.checkpoints import last_complete_checkpoint
+from lmstream.training.checkpoints import last_complete_checkpoint
 from lmstream.config import ConfigError
-from lmstream.resume import resolve_checkpoint
+from lmstream.training.resume import resolve_checkpoint
 from conftest import SAMPLE, TINY_MODEL, positions
 from conftest import train_recording as _run
 
@@ -136,7 +136,7 @@ def test_pretokenized_save_and_load_and_non_streaming(tmp_path, monkeypatch):
     writes outside its own folders (the blocks are staged inside the save dir, or inside output_dir/.lmstream)."""
     import tempfile
 
-    import lmstream.prepare as lp
+    import lmstream.tools.prepare as lp
     system_tmp = tmp_path / "system-tmp"
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
@@ -202,7 +202,7 @@ def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):
     token but one partial block per reader, and says how fast it went."""
     import datasets
 
-    import lmstream.prepare as lp
+    import lmstream.tools.prepare as lp
     common = ["--dataset_name", SAMPLE, "--dataset_config_name", "python-docs", "--config_name", TINY_MODEL,
               "--dataset_block_size", "64"]
     assert lp.main([*common, "--dataset_num_proc", "1", "--tokenized_dataset_save_dir", str(tmp_path / "one")]) == 0
@@ -210,14 +210,14 @@ def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tokens/s with 1 processes" in out and "tokens/s with 2 processes" in out
     one, two = datasets.load_from_disk(str(tmp_path / "one")), datasets.load_from_disk(str(tmp_path / "two"))
-    from lmstream.data import slots_for
+    from lmstream.stream.pipeline import slots_for
     assert 0 <= len(one) - len(two) <= slots_for(2) - 1 and len(two) > 100
 
 
 def test_materializing_processes_survive_a_parent_that_used_torch_threads(tmp_path):
     """Processes forked after the parent ran parallel torch ops (as a notebook or the bench has) still finish."""
     code = (f"import torch; torch.ones(4_000_000).mul_(2).sum(); torch.ones(2000, 2000).clone()\n"
-            f"from transformers import AutoTokenizer; from lmstream import DataArguments; from lmstream.data import materialize\n"
+            f"from transformers import AutoTokenizer; from lmstream import DataArguments; from lmstream.stream.pipeline import materialize\n"
             f"tok = AutoTokenizer.from_pretrained({TINY_MODEL!r})\n"
             f"args = DataArguments(dataset_name={SAMPLE!r}, dataset_config_name='python-docs', dataset_block_size=64)\n"
             "print(len(materialize(args, tok, 0, processes=2)))\n")

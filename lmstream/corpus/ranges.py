@@ -1,0 +1,265 @@
+"""Byte ranges of remote files: a Parquet footer, or one row group's column chunks, each fetched as exactly
+the bytes it spans (one request), never a whole file or a fixed 8 MB block.
+
+    tail, size = fetch_tail(shard, 64 << 10, timeout)           # the footer (and the file size)
+    table = read_columns(shard, footer, row_group=3, columns=["text"], timeout=60)
+
+http(s) URLs (the Hub's `resolve` URLs included) are read with httpx: redirects followed (a Hub token is
+sent to the Hub's own host only, never to the storage host it redirects to), `206 Partial Content` and the
+file size checked on every answer, so a file replaced under the same name is noticed, not mis-read.
+s3://, gs://, hf:// go through fsspec's `cat_file`. Errors carry the HTTP status and headers, for retry.py.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+
+_LOCAL = threading.local()
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+class RemoteError(OSError):
+    """An HTTP answer other than the bytes asked for; `status` and `headers` tell retry.py what to do."""
+
+    def __init__(self, message: str, status: int | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+class ChangedFile(RemoteError):
+    """The file's size is not the one the plan recorded: it was replaced under the same name."""
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url
+
+
+def endpoint() -> str:
+    """The Hub's address (HF_ENDPOINT, default https://huggingface.co)."""
+    from huggingface_hub import constants
+    return constants.ENDPOINT.rstrip("/")
+
+
+_TOKEN: dict = {}
+
+
+def token() -> str | None:
+    """The Hub token of this process (HF_TOKEN or a stored login), looked up once."""
+    if "t" not in _TOKEN:
+        from huggingface_hub import get_token
+        _TOKEN["t"] = get_token()
+    return _TOKEN["t"]
+
+
+def client():
+    """One httpx client per process and thread (a forked DataLoader worker makes its own)."""
+    import httpx
+    key = os.getpid()
+    if getattr(_LOCAL, "pid", None) != key:
+        _LOCAL.client = httpx.Client(follow_redirects=True, http2=False)
+        _LOCAL.pid = key
+    return _LOCAL.client
+
+
+def _auth_headers(url: str) -> dict:
+    """The Hub token for the Hub's own URLs (HF_TOKEN or `hf auth login`); httpx drops it on a redirect to
+    another host, so the storage host never sees it."""
+    return {"Authorization": f"Bearer {token()}"} if token() and url.startswith(endpoint()) else {}
+
+
+def _http_range(url: str, start: int, end: int | None, size: int | None, timeout: float | None):
+    """Bytes [start, end) of an http(s) URL (end None with start < 0: the last -start bytes); and the file size."""
+    import httpx
+    spec = f"bytes={start}" if end is None and start < 0 else f"bytes={start}-{end - 1}"   # bytes=-n: the last n
+    headers = {"Range": spec, "Accept-Encoding": "identity", **_auth_headers(url)}
+    t = httpx.Timeout(timeout) if timeout else httpx.Timeout(None)
+    r = client().get(url, headers=headers, timeout=t)
+    if r.status_code >= 400:
+        raise RemoteError(f"HTTP {r.status_code} for {url}", r.status_code, r.headers)
+    body = r.content
+    m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
+    total = int(m.group(3)) if m and m.group(3) != "*" else (len(body) if r.status_code == 200 else None)
+    if size is not None and total is not None and total != size:
+        raise ChangedFile(f"'{url}' now has {total} bytes, the plan recorded {size}", 409, r.headers)
+    if r.status_code == 200:   # the server ignored Range: keep the asked part
+        lo = start if start >= 0 else max(0, len(body) + start)
+        body = body[lo:end if end is not None else None]
+    elif m is None:
+        raise RemoteError(f"HTTP {r.status_code} without Content-Range for {url}", r.status_code, r.headers)
+    want = (end - start) if end is not None else (min(-start, total) if total is not None else None)
+    if want is not None and len(body) != want:
+        raise RemoteError(f"short body from {url}: {len(body)} of {want} bytes (truncated)", None, r.headers)
+    return body, total
+
+
+def fetch(url: str, start: int, end: int, size: int | None = None, timeout: float | None = None) -> bytes:
+    """Bytes [start, end) of a local path or URL."""
+    if not is_remote(url):
+        with open(url, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    if url.startswith(("http://", "https://")):
+        return _http_range(url, start, end, size, timeout)[0]
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url)
+    data = fs.cat_file(path, start=start, end=end)
+    if len(data) != end - start:
+        raise RemoteError(f"short body from {url}: {len(data)} of {end - start} bytes (truncated)")
+    return data
+
+
+def fetch_tail(url: str, nbytes: int, size: int | None = None, timeout: float | None = None) -> tuple[bytes, int]:
+    """The last `nbytes` of a file (fewer if it is smaller) and the file's size, in one request where possible."""
+    if not is_remote(url):
+        total = os.path.getsize(url)
+        return fetch(url, max(0, total - nbytes), total), total
+    if url.startswith(("http://", "https://")):
+        if size is not None:
+            return _http_range(url, max(0, size - nbytes), size, size, timeout)[0], size
+        return _http_range(url, -nbytes, None, None, timeout)
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url)
+    total = size if size is not None else fs.size(path)
+    return fetch(url, max(0, total - nbytes), total, total, timeout), total
+
+
+class SparseFile(io.RawIOBase):
+    """A read-only file of known size made of fetched byte ranges; a read outside them calls `miss(start, end)`."""
+
+    def __init__(self, size: int, ranges: dict[int, bytes], miss=None):
+        self.size, self.ranges, self.miss, self.pos = size, dict(ranges), miss, 0
+        self.missed = 0   # bytes read outside the prefetched ranges
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, offset, whence=0):
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def read(self, n=-1):
+        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
+        out = self._slice(self.pos, end)
+        self.pos = end
+        return out
+
+    def readinto(self, b):
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def _slice(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) from the fetched ranges, gaps filled by `miss` (each gap once, then kept)."""
+        for at, data in self.ranges.items():   # the common case: inside one range
+            if at <= start and end <= at + len(data):
+                return data[start - at:end - at]
+        out, pos = [], start
+        for at, data in sorted(self.ranges.items()):
+            if at + len(data) <= pos or at >= end:
+                continue
+            if at > pos:
+                out.append(self._miss(pos, at))
+                pos = at
+            out.append(data[pos - at:min(end, at + len(data)) - at])
+            pos = min(end, at + len(data))
+        if pos < end:
+            out.append(self._miss(pos, end))
+        return b"".join(out)
+
+    def _miss(self, start: int, end: int) -> bytes:
+        if self.miss is None:
+            raise OSError(f"bytes {start}-{end} were not fetched")
+        data = self.miss(start, end)
+        self.missed += len(data)
+        self.ranges[start] = data
+        return data
+
+
+def footer_bytes(url: str, size: int | None, timeout: float | None, first: int = 32 << 10):
+    """(ranges holding the whole Parquet footer, file size): one request, a second only for a footer over `first`."""
+    tail, total = fetch_tail(url, first, size, timeout)
+    if len(tail) < 8 or tail[-4:] != b"PAR1":
+        raise ValueError(f"'{url}' is not a Parquet file (no PAR1 magic bytes at its end)")
+    need = int.from_bytes(tail[-8:-4], "little") + 8
+    if need > len(tail):
+        if need > total:
+            raise ValueError(f"'{url}' has a corrupt Parquet footer (length {need} > file size {total})")
+        tail = fetch(url, total - need, total - len(tail), total, timeout) + tail
+    return {total - len(tail): tail}, total
+
+
+def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int, int]]:
+    """[start, end) of each column chunk of a row group, from the footer (dictionary page included)."""
+    rg = footer.row_group(row_group)
+    out = []
+    for c in columns:
+        col = rg.column(c)
+        start = col.data_page_offset
+        if col.has_dictionary_page and col.dictionary_page_offset is not None and 0 < col.dictionary_page_offset < start:
+            start = col.dictionary_page_offset
+        out.append((start, start + col.total_compressed_size))
+    return out
+
+
+def read_columns(url: str, size: int, footer, row_group: int, names: list[str], timeout: float | None):
+    """One row group's columns `names`, fetching exactly their column chunks (one request for adjacent ones)."""
+    import pyarrow.parquet as pq
+    schema = footer.schema.to_arrow_schema().names
+    spans = sorted(column_ranges(footer, row_group, [schema.index(n) for n in names]))
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    ranges = {a: fetch(url, a, b, size, timeout) for a, b in merged}
+    f = SparseFile(size, ranges, miss=lambda a, b: fetch(url, a, b, size, timeout))
+    return pq.ParquetFile(f, metadata=footer).read_row_group(row_group, columns=names)
+
+
+SAMPLE_WHOLE = 64 << 20     # files up to this size are hashed whole
+SAMPLE_CHUNKS, SAMPLE_CHUNK = 64, 64 << 10
+
+
+def _sampled_digest(url: str, size: int, timeout: float | None) -> str:
+    """blake2b of the size and the bytes: all of them up to 64 MB, else 64 evenly spaced 64 KB chunks."""
+    import hashlib
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    if size <= SAMPLE_WHOLE:
+        spans = [(0, size)]
+    else:
+        step = (size - SAMPLE_CHUNK) / (SAMPLE_CHUNKS - 1)
+        spans = [(int(k * step), int(k * step) + SAMPLE_CHUNK) for k in range(SAMPLE_CHUNKS)]
+    for a, b in spans:
+        h.update(fetch(url, a, b, size, timeout))
+    return h.hexdigest()
+
+
+def content_digest(shard, policy):
+    """(digest, shard with its size) of a non-Parquet shard: the store's content tag (Hub sha256, HTTP/S3 ETag)
+    when there is one, else a digest of sampled bytes; the same for a copy of the same bytes anywhere."""
+    from dataclasses import replace
+    from ..retry import with_retries
+    if shard.etag:
+        return f"etag:{shard.etag}", shard
+
+    def digest():
+        if not is_remote(shard.url):
+            size = os.path.getsize(shard.url)
+            return _sampled_digest(shard.url, size, None), replace(shard, size=size)
+        import fsspec
+        fs, path = fsspec.core.url_to_fs(shard.url)
+        info = fs.info(path)
+        size = int(info.get("size") or 0)
+        etag = info.get("ETag") or info.get("etag")
+        got = replace(shard, size=size, etag=str(etag).strip('"') if etag else None)
+        return (f"etag:{got.etag}" if got.etag else _sampled_digest(shard.url, size, policy.read_timeout)), got
+    return with_retries(digest, shard.url, policy, "fingerprint")

@@ -1,0 +1,71 @@
+"""Line-based shards (JSON Lines, plain text; optionally .gz/.zst/.bz2/.xz compressed) as rows of text.
+
+    for text, invalid_utf8 in json_texts(lines(url), url, "text"): ...
+"""
+from __future__ import annotations
+
+import io
+import json
+
+from ..errors import ConfigError
+from .sources import open_binary
+
+
+def lines(url: str, timeout: float | None = None):
+    """Binary lines of a (possibly .gz/.zst/.bz2/.xz compressed) file, streamed."""
+    from fsspec.compression import compr
+    from fsspec.utils import infer_compression
+    comp = "zstd" if url.endswith(".zst") else infer_compression(url)
+    with open_binary(url, timeout=timeout) as raw:
+        if comp is None:
+            yield from raw
+        elif comp == "zstd":
+            import zstandard
+            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        else:
+            with compr[comp](raw, mode="rb") as f:
+                yield from f
+
+
+def decode(line: bytes) -> tuple[str, bool]:
+    try:
+        return line.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return line.decode("utf-8", "replace"), True
+
+
+def json_texts(lines, url: str, field: str):
+    for n, line in enumerate(lines, 1):
+        text, bad = decode(line)
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError as err:
+            raise ConfigError(f"Line {n} of '{url}' is not valid JSON ({err}): fix or remove the shard.") from None
+        if not isinstance(row, dict) or field not in row:
+            cols = ", ".join(row) if isinstance(row, dict) else type(row).__name__
+            raise ConfigError(f"Line {n} of '{url}' has no field '{field}' (fields: {cols}): "
+                              "set dataset_text_field to one of them.")
+        value = row[field]
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"Line {n} of '{url}': field '{field}' holds {type(value).__name__}, not text: set "
+                              "dataset_text_field to a string field.")
+        yield value, bad
+
+
+def text_samples(lines, sample_by: str):
+    if sample_by == "line":
+        for line in lines:
+            yield decode(line.rstrip(b"\r\n"))
+        return
+    buf: list[bytes] = []
+    for line in lines:
+        if sample_by == "paragraph" and not line.strip():
+            if buf:
+                yield decode(b"".join(buf))
+            buf = []
+            continue
+        buf.append(line)
+    if buf:
+        yield decode(b"".join(buf))

@@ -1,0 +1,176 @@
+"""Weighted mixtures of streams: web text, code, books... in set proportions, resumable exactly.
+
+    args = DataArguments(dataset_mixture='[{"name": "HuggingFaceFW/fineweb", "config": "CC-MAIN-2024-10", "weight": 0.7},'
+                                         ' {"name": "codeparrot/github-code", "weight": 0.3, "on_exhausted": "stop"}]')
+    blocks = build_pipeline(args, tokenizer)      # a MixtureBlocks
+
+Each source is its own StreamingBlocks (own shards, shuffle, packing, held-out set). Block n of a reader
+comes from the source drawn by an RNG seeded with (seed, reader, n), so the sequence is fixed by the seed
+and needs no history to resume: the state is n plus every source's own state. The realised token shares
+converge to the weights (one block = block_size tokens). A source that runs out either starts its next
+epoch ("cycle", the default) or ends the whole mixture ("stop"); both are logged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import torch
+
+from ..config import DataArguments, parse_mixture
+from ..errors import ConfigError
+from ..tokens.provenance import with_source
+from .blocks import build_stream
+from .state import find_dicts, share, sum_counters
+
+log = logging.getLogger("lmstream")
+DRAWS = 0x6D6978   # "mix" in ASCII: keeps the source draws apart from the other RNG streams of the same seed
+def source_arguments(args: DataArguments, src: dict) -> DataArguments:
+    return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"], dataset_config_name=src["config"],
+                               dataset_train_split=src["split"], dataset_text_field=src["text_field"],
+                               dataset_cycle=args.dataset_cycle and src["on_exhausted"] == "cycle")
+
+
+class MixtureBlocks(torch.utils.data.IterableDataset):
+    """Blocks drawn from several StreamingBlocks in proportion to their weights."""
+
+    def __init__(self, streams: list, names: list[str], weights: list[float], seed: int):
+        self.streams, self.names, self.seed = streams, names, seed
+        w = np.asarray(weights, dtype=np.float64)
+        self.cum = np.cumsum(w / w.sum())
+        self.block_size = streams[0].block_size
+        self.id_type = np.result_type(*[s.id_type for s in streams]).type   # one that holds every source's ids
+        # Variables for checkpointing
+        self._n = 0                              # blocks yielded by this reader
+        self._counts = [0] * len(streams)        # ... from each source
+        self._gen = 0                            # elastic resumes so far (a new draw sequence each)
+        self._starts: dict[int, dict] = {}       # slot -> n, counts, gen to start from (elastic resume, carry-over)
+
+    def _pick(self, slot: int, n: int) -> int:
+        key = [self.seed, DRAWS, slot, n] + ([self._gen] if self._gen else [])
+        u = np.random.default_rng(key).random()
+        return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
+
+    def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, raw: bool = False):
+        """The mixture's samples; `raw`: packed blocks as bare int32 arrays (lmstream.stream.reader.Reader.samples)."""
+        slot = self.streams[0].identity().slot
+        if self._n == 0 and slot in self._starts:
+            start = self._starts.pop(slot)
+            self._n, self._counts, self._gen = start["n"], list(start["counts"]), start["gen"]
+        iters = [s.iterate(raw) for s in self.streams]
+        while True:
+            k = self._pick(slot, self._n)
+            try:
+                sample = next(iters[k])
+            except StopIteration:   # only a source with on_exhausted=stop (or dataset_cycle false) ends
+                log.warning("dataset_mixture: source %s is exhausted after %d blocks; the mixture stops "
+                            "(on_exhausted=stop)", self.names[k], self._counts[k])
+                return
+            self._n += 1
+            self._counts[k] += 1
+            if sample.get("provenance") is not None:   # the source of each segment: this source's number
+                sample["provenance"] = with_source(sample["provenance"], k)
+            yield sample
+
+    def state_dict(self) -> dict:
+        states = [s.state_dict() for s in self.streams]
+        stats = sum_counters(st["stats"] for st in states)
+        for name, c in zip(self.names, self._counts):
+            stats[f"tokens/{name}"] = c * self.block_size
+        return {"version": states[0]["version"], "settings": {"mixture": self.names, "cum": self.cum.tolist()},
+                "mixture_n": self._n, "mixture_counts": list(self._counts), "mixture_gen": self._gen,
+                "sources": states, "stats": stats}
+
+    def _check(self, state: dict) -> None:
+        """Refuse another mixture. Sources are matched by content (shard names and content fingerprints, as each
+        source checks its own state), so a copy of the same files under another path resumes; by name only for
+        states saved before sources had content fingerprints."""
+        saved = state.get("settings", {}).get("mixture")
+        sources = state.get("sources", [])
+        same_content = len(sources) == len(self.streams) and all(
+            "data" in st.get("settings", {}) and all(st["settings"].get(k) == s.settings[k] for k in ("data", "shards"))
+            for st, s in zip(sources, self.streams))
+        if len(sources) != len(self.streams) or (saved != self.names and not same_content):
+            raise ConfigError(f"The data state was saved for another dataset_mixture ({saved}): resume with the same "
+                              "sources.")
+        if not np.allclose(state["settings"]["cum"], self.cum):
+            raise ConfigError("The data state was saved with other dataset_mixture weights: resume with the same weights.")
+
+    def load_state_dict(self, state: dict) -> None:
+        self._check(state)
+        for stream, st in zip(self.streams, state["sources"]):
+            stream.load_state_dict(st)
+        self._n, self._counts = state["mixture_n"], list(state["mixture_counts"])
+        self._gen = state.get("mixture_gen", 0)
+
+    def resume_elastic(self, loader_states: list, num_workers: int) -> None:
+        """Continue from every rank's loader states saved with another number of processes or workers:
+        each source is redistributed on its own (see StreamingBlocks.resume_elastic); the source draws
+        start a new sequence, and the per-source counts (logged shares) carry over, split between readers."""
+        mixes = _mixture_states(loader_states)
+        if not mixes:
+            raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with the arguments "
+                              "of the run that saved it.")
+        for m in mixes:
+            self._check(m)
+        for i, stream in enumerate(self.streams):
+            stream.resume_elastic([m["sources"][i] for m in mixes], num_workers)
+        workers = max(1, num_workers)
+        n_slots, rank = self.streams[0].world_size * workers, self.streams[0].rank
+        totals = [sum(m["mixture_counts"][i] for m in mixes) for i in range(len(self.streams))]
+        gen = max(m.get("mixture_gen", 0) for m in mixes) + 1
+        self._starts = {s: {"n": 0, "counts": [share(t, n_slots, s) for t in totals], "gen": gen}
+                        for s in range(rank * workers, (rank + 1) * workers)}
+
+    def carry_over(self, loader_state: dict) -> None:
+        """New worker processes start where the readers of `loader_state` (the last iterator's) stood."""
+        for m in _mixture_states(loader_state):
+            slot = m["sources"][0]["slot"]
+            self._starts[slot] = {"n": m["mixture_n"], "counts": m["mixture_counts"], "gen": m.get("mixture_gen", 0)}
+            for stream, st in zip(self.streams, m["sources"]):
+                stream.carry_over(st)
+
+    @property
+    def stats(self) -> dict:
+        return self.state_dict()["stats"]
+
+
+
+def _mixture_states(obj) -> list[dict]:
+    return find_dicts(obj, lambda d: "mixture_n" in d)
+
+
+class ChainBlocks(torch.utils.data.IterableDataset):
+    """Evaluation over a mixture: every source's held-out (or test) blocks, one source after the other."""
+
+    def __init__(self, streams: list):
+        self.streams = streams
+        self.id_type = np.result_type(*[s.id_type for s in streams]).type
+
+    def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, raw: bool = False):
+        for stream in self.streams:
+            yield from stream.iterate(raw)
+
+
+def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_size: int, split: str,
+                  max_positions: int | None, max_samples: int | None):
+    """MixtureBlocks for training (ChainBlocks for evaluation) over the sources of dataset_mixture."""
+    if max_samples is not None and split == "train":
+        raise ConfigError("max_train_samples is not supported with dataset_mixture: bound the run with max_steps.")
+    sources = parse_mixture(args.dataset_mixture)
+    streams = [build_stream(source_arguments(args, src), tokenizer, seed=seed, rank=rank, world_size=world_size,
+                              split=split, max_positions=max_positions, max_samples=max_samples if split != "train" else None)
+               for src in sources]
+    if split != "train":
+        return ChainBlocks(streams)
+    names = [src["name"] + (f":{src['config']}" if src["config"] else "") for src in sources]
+    log.info("dataset_mixture: %s", ", ".join(f"{n} weight {src['weight']} ({src['on_exhausted']} when exhausted)"
+                                              for n, src in zip(names, sources)))
+    return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed)

@@ -1,0 +1,150 @@
+"""What a person watching the terminal sees: a start banner, one progress line per logging step, a resume
+line and an end summary (rank 0 only, on stdout, flushed; in the notebook job papermill streams them out).
+
+    step   50/2500 [#.........................]   2% | loss 6.2130 | lr 6.00e-04 | 121.4k tok/s | data wait 0.3% | ETA 0:41:07
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+
+from tqdm.auto import tqdm
+from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _count(n: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def say(text: str) -> None:
+    print(f"lmstream: {text}", flush=True)
+
+
+class TerminalProgress(TrainerCallback):
+    """One line per logging step (step, bar, loss, learning rate, tokens/s, data wait, ETA) on rank 0."""
+
+    def __init__(self, width: int = 26):
+        self.width = width
+        self.t0 = None
+        self.first_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0, self.first_step = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or self.t0 is None:
+            return
+        if "loss" in logs:
+            tqdm.write(self.line(state.global_step, state.max_steps, logs, time.perf_counter() - self.t0))
+        if "eval_loss" in logs:
+            tqdm.write(f"eval  step {state.global_step} | loss {logs['eval_loss']:.4f} | perplexity "
+                       f"{logs.get('eval_perplexity', float('nan')):,.2f} | {logs.get('eval_tokens', 0):,} tokens")
+        sys.stdout.flush()   # a log file or a pipe sees each line as it is printed
+
+    def line(self, step: int, total: int, logs: dict, elapsed: float) -> str:
+        frac = step / total if total > 0 else 0.0
+        done = int(self.width * frac)
+        bar = "#" * done + "." * (self.width - done)
+        rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
+        eta = (total - step) / rate if rate > 0 else 0.0
+        parts = [f"step {step:>{len(str(total))}}/{total} [{bar}] {frac:4.0%}", f"loss {logs['loss']:.4f}"]
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.2e}")
+        if "tokens_per_second" in logs:
+            parts.append(f"{_count(logs['tokens_per_second'])} tok/s")
+        if "data_wait_fraction" in logs:
+            parts.append(f"data wait {logs['data_wait_fraction']:.1%}")
+        parts.append(f"ETA {_duration(eta)}")
+        return " | ".join(parts)
+
+
+class BarOnly(ProgressCallback):
+    """The Trainer's progress bar without its raw log dicts (TerminalProgress prints the logs)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class TiedWeightsFilter(logging.Filter):
+    """Drops the Trainer's "missing keys" warning on resume when the keys are only weights tied to others
+    (GPT-2's lm_head is its embedding matrix: it is not saved twice, and nothing is missing)."""
+
+    def __init__(self, model):
+        super().__init__()
+        seen, self.tied = set(), set()
+        for name, p in model.named_parameters(remove_duplicate=False):
+            (self.tied.add(name) if id(p) in seen else seen.add(id(p)))
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        if not msg.startswith("There were missing keys in the checkpoint model loaded"):
+            return True
+        return not set(re.findall(r"'([^']+)'", msg)) <= self.tied
+
+
+def banner(model, data_args, training_args, plan, block_size: int | None, checkpoint: str | None,
+           tokenizer_backend: str | None = None) -> list[str]:
+    """The lines printed before training: model, data source and commit, tokenizer backend, topology, steps and
+    tokens."""
+    params = sum(p.numel() for p in model.parameters())
+    source = data_args.dataset_name or "a dataset_mixture"
+    if data_args.dataset_config_name:
+        source += f" ({data_args.dataset_config_name})"
+    if plan is not None and plan.shards:
+        names = [s.name for s in plan.shards if s.name and "@" in s.name]
+        if names:
+            source += f", commit {names[0].split('@', 1)[1].split('/', 1)[0][:12]}"
+        source += f", {len(plan.shards)} file(s), {len(plan.pieces)} row group(s)"
+    if tokenizer_backend:
+        source += f", tokenized by {tokenizer_backend}"
+    a = training_args
+    workers = max(1, a.dataloader_num_workers)
+    per_step = a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps * (block_size or 0)
+    lines = [f"model {type(model).__name__}, {params / 1e6:,.2f} M parameters",
+             f"data  {source}",
+             f"run   {a.world_size} process(es) x {workers} reader(s) each"
+             f"{'' if a.dataloader_num_workers else ' (in-process)'}, device {a.device.type}"]
+    if a.max_steps > 0 and block_size:
+        lines.append(f"plan  {a.max_steps:,} steps x {per_step:,} tokens = {_count(a.max_steps * per_step)} tokens, "
+                     f"checkpoint every {a.save_steps} steps, into {a.output_dir}")
+    if checkpoint:
+        lines.append(f"from  {checkpoint}")
+    return lines
+
+
+def resume_line(checkpoint: str, states: list[dict]) -> str:
+    """Where the stream resumes: rank 0's first reader's epoch, window, document and token."""
+    from ..stream.state import reader_states
+    readers = reader_states(states[:1])
+    name = os.path.basename(os.path.normpath(checkpoint))
+    if not readers:
+        return f"resumed from {name}"
+    st = readers[0]
+    done = st.get("stats", {})
+    return (f"resumed from {name}: data epoch {st['epoch']}, window {st['window']}, document {st['doc']}, token "
+            f"{st['token']} (rank 0, reader 0; {done.get('docs', 0):,} documents and {done.get('tokens', 0):,} "
+            "tokens trained on by it so far)")
+
+
+def summary(metrics: dict, output_dir: str, wall: float) -> list[str]:
+    """The lines printed after training: final loss, tokens seen, wall time, where the results are."""
+    checkpoints = sorted((d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d[11:].isdigit()),
+                         key=lambda d: int(d[11:])) if os.path.isdir(output_dir) else []
+    lines = [f"done  {metrics.get('global_step', '?')} steps in {_duration(wall)} | final loss "
+             f"{metrics.get('final_loss', float('nan')):.4f} | {_count(metrics.get('tokens_seen', 0))} tokens seen"]
+    if "eval_loss" in metrics:
+        lines.append(f"eval  loss {metrics['eval_loss']:.4f}, perplexity {metrics.get('eval_perplexity', float('nan')):,.2f}")
+    lines.append(f"saved model and metrics in {output_dir}" + (f"; checkpoints {', '.join(checkpoints)}" if checkpoints else ""))
+    return lines

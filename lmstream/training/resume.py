@@ -1,0 +1,97 @@
+"""Where a run starts: a fresh output_dir, or a checkpoint to resume (`--resume_from_checkpoint PATH | true`), with
+the plan it pinned when the data is unchanged.
+
+    checkpoint = resolve_checkpoint(training_args)            # None, or a complete checkpoint-N folder
+    plan, restart = pinned_plan(checkpoint, data_args)         # the saved plan, or (None, epoch) on changed data
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from transformers import TrainingArguments
+
+from ..corpus import planfile
+from .checkpoints import DATA_STATE_DIR, is_cut_short, last_complete_checkpoint, read_data_states
+from ..config import DataArguments, RunArguments
+from ..errors import ConfigError
+from ..stream.blocks import plan_source
+from ..stream.state import stream_epoch
+
+log = logging.getLogger("lmstream")
+
+
+def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
+    """Refuse to write into a folder that holds another run (nothing is overwritten)."""
+    out = training_args.output_dir
+    # executed notebooks (the run's report, written by papermill as it starts), lmstream's caches and a lineage
+    # alone (a run that saved no checkpoint: nothing to resume) don't make it another run
+    ignored = (".lmstream", ".lmstream-demo", "lmstream_lineage.json")
+    held = [f for f in os.listdir(out) if not f.endswith(".ipynb") and f not in ignored] if os.path.isdir(out) else []
+    if not (training_args.do_train and held):
+        return
+    if resume or run_args.overwrite_output_dir:
+        return
+    raise ConfigError(f"output_dir '{out}' already holds files (another run?): pass --resume_from_checkpoint true to "
+                      "continue it, --overwrite_output_dir true to write over it, or choose an empty output_dir.")
+
+
+def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
+    """resume_from_checkpoint as a folder: a path, or 'true'/'last' for the newest in output_dir; its
+    trainer_state.json must be readable (a damaged one is named, not a JSONDecodeError traceback)."""
+    folder = checkpoint_folder(training_args)
+    if folder is not None:
+        state = os.path.join(folder, "trainer_state.json")
+        try:
+            with open(state) as f:
+                if not isinstance(json.load(f).get("global_step"), int):
+                    raise ValueError("no global_step")
+        except FileNotFoundError:
+            raise ConfigError(f"Checkpoint '{folder}' has no trainer_state.json: resume from a complete checkpoint.") from None
+        except (OSError, ValueError, AttributeError) as err:
+            raise ConfigError(f"Checkpoint file '{state}' is unreadable ({err}): resume from an earlier checkpoint.") from None
+    return folder
+
+
+def checkpoint_folder(training_args: TrainingArguments) -> str | None:
+    resume = training_args.resume_from_checkpoint
+    if resume in (None, "", "false", "False", False):
+        return None
+    if str(resume).lower() in ("true", "last"):
+        last = last_complete_checkpoint(training_args.output_dir)
+        if last is None:
+            raise ConfigError(f"resume_from_checkpoint=true but output_dir '{training_args.output_dir}' has no "
+                              "checkpoint-* folder: pass a checkpoint path, or drop the flag to start anew.")
+        return last
+    if not os.path.isdir(resume):
+        raise ConfigError(f"resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint-N folder or true.")
+    if is_cut_short(resume):
+        raise ConfigError(f"Checkpoint '{resume}' is incomplete (its save was interrupted): resume from an earlier "
+                          "checkpoint, or pass --resume_from_checkpoint true to take the newest complete one.")
+    return resume
+
+
+def pinned_plan(checkpoint: str, data_args: DataArguments):
+    """(plan, restart epoch or False) for resuming from `checkpoint`: the plan it saved, so nothing is listed and
+    no footer read again, when its data is unchanged. Changed data is refused naming the file, or, with
+    dataset_accept_changed_data, planned anew and restarted at the checkpoint's epoch."""
+    folder = os.path.join(checkpoint, DATA_STATE_DIR)
+    if data_args.dataset_mixture or not os.path.isdir(folder):
+        return None, False
+    plan = planfile.load(folder)
+    if plan is None or plan.source != plan_source(data_args):
+        # saved by an lmstream that did not pin plans, or for other data arguments: planned anew, and the data
+        # state's settings decide (another dataset is refused there, naming what differs)
+        return None, False
+    changes = planfile.shared_plan_check(lambda: planfile.changed(plan, data_args.retry_policy()))
+    if not changes:
+        return plan, False
+    what = "; ".join(f"'{f}': {w}" for f, w in changes[:3]) + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
+    if not data_args.dataset_accept_changed_data:
+        raise ConfigError(f"The data changed since {checkpoint} was saved ({what}): resume on the data it was trained on, "
+                          "or pass --dataset_accept_changed_data true to start its epoch again on the new data.")
+    epoch = stream_epoch(read_data_states(checkpoint) or [])
+    log.warning("The data changed since %s was saved (%s); --dataset_accept_changed_data: the stream starts epoch %d "
+                "again on the new data.", checkpoint, what, epoch)
+    return None, epoch
