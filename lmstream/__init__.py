@@ -15,7 +15,7 @@ from .errors import ConfigError
 _WHERE = {
     "data_arguments": "training.job", "generate_sample": "training.job", "job_from_parameters": "training.job",
     "notebook_parameters": "training.job", "run_job": "training.job", "start_run": "training.job",
-    "SAMPLE_DATASET": "training.models", "TINY_MODEL": "training.models",
+    "SAMPLE_DATASET": "training.models", "SAMPLE_CONFIG": "training.models", "TINY_MODEL": "training.models",
     "load_model_and_tokenizer": "training.models",
     "StreamingBlocks": "stream.blocks", "plan_dataset": "stream.blocks", "resolve_block_size": "stream.blocks",
     "build_loader": "stream.loader", "build_pipeline": "stream.pipeline", "merge_stats": "stream.state",

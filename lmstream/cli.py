@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import logging
 import os
+import re
 import sys
 
 from .errors import ConfigError
@@ -137,6 +138,28 @@ def _forward_signals_to_kernel() -> list:
     return got
 
 
+JOB_LINE = re.compile(r"lmstream: |step +\d+/\d+ |eval  step ")   # what the terminal shows of a run
+
+
+class JobLines:
+    """The job's terminal: the lines the run prints for it (plan, progress, evaluations, summary), passed on as
+    they arrive; the notebook's own outputs (tables, decoded batches, state dumps) stay in the report."""
+
+    def __init__(self, out):
+        self.out, self.pending = out, ""
+
+    def write(self, text: str) -> int:
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if JOB_LINE.match(line):
+                self.out.write(line + "\n")
+        self.out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 def full_help(prog: str) -> str:
     from transformers import HfArgumentParser
     from .arguments import ARG_CLASSES
@@ -173,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tornado").setLevel(logging.CRITICAL)
     try:
         pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
-                            stdout_file=sys.stdout, stderr_file=sys.stderr, cwd=os.getcwd(),
+                            stdout_file=JobLines(sys.stdout), stderr_file=sys.stderr, cwd=os.getcwd(),
                             extra_arguments=["--IPKernelApp.log_level=CRITICAL"])   # no kernel notices (TCP, shutdown interrupts)
     except pm.PapermillExecutionError as err:
         if err.ename == "Stopped" and forwarded:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lmstream
-from lmstream import planfile, ranges
+from lmstream.corpus import planfile, ranges
 from lmstream.config import ConfigError
 from lmstream.corpus.documents import DocumentStream, iter_documents
 from conftest import TINY_MODEL, make_docs

@@ -8,6 +8,7 @@ import papermill as pm
 import pytest
 
 from conftest import SAMPLE
+from test_docs import terminal_lines_drifted
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
 SHORT = ["--max_steps", "6", "--logging_steps", "2", "--eval_steps", "3", "--save_steps", "3"]
@@ -44,6 +45,7 @@ def test_the_console_entry_shows_progress_live_refuses_a_rerun_and_resumes(tmp_p
                  "tokens seen", "checkpoint-3, checkpoint-6", "lmstream: report saved: out/report.ipynb"):
         assert want in text, want
     assert "{'loss'" not in text and text.count("lmstream: done") == 1   # no raw dicts, one summary
+    assert terminal_lines_drifted(lines, "out") == []   # README.md's "What the terminal shows"
     assert not any(home.iterdir())                      # nothing written into HOME
     report = (tmp_path / "out" / "report.ipynb").read_bytes()
     again = subprocess.run(cmd, capture_output=True, text=True, env=_env(home), cwd=tmp_path, timeout=600)

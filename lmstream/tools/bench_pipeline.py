@@ -216,7 +216,7 @@ def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repea
     texts in memory: tokens/s of all of them together (their tokens over the slowest one's time), the best of
     `repeats` rounds, each by a fresh tokenizer (built untimed: its segment cache would remember the texts)."""
     code = ("import json, sys, time; from transformers import AutoTokenizer\n"
-            "from lmstream.config import DataArguments; from lmstream import backends\n"
+            "from lmstream.config import DataArguments; from lmstream.tokens import backends\n"
             "from lmstream.tools.bench_pipeline import corpus_texts\n"
             "a = DataArguments(**json.loads(sys.argv[1])); texts = corpus_texts(a)\n"
             "hf = AutoTokenizer.from_pretrained(sys.argv[2]); fast = backends.fastokens_backend(hf)\n"

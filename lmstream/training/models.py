@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from ..config import ModelArguments
 from ..errors import ConfigError
 
-ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")   # lmstream/assets
 TINY_MODEL = os.path.join(ASSETS, "tiny-gpt2")       # GPT-2's tokenizer and a 2-layer, 64-wide config
 SAMPLE_DATASET = os.path.join(ASSETS, "sample")      # 96 documents
 SAMPLE_CONFIG = "python-docs"                       # its config (data/python-docs/*.parquet)
