@@ -4,8 +4,8 @@
     args = lmstream.DataArguments(dataset_name="HuggingFaceFW/fineweb", dataset_config_name="CC-MAIN-2024-10")
     blocks = lmstream.build_pipeline(args, tokenizer, seed=0)
 
-Names are imported on first use, so that `import lmstream.cli` (the console entry, its --help) does not
-import torch or transformers.
+Names are imported on first use, so that `import lmstream.cli` (the console entry, its --help) does
+not import torch or transformers.
 """
 import importlib
 
@@ -34,8 +34,8 @@ def __getattr__(name):
 
 
 def train(model_args, data_args, run_args, training_args, callbacks: list | None = None) -> dict:
-    """Train as the argument dataclasses say (see lmstream.training.run); returns the metrics. `callbacks`: extra
-    TrainerCallbacks."""
+    """Train as the argument dataclasses say (see lmstream.training.run); returns the metrics.
+    `callbacks`: extra TrainerCallbacks."""
     from .training.run import train as _train
     return _train(model_args, data_args, run_args, training_args, callbacks)
 

@@ -1,5 +1,6 @@
-"""The job's arguments: the reference script's flags (four dataclasses: model, data, run, TrainingArguments), from a
-command line or from one YAML/JSON file, checked with one sentence per mistake.
+"""The job's arguments: the reference script's flags (four dataclasses: model, data, run,
+TrainingArguments), from a command line or from one YAML/JSON file, checked with one sentence per
+mistake.
 
     model_args, data_args, run_args, training_args = parse_args(["--dataset_name", "HuggingFaceFW/fineweb", ...])
     argv = mapping_to_argv({"max_steps": 10, "eval_strategy": "no"})     # a mapping (YAML, notebook) as flags
@@ -27,7 +28,8 @@ ARG_CLASSES = (ModelArguments, DataArguments, RunArguments, TrainingArguments)
 
 
 class OneSentenceParser(HfArgumentParser):
-    """argparse's errors as one sentence (a ConfigError), not a usage dump of every TrainingArguments flag."""
+    """argparse's errors as one sentence (a ConfigError), not a usage dump of every
+    TrainingArguments flag."""
 
     def error(self, message: str):
         raise ConfigError(f"{message[0].upper()}{message[1:]}: see --help.")
@@ -36,7 +38,8 @@ class OneSentenceParser(HfArgumentParser):
 def expand(argv: list[str]) -> list[str]:
     """The flags themselves: one YAML/JSON file's content as flags, else `argv` as it is."""
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        return file_to_argv(argv[0])   # a file goes through the same parser: same types, same checks
+        # a file goes through the same parser: same types, same checks
+        return file_to_argv(argv[0])
     return list(argv)
 
 
@@ -46,8 +49,8 @@ def given(argv: list[str]) -> set[str]:
 
 
 def parse_args(argv: list[str] | dict | None = None):
-    """(model, data, run, training) arguments from flags, from one YAML/JSON file, or from a mapping of argument
-    names to values (None values left out); unknown names fail."""
+    """(model, data, run, training) arguments from flags, from one YAML/JSON file, or from a mapping
+    of argument names to values (None values left out); unknown names fail."""
     argv = mapping_to_argv(argv) if isinstance(argv, dict) else list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv:
         HfArgumentParser(ARG_CLASSES, prog="python -m lmstream.train").print_help()
@@ -58,12 +61,14 @@ def parse_args(argv: list[str] | dict | None = None):
         parsed = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
     except ConfigError:
         raise
-    except (ValueError, TypeError) as err:   # TrainingArguments' own checks (e.g. logging_steps 0): one sentence
+    # TrainingArguments' own checks (e.g. logging_steps 0): one sentence
+    except (ValueError, TypeError) as err:
         raise ConfigError(f"{str(err).strip().splitlines()[0]} (see --help).") from None
     if parsed[-1]:
         raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m lmstream.train --help`.")
     model_args, data_args, run_args, training_args = parsed[:-1]
-    if "report_to" not in given(argv):   # like the reference: W&B when a key is set, else no remote tracking
+    # like the reference: W&B when a key is set, else no remote tracking
+    if "report_to" not in given(argv):
         training_args.report_to = []
         if os.environ.get("WANDB_API_KEY"):
             if importlib.util.find_spec("wandb") is None:
@@ -90,8 +95,8 @@ def file_to_argv(path: str) -> list[str]:
 
 
 def _yaml12_loader():
-    """A safe YAML loader whose booleans are only true/false (YAML 1.2): `eval_strategy: no` stays the string
-    "no", as a user writing the reference's flag into a file means it."""
+    """A safe YAML loader whose booleans are only true/false (YAML 1.2): `eval_strategy: no` stays
+    the string "no", as a user writing the reference's flag into a file means it."""
     import yaml
 
     class Loader(yaml.SafeLoader):
@@ -112,10 +117,11 @@ def _bool_fields() -> set:
 
 
 def mapping_to_argv(data: dict, skip=()) -> list[str]:
-    """Flags for a mapping of argument names to values (None left out, lists as several values, dicts as JSON).
+    """Flags for a mapping of argument names to values (None left out, lists as several values,
+    dicts as JSON).
 
-    A YAML 1.1 reader (papermill's -f) turns `eval_strategy: no` into False: a boolean given for an argument
-    that is not boolean goes back to the word it was ("no" / "yes")."""
+    A YAML 1.1 reader (papermill's -f) turns `eval_strategy: no` into False: a boolean given for an
+    argument that is not boolean goes back to the word it was ("no" / "yes")."""
     argv: list[str] = []
     booleans = _bool_fields()
     for key, value in data.items():
@@ -138,7 +144,8 @@ def mapping_to_argv(data: dict, skip=()) -> list[str]:
 
 
 def check_training_numbers(a: TrainingArguments) -> None:
-    """The TrainingArguments numbers a typo can make nonsense of: finite, and in range (one sentence each)."""
+    """The TrainingArguments numbers a typo can make nonsense of: finite, and in range (one sentence
+    each)."""
     at_least_one = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
     for name in at_least_one:
         if getattr(a, name) < 1:

@@ -1,5 +1,5 @@
-"""`python -m lmstream.bench`: the benchmarks (the door; the work is in lmstream/tools/bench.py and its
-bench_* neighbours)."""
+"""`python -m lmstream.bench`: the benchmarks (the door; the work is in lmstream/tools/bench.py and
+its bench_* neighbours)."""
 import sys
 
 from .tools.bench import main

@@ -2,12 +2,13 @@
 
     lmstream-train --dataset_streaming true --do_train --dataset_name HuggingFaceFW/fineweb ... --output_dir OUT
 
-The flags are checked by the same parser as `python -m lmstream.train` (and the output folder and the
-checkpoint to resume from, before anything is written), passed to notebooks/03_training.ipynb (installed
-with the package) as parameters (flags the notebook does not declare go in `extra_args`), and the
-executed notebook is saved in output_dir as the run's report (report.ipynb, or report-2.ipynb, ... so an
-earlier report is never overwritten). The notebook's output (banner, progress lines, summary) streams
-to this terminal as it runs. `--help` is fast: it imports neither torch nor transformers.
+The flags are checked by the same parser as `python -m lmstream.train` (and the output folder and
+the checkpoint to resume from, before anything is written), passed to notebooks/03_training.ipynb
+(installed with the package) as parameters (flags the notebook does not declare go in `extra_args`),
+and the executed notebook is saved in output_dir as the run's report (report.ipynb, or
+report-2.ipynb, ... so an earlier report is never overwritten). The notebook's output (banner,
+progress lines, summary) streams to this terminal as it runs. `--help` is fast: it imports neither
+torch nor transformers.
 """
 from __future__ import annotations
 
@@ -21,11 +22,14 @@ import sys
 from .errors import ConfigError
 from .helptext import help_text
 
-# parameters whose notebook default stays unless given: W&B-if-key rule, no progress bars in the report
+# parameters whose notebook default stays unless given: W&B-if-key rule, no progress bars in the
+# report
 _NOTEBOOK_RULES = {"report_to", "disable_tqdm"}
-# the repository's notebooks/, installed inside the package (lmstream/notebooks links to it in a checkout)
+# the repository's notebooks/, installed inside the package (lmstream/notebooks links to it in a
+# checkout)
 NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks", "03_training.ipynb")
-# naming none of these runs the embedded default: the notebook's own defaults (bundled sample, tiny model, CPU)
+# naming none of these runs the embedded default: the notebook's own defaults (bundled sample, tiny
+# model, CPU)
 _DATA_OR_MODEL = {"dataset_name", "dataset_mixture", "model_name_or_path", "config_name", "tokenized_dataset_load_dir"}
 # errors whose message is a sentence for the user (exit status 2); others are bugs or faults (1)
 USER_ERRORS = {"ConfigError", "Unreadable"}
@@ -72,16 +76,19 @@ def report_path(output_dir: str) -> str:
 
 
 def preflight(argv: list[str], declared: set[str]) -> dict:
-    """Parse and check everything that can be checked before the job starts, so that a refused start writes
-    nothing: the flags, the output folder (another run's is refused), the checkpoint to resume from, that the
-    dataset resolves (its files are listed, not read) and that local model and tokenizer folders exist."""
+    """Parse and check everything that can be checked before the job starts, so that a refused start
+    writes
+    nothing: the flags, the output folder (another run's is refused), the checkpoint to resume from,
+    that the dataset resolves (its files are listed, not read) and that local model and tokenizer
+    folders exist."""
     from .corpus.sources import resolve_shards
     from .arguments import parse_args
     from .training.resume import check_output_dir, resolve_checkpoint
     parsed = parse_args(argv)
     model_args, data_args, run_args, training_args = parsed
     params = notebook_parameters_from_flags(argv, declared, parsed)
-    training_args.do_train = bool(params.get("do_train", True))   # the embedded default (the notebook's) trains
+    # the embedded default (the notebook's) trains
+    training_args.do_train = bool(params.get("do_train", True))
     if training_args.do_train:
         check_output_dir(training_args, run_args, resolve_checkpoint(training_args))
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
@@ -96,7 +103,8 @@ def preflight(argv: list[str], declared: set[str]) -> dict:
 
 
 def _caches_in(output_dir: str) -> None:
-    """The kernel's IPython profile and matplotlib's font cache go into the run's folder, not $HOME (unless set)."""
+    """The kernel's IPython profile and matplotlib's font cache go into the run's folder, not $HOME
+    (unless set)."""
     own = os.path.join(os.path.abspath(output_dir), ".lmstream")
     os.makedirs(own, exist_ok=True)
     os.environ.setdefault("IPYTHONDIR", os.path.join(own, "ipython"))
@@ -105,9 +113,9 @@ def _caches_in(output_dir: str) -> None:
 
 
 def _own_kernel(own: str) -> None:
-    """The notebook runs in this very interpreter: a `python3` kernel spec naming sys.executable, first on
-    JUPYTER_PATH, so that a kernel spec the machine has elsewhere (in HOME, in another environment) is never the
-    one that runs the job."""
+    """The notebook runs in this very interpreter: a `python3` kernel spec naming sys.executable,
+    first on JUPYTER_PATH, so that a kernel spec the machine has elsewhere (in HOME, in another
+    environment) is never the one that runs the job."""
     import json
     folder = os.path.join(own, "jupyter")
     spec = os.path.join(folder, "kernels", "python3")
@@ -119,8 +127,9 @@ def _own_kernel(own: str) -> None:
 
 
 def _forward_signals_to_kernel() -> list:
-    """SIGTERM/SIGINT to this process go to the notebook's kernel (in a session of its own), which saves a
-    checkpoint at the next step boundary and stops; returns the list of the signals forwarded so far."""
+    """SIGTERM/SIGINT to this process go to the notebook's kernel (in a session of its own), which
+    saves a checkpoint at the next step boundary and stops; returns the list of the signals
+    forwarded so far."""
     import signal
     got: list = []
 
@@ -142,8 +151,9 @@ JOB_LINE = re.compile(r"lmstream: |step +\d+/\d+ |eval  step ")   # what the ter
 
 
 class JobLines:
-    """The job's terminal: the lines the run prints for it (plan, progress, evaluations, summary), passed on as
-    they arrive; the notebook's own outputs (tables, decoded batches, state dumps) stay in the report."""
+    """The job's terminal: the lines the run prints for it (plan, progress, evaluations, summary),
+    passed on as they arrive; the notebook's own outputs (tables, decoded batches, state dumps) stay
+    in the report."""
 
     def __init__(self, out):
         self.out, self.pending = out, ""
@@ -191,13 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     report = report_path(output_dir)
     print(f"lmstream: running the training notebook; its report: {report}", flush=True)
     forwarded = _forward_signals_to_kernel()
-    # the kernel's sockets closing at shutdown can make tornado log "Uncaught exception in ZMQStream callback" (a
-    # race in the client, harmless); it would land before lmstream's one sentence on a failed run
+    # the kernel's sockets closing at shutdown can make tornado log "Uncaught exception in ZMQStream
+    # callback" (a race in the client, harmless); it would land before lmstream's one sentence on a
+    # failed run
     logging.getLogger("tornado").setLevel(logging.CRITICAL)
     try:
         pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
                             stdout_file=JobLines(sys.stdout), stderr_file=sys.stderr, cwd=os.getcwd(),
-                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])   # no kernel notices (TCP, shutdown interrupts)
+                            # no kernel notices (TCP, shutdown interrupts)
+                            extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except pm.PapermillExecutionError as err:
         if err.ename == "Stopped" and forwarded:
             print(f"lmstream: {err.evalue}; report: {report}", flush=True)

@@ -1,4 +1,5 @@
-"""Argument dataclasses. Field names are the reference script's flags, so a user's command line works.
+"""Argument dataclasses. Field names are the reference script's flags, so a user's command line
+works.
 
     args = DataArguments(dataset_name="HuggingFaceFW/fineweb", dataset_config_name="CC-MAIN-2024-10")
 """
@@ -142,7 +143,8 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    """Which model and tokenizer to train: pretrained weights, or a config (+ overrides) from scratch."""
+    """Which model and tokenizer to train: pretrained weights, or a config (+ overrides) from
+    scratch."""
 
     model_name_or_path: Optional[str] = field(default=None, metadata={"help": (
         "Pretrained model (hub id or folder with weights), e.g. openai-community/gpt2. "
@@ -178,7 +180,8 @@ class RunArguments:
 
 
 def parse_step_ranges(text: str | None) -> list[list[int]]:
-    """'A-B[,C-D]' (or single steps 'A') as sorted [[A, B], ...]; one sentence naming the flag when malformed."""
+    """'A-B[,C-D]' (or single steps 'A') as sorted [[A, B], ...]; one sentence naming the flag when
+    malformed."""
     if not text:
         return []
     out = []

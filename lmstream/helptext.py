@@ -1,7 +1,9 @@
-"""`--help` for lmstream-train and `python -m lmstream.train`, without importing torch or transformers.
+"""`--help` for lmstream-train and `python -m lmstream.train`, without importing torch or
+transformers.
 
-The reference command's flags come first, then lmstream's data, model and run arguments (their help is
-read from the dataclasses in config.py), then a pointer to the full TrainingArguments list (`--help-all`).
+The reference command's flags come first, then lmstream's data, model and run arguments (their help
+is read from the dataclasses in config.py), then a pointer to the full TrainingArguments list
+(`--help-all`).
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import textwrap
 
 from .config import DataArguments, ModelArguments, RunArguments
 
-# the reference command's flags that belong to transformers.TrainingArguments, with a short help each
+# the reference command's flags that belong to transformers.TrainingArguments, with a short help
+# each
 REFERENCE_TRAINING = {
     "do_train": "Train (the reference passes it; lmstream trains when it is given).",
     "eval_strategy": "When to evaluate: no, steps or epoch.",

@@ -1,5 +1,6 @@
-"""`python -m lmstream.inspect` and `lmstream-inspect`: what the model saw at step N, replayed from the run's
-lineage and its nearest checkpoint (the door; the work is in lmstream/tools/inspect.py)."""
+"""`python -m lmstream.inspect` and `lmstream-inspect`: what the model saw at step N, replayed from
+the run's lineage and its nearest checkpoint (the door; the work is in
+lmstream/tools/inspect.py)."""
 import sys
 
 from .tools.inspect import find_document, inspect_step, main

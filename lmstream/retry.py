@@ -1,11 +1,11 @@
 """Retries for remote reads: transient faults (reset, timeout, truncated body, 5xx, 429) are retried
-with exponential backoff and jitter, honouring Retry-After; permanent ones (404, 403, not a valid file)
-fail at once with one sentence naming the URL.
+with exponential backoff and jitter, honouring Retry-After; permanent ones (404, 403, not a valid
+file) fail at once with one sentence naming the URL.
 
     table = with_retries(lambda: read_row_group(url, 3), url, policy)
 
-A retried read starts over from its beginning (a Parquet row group, or a line-based file skipping the rows
-already delivered), so the stream continues with exactly the next document.
+A retried read starts over from its beginning (a Parquet row group, or a line-based file skipping
+the rows already delivered), so the stream continues with exactly the next document.
 """
 from __future__ import annotations
 
@@ -31,11 +31,13 @@ class RetryPolicy:
     max_backoff: float = 60.0    # cap on one backoff wait
     read_timeout: float = 60.0   # seconds a remote read may stall before it counts as a fault
     max_wait: float = 120.0      # cap on any one wait, a server's Retry-After included
-    budget: float = 600.0        # seconds one read keeps retrying (rides out a store outage of that long)
+    # seconds one read keeps retrying (rides out a store outage of that long)
+    budget: float = 600.0
 
 
 class Unreadable(ConfigError):
-    """A shard that cannot be read (permanently, or after all retries); `cause` is the last error."""
+    """A shard that cannot be read (permanently, or after all retries); `cause` is the last
+    error."""
 
     def __init__(self, message: str, cause: BaseException | None = None):
         super().__init__(message)
@@ -44,7 +46,8 @@ class Unreadable(ConfigError):
 
 def _own_status(e: BaseException) -> int | None:
     status = getattr(e, "status", None) or getattr(e, "status_code", None) or getattr(e, "code", None)
-    response = getattr(e, "response", None)   # botocore's ClientError (s3://): a dict; httpx/requests: a response
+    # botocore's ClientError (s3://): a dict; httpx/requests: a response
+    response = getattr(e, "response", None)
     if status is None and isinstance(response, dict):
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     elif status is None and response is not None:
@@ -80,8 +83,8 @@ def retry_after(err: BaseException) -> float | None:
     return None
 
 
-# S3 error codes worth a retry, and the errno values s3fs gives them (EBUSY: SlowDown, ServiceUnavailable,
-# 503; EREMOTEIO: InternalError, 500) besides connection-level ones
+# S3 error codes worth a retry, and the errno values s3fs gives them (EBUSY: SlowDown,
+# ServiceUnavailable, 503; EREMOTEIO: InternalError, 500) besides connection-level ones
 _TRANSIENT_S3 = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
                  "ThrottlingException", "RequestLimitExceeded", "503", "500"}
 _TRANSIENT_ERRNO = {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.EAGAIN, errno.ETIMEDOUT,
@@ -105,7 +108,8 @@ def is_transient(err: BaseException) -> bool:
         return True
     if any(_s3_code(e) in _TRANSIENT_S3 for e in chain):
         return True
-    if any(type(e) is OSError and e.errno in _TRANSIENT_ERRNO for e in chain):   # s3fs's translation
+    # s3fs's translation
+    if any(type(e) is OSError and e.errno in _TRANSIENT_ERRNO for e in chain):
         return True
     statuses = [s for s in (_own_status(e) for e in chain) if s is not None]
     if any(s in _TRANSIENT_STATUS for s in statuses):
@@ -118,8 +122,9 @@ def is_transient(err: BaseException) -> bool:
 
 def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, what: str,
              stats: dict | None = None, started: float | None = None) -> None:
-    """After failed attempt `attempt` (of a read that began at monotonic time `started`): sleep before the next
-    one, or raise Unreadable when the fault is permanent or the attempts or the time budget are spent."""
+    """After failed attempt `attempt` (of a read that began at monotonic time `started`): sleep
+    before the next one, or raise Unreadable when the fault is permanent or the attempts or the time
+    budget are spent."""
     if isinstance(err, Unreadable):
         raise err
     if not is_transient(err):
@@ -142,7 +147,8 @@ def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, wh
 
 
 def with_retries(fn, url: str, policy: RetryPolicy, what: str = "read", stats: dict | None = None):
-    """fn() retried on transient faults; raises Unreadable with the URL and the last error otherwise."""
+    """fn() retried on transient faults; raises Unreadable with the URL and the last error
+    otherwise."""
     attempt, started = 0, time.monotonic()
     while True:
         attempt += 1

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__" and ("-h" in sys.argv[1:2] or "--help" in sys.argv[1:]):   # fast: before torch is imported
+# fast: before torch is imported
+if __name__ == "__main__" and ("-h" in sys.argv[1:2] or "--help" in sys.argv[1:]):
     from lmstream.helptext import help_text
     print(help_text("python -m lmstream.train"), end="")
     sys.exit(0)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from lmstream.tokens.packing import BlockPacker, pad_document
+from lmstream.tokens.packing import BlockPacker, pad_document, Part
 
 
 def _docs(lengths, start=0):
@@ -62,7 +62,7 @@ def test_provenance_rebuilds_every_block_from_its_documents():
             key = (feed, j)
             docs[key] = np.arange(base + n) + 1000 * len(docs)
             ids.append(docs[key][base:])
-            refs.append((key, base, True))
+            refs.append(Part(key, base, True))
             origins.append((feed, j, 7))
         out = packer.feed(np.concatenate(ids).astype(np.int32), lens.astype(np.int64), lens, refs, np.array(origins))
         for block, *_, prov in out:

@@ -140,7 +140,7 @@ def test_eval_split_uses_holdout_documents(parquet_dir, tokenizer):
 
 
 def test_tokenizer_batches_bound_documents_and_bytes():
-    from lmstream.stream.reader import tokenizer_batches as _batches
+    from lmstream.tokens.calls import tokenizer_batches as _batches
     nbytes = [10, 10, 600, 10, 10, 10, 10]
     assert list(_batches(nbytes, 0, max_docs=3, max_bytes=100)) == [(0, 2), (2, 3), (3, 6), (6, 7)]
     assert list(_batches(nbytes, 5, max_docs=3, max_bytes=100)) == [(5, 7)]

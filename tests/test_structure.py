@@ -26,7 +26,7 @@ WINGS = {
     "": [["errors"], ["retry"], ["config"], ["arguments", "helptext"]],
     "corpus": [["shards", "longtext", "readahead", "closing"], ["ranges"], ["hub", "plan"], ["sources", "planfile"],
                ["textfiles"], ["documents", "docids"]],
-    "tokens": [["backends", "provenance"], ["tokenize", "packing"]],
+    "tokens": [["backends", "provenance", "calls"], ["tokenize", "packing"]],
     "stream": [["state", "workers"], ["elastic"], ["reader"], ["batches", "blocks"], ["loader", "mixture"],
                ["pipeline"]],
     "training": [["models", "runlock", "signals", "checkpoints", "progress"], ["lineage", "resume"],
@@ -42,7 +42,7 @@ ADAPTERS = {   # library privates, each touched in one place only
     "stream.loader.BlockLoader": "torchdata StatefulDataLoader and its iterator: no public hook to hand new "
                                  "workers the last positions, nor to publish the workers' final states",
 }
-LONG_LINES = 1310   # lines over 100 characters left from the flat package's 120-character style
+LONG_LINES = 802   # lines over 100 characters left from the flat package's 120-character style
 ROOT_VOCABULARY = {m for layer in WINGS[""] for m in layer}
 
 

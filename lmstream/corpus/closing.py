@@ -1,9 +1,10 @@
 """Generators that read data are closed at interpreter exit, while the modules they use are whole.
 
-A stream iterated part-way leaves its row generators paused inside `try` blocks. Left to the garbage collector
-at the very end of the interpreter, such a generator evaluates its `except` clauses and `finally` blocks
-against module names already cleared, and Python prints an "Exception ignored in: <generator ...>" traceback
-after the user's own output. Closing them from an atexit handler runs those clauses while everything is there.
+A stream iterated part-way leaves its row generators paused inside `try` blocks. Left to the garbage
+collector at the very end of the interpreter, such a generator evaluates its `except` clauses and
+`finally` blocks against module names already cleared, and Python prints an "Exception ignored in:
+<generator ...>" traceback after the user's own output. Closing them from an atexit handler runs
+those clauses while everything is there.
 """
 from __future__ import annotations
 

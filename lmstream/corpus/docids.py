@@ -1,4 +1,5 @@
-"""Documents by name: the `id` and `url` columns (FineWeb's) of given rows, read by themselves, and lists of ids.
+"""Documents by name: the `id` and `url` columns (FineWeb's) of given rows, read by themselves, and
+lists of ids.
 
     id_columns(plan, shard, row_group, args)     # {row: {"id": ..., "url": ...}}
     read_id_list(path)                           # a --dataset_skip_documents file
@@ -17,8 +18,8 @@ ID_COLUMNS = ("id", "url")   # the columns that name a document, where a dataset
 
 
 def id_columns(plan: Plan, shard: int, group: int, args: DataArguments) -> dict:
-    """{row: {"id": ..., "url": ...}} of one row group (or line-based file): those of ID_COLUMNS it has, read by
-    themselves (a Range request for just their column chunks)."""
+    """{row: {"id": ..., "url": ...}} of one row group (or line-based file): those of ID_COLUMNS it
+    has, read by themselves (a Range request for just their column chunks)."""
     s, timeout = plan.shards[shard], args.dataset_read_timeout
     if s.format == "parquet":
         footer = plan.footers[shard]

@@ -37,8 +37,10 @@ from ..retry import Unreadable, on_fault, with_retries
 from .shards import Shard
 
 log = logging.getLogger("lmstream")
-_WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_null", "docs_heldout", "docs_invalid_utf8")   # counted by _fill
-OTHER = "another reader's row"   # a row a strided piece leaves to another reader: advances the position only
+# counted by _fill
+_WINDOW_COUNTERS = ("rows_read", "docs_empty", "docs_null", "docs_heldout", "docs_invalid_utf8")
+# a row a strided piece leaves to another reader: advances the position only
+OTHER = "another reader's row"
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,11 @@ class Window:
     docs: list[str]
     nbytes: list[int]           # UTF-8 bytes of each document
     last: bool                  # the slot's epoch ends with this window
-    skips: list[int]            # tokens of each document trained on before an elastic resume (mostly 0)
+    # tokens of each document trained on before an elastic resume (mostly 0)
+    skips: list[int]
     key: tuple | None           # RNG key of the permutation (None: not shuffled)
-    origins: np.ndarray | None = None   # (shard, row group, row) of each document, int64 (n, 3): provenance
+    # (shard, row group, row) of each document, int64 (n, 3): provenance
+    origins: np.ndarray | None = None
 
 def _holdout_bucket(text) -> float:
     """A stable number in [0, 1) from the document text, identical on every machine."""
@@ -69,7 +73,8 @@ class DocumentStream:
                  split: str = "train", shuffle: bool = True):
         self.plan, self.args, self.seed = plan, args, seed
         self.slot, self.n_slots = slot, n_slots
-        self.split = split              # "train": drop held-out docs; "holdout": keep only them; "all"
+        # "train": drop held-out docs; "holdout": keep only them; "all"
+        self.split = split
         self.shuffle = shuffle and args.dataset_shuffle
         self.window_size = args.dataset_shuffle_buffer if self.shuffle else 1024
         # counters of what was read (the packer counts what was emitted)
@@ -97,8 +102,9 @@ class DocumentStream:
 
     # -- reading rows ---------------------------------------------------------------------------
     def _piece_rows(self, piece, skip: int, ahead: ReadAhead, k: int, pieces: list):
-        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8, token skip, new,
-        origin, UTF-8 bytes or None where not known): `origin` is the row's (shard, row group, row) in the data.
+        """Texts of a piece from raw row `skip` on, as (row index, text or None, invalid_utf8, token
+        skip, new, origin, UTF-8 bytes or None where not known): `origin` is the row's (shard, row
+        group, row) in the data.
 
         `new` is False for the rows of a WindowRest: another reader read (and counted) them already.
         """
@@ -130,9 +136,11 @@ class DocumentStream:
             self.stats["shards_skipped"] += 1
 
     def _read_row_group(self, piece: Piece):
-        """A whole row group's text column (retried as a whole: a retry starts it over). Thread-safe.
+        """A whole row group's text column (retried as a whole: a retry starts it over).
+        Thread-safe.
 
-        Exactly the column chunk's bytes are read (one Range request when remote), by URL: no listing."""
+        Exactly the column chunk's bytes are read (one Range request when remote), by URL: no
+        listing."""
         shard = self.plan.shards[piece.shard]
         t0 = time.perf_counter()
 
@@ -144,14 +152,16 @@ class DocumentStream:
         return table
 
     def _piece_bytes(self, piece) -> int:
-        """Uncompressed size of a Parquet piece from its footer (-1: not a Parquet piece, not read ahead)."""
+        """Uncompressed size of a Parquet piece from its footer (-1: not a Parquet piece, not read
+        ahead)."""
         if isinstance(piece, WindowRest):
             return -1
         meta = self.plan.footers.get(piece.shard)
         return meta.row_group(piece.row_group).total_byte_size if meta is not None and piece.row_group >= 0 else -1
 
     def _line_rows(self, shard: Shard, skip: int):
-        """Rows of a line-based file from row `skip`; after a transient fault, re-open and skip what was delivered."""
+        """Rows of a line-based file from row `skip`; after a transient fault, re-open and skip what
+        was delivered."""
         delivered, attempt, started = skip, 0, time.monotonic()
         while True:
             attempt += 1
@@ -174,7 +184,8 @@ class DocumentStream:
         return textfiles.text_samples(raw, self.args.dataset_text_sample_by)
 
     def _rows(self, pieces: list, start: tuple[int, int]):
-        """(position after the row, text, invalid_utf8, token skip, new, origin, bytes) for every row from `start` on."""
+        """(position after the row, text, invalid_utf8, token skip, new, origin, bytes) for every
+        row from `start` on."""
         p0, r0 = start
         ahead = ReadAhead(self._read_row_group, self._piece_bytes, self.args.dataset_readahead_bytes)
         try:
@@ -188,12 +199,13 @@ class DocumentStream:
 
     # -- windows --------------------------------------------------------------------------------
     def window_key(self, epoch: int, index: int, tag: tuple = ()) -> tuple | None:
-        """The RNG key that permutes window `index` of `epoch` (tag: an elastic resume's generation)."""
+        """The RNG key that permutes window `index` of `epoch` (tag: an elastic resume's
+        generation)."""
         return (self.seed, epoch, self.slot, index, *tag) if self.shuffle else None
 
     def _fill(self, rows, stats: dict):
-        """Up to window_size documents from `rows`: (docs, token skips, origins, position after, epoch ended, UTF-8
-        bytes of each document)."""
+        """Up to window_size documents from `rows`: (docs, token skips, origins, position after,
+        epoch ended, UTF-8 bytes of each document)."""
         frac, split = self.args.dataset_holdout_fraction, self.split
         docs, skips, origins, sizes, pos, last = [], [], [], [], None, False
         for pos, text, bad, tok, new, origin, size in rows:
@@ -232,7 +244,8 @@ class DocumentStream:
         return [docs[k] for k in perm], [skips[k] for k in perm], origins[perm], [sizes[k] for k in perm]
 
     def _rest_docs(self, rest: WindowRest):
-        """The documents of another reader's window from `rest.doc` on, their token skips and origins."""
+        """The documents of another reader's window from `rest.doc` on, their token skips and
+        origins."""
         scratch = dict.fromkeys(_WINDOW_COUNTERS, 0)
         rows = close_at_exit(self._rows(list(rest.pieces), (0, rest.start_row)))
         try:
@@ -249,7 +262,8 @@ class DocumentStream:
                 items: list | None = None, tag: tuple = ()):
         """Windows of `epoch` from window `index` (beginning at `start`) to the epoch's end.
 
-        `items`: what this slot reads in the epoch, when not `slot_pieces(epoch)` (after an elastic resume).
+        `items`: what this slot reads in the epoch, when not `slot_pieces(epoch)` (after an elastic
+        resume).
         """
         pieces = self.slot_pieces(epoch) if items is None else items
         rows = close_at_exit(self._rows(pieces, start))
@@ -270,7 +284,8 @@ class DocumentStream:
 
 
 def utf8_size(doc) -> int:
-    """UTF-8 bytes of a document: its length when ASCII (str.isascii() reads a flag: no pass over the text)."""
+    """UTF-8 bytes of a document: its length when ASCII (str.isascii() reads a flag: no pass over
+    the text)."""
     if isinstance(doc, LongText):
         return doc.nbytes
     return len(doc) if doc.isascii() else len(doc.encode("utf-8"))
@@ -278,7 +293,8 @@ def utf8_size(doc) -> int:
 
 def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0, split: str = "train",
                    shuffle: bool = True):
-    """The documents of one epoch as one reader reads them (shuffled if `shuffle` and args.dataset_shuffle)."""
+    """The documents of one epoch as one reader reads them (shuffled if `shuffle` and
+    args.dataset_shuffle)."""
     stream = DocumentStream(plan, args, seed, 0, 1, split=split, shuffle=shuffle)
     for window in stream.windows(epoch, 0, (0, 0)):
         yield from window.docs

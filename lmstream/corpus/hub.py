@@ -2,14 +2,14 @@
 
     shards = resolve_hub("HuggingFaceFW/fineweb", "CC-MAIN-2024-10", "train", policy)
 
-The repository's `main` is resolved to its commit sha (a HEAD of README.md, not an API call); the config's
-`data_files` patterns are read from README.md's YAML at that commit, and only the folders they name are
-listed (`/api/datasets/<repo>/tree/<sha>/<folder>`, one request per 1,000 files). Each shard is then a
-`resolve/<sha>/<path>` URL with its size and LFS sha256: DataLoader workers read bytes by URL and make no
-API call, and the data cannot change under a run. A repository without `configs:` in its README falls back
-to `datasets.load_dataset_builder` (retried the same way). Every Hub call goes through lmstream's retry
-policy (429, 5xx, timeouts, resets; Retry-After honoured up to dataset_max_retry_wait); 401/403/404 fail at
-once with one sentence.
+The repository's `main` is resolved to its commit sha (a HEAD of README.md, not an API call); the
+config's `data_files` patterns are read from README.md's YAML at that commit, and only the folders
+they name are listed (`/api/datasets/<repo>/tree/<sha>/<folder>`, one request per 1,000 files). Each
+shard is then a `resolve/<sha>/<path>` URL with its size and LFS sha256: DataLoader workers read
+bytes by URL and make no API call, and the data cannot change under a run. A repository without
+`configs:` in its README falls back to `datasets.load_dataset_builder` (retried the same way). Every
+Hub call goes through lmstream's retry policy (429, 5xx, timeouts, resets; Retry-After honoured up
+to dataset_max_retry_wait); 401/403/404 fail at once with one sentence.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ def resolve_url(repo: str, sha: str, path: str) -> str:
 
 
 def _get(url: str, method: str = "GET", follow: bool = True):
-    """One request to the Hub (token attached); a status >= 400 raises RemoteError (retry.py reads it)."""
+    """One request to the Hub (token attached); a status >= 400 raises RemoteError (retry.py reads
+    it)."""
     headers = {"Authorization": f"Bearer {ranges.token()}"} if ranges.token() else {}
     r = client().request(method, url, headers=headers, follow_redirects=follow, timeout=60.0)
     if r.status_code >= 400:
@@ -76,7 +77,8 @@ def call(fn, repo: str, what: str, policy: RetryPolicy):
 
 
 def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
-    """(commit sha of main, README.md text or None when the repo has none): resolve/ requests, no API call."""
+    """(commit sha of main, README.md text or None when the repo has none): resolve/ requests, no
+    API call."""
     from huggingface_hub import constants
     if constants.HF_HUB_OFFLINE:
         raise ConfigError(f"Could not reach dataset '{repo}' on the Hugging Face Hub (HF_HUB_OFFLINE is set): pass a "
@@ -101,7 +103,8 @@ def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
 
 
 def _list_folder(repo: str, sha: str, folder: str, recursive: bool, policy: RetryPolicy) -> list[dict]:
-    """Entries of one folder at `sha` (the tree API, page by page via the Link header; each page retried alone)."""
+    """Entries of one folder at `sha` (the tree API, page by page via the Link header; each page
+    retried alone)."""
     url = (f"{endpoint()}/api/datasets/{repo}/tree/{sha}/{urllib.parse.quote(folder, safe='')}"
            f"?recursive={str(recursive).lower()}&expand=false")
     out = []
@@ -191,7 +194,8 @@ def _folder_of(pattern: str) -> tuple[str, bool]:
 
 
 def matching_files(listing, patterns: list[str]) -> list:
-    """Entries of a listing whose path matches any pattern, in pattern order, each once, sorted within a pattern."""
+    """Entries of a listing whose path matches any pattern, in pattern order, each once, sorted
+    within a pattern."""
     seen, out = set(), []
     for p in patterns:
         rx = pattern_regex(p.lstrip("/"))
@@ -209,7 +213,8 @@ class _Entry:
 
 
 def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard] | None:
-    """Shards of a Hub dataset pinned to its current commit; None when its card declares no configs."""
+    """Shards of a Hub dataset pinned to its current commit; None when its card declares no
+    configs."""
     sha, text = _readme(repo, policy)
     configs = readme_configs(text) if text else None
     if configs is None:
@@ -229,8 +234,9 @@ def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) 
 
 
 def resolve_hf_url(url: str, policy: RetryPolicy) -> list[Shard]:
-    """`hf://datasets/<namespace>/<name>[@<rev>]/<path or glob>` as shards pinned to the revision's commit: the
-    same requests as a card's config (one revision call, the folder's listing), none in the workers."""
+    """`hf://datasets/<namespace>/<name>[@<rev>]/<path or glob>` as shards pinned to the revision's
+    commit: the same requests as a card's config (one revision call, the folder's listing), none in
+    the workers."""
     m = re.match(r"^hf://datasets/([^/@]+/[^/@]+)(?:@([^/]+))?/(.+)$", url)
     if not m:
         raise ConfigError(f"'{url}' is not a Hub dataset URL: write hf://datasets/<namespace>/<name>[@<revision>]/<path>.")
@@ -249,7 +255,8 @@ def resolve_hf_url(url: str, policy: RetryPolicy) -> list[Shard]:
 
 
 def from_builder_url(url: str) -> Shard:
-    """A `datasets` data file `hf://datasets/<repo>@<sha>/<path>` as a pinned resolve URL (no size yet)."""
+    """A `datasets` data file `hf://datasets/<repo>@<sha>/<path>` as a pinned resolve URL (no size
+    yet)."""
     m = re.match(r"^hf://datasets/(.+?)@([0-9a-f]{40})/(.+)$", url)
     if not m:
         return Shard(url, shard_format(url))

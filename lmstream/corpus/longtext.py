@@ -3,9 +3,9 @@
     doc = LongText(array)          # a 1-element Arrow string array (a row of a row group)
     for piece in doc.pieces(1 << 20): ...
 
-A document above LONG_DOC_BYTES (a 50 MB log dump, a whole book) would otherwise be held as one Python
-string (up to 4 bytes a character) and its token ids as one list; in pieces, what lmstream holds beyond
-the row group it came in is bounded by the piece size.
+A document above LONG_DOC_BYTES (a 50 MB log dump, a whole book) would otherwise be held as one
+Python string (up to 4 bytes a character) and its token ids as one list; in pieces, what lmstream
+holds beyond the row group it came in is bounded by the piece size.
 """
 from __future__ import annotations
 
@@ -54,10 +54,11 @@ class LongText:
 
 
 def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> tuple[list, list]:
-    """(Python values of a string column with documents above `limit` bytes as LongText, each value's UTF-8 bytes).
-    The sizes come from the column's offsets (no pass over the text); None where the column is not text. Only a
-    column holding a LongText makes a pyarrow compute call (whose first call imports pandas, a few tenths of a
-    second): the common path makes none, so no process pays that import before it meets a very long document."""
+    """(Python values of a string column with documents above `limit` bytes as LongText, each
+    value's UTF-8 bytes). The sizes come from the column's offsets (no pass over the text); None
+    where the column is not text. Only a column holding a LongText makes a pyarrow compute call
+    (whose first call imports pandas, a few tenths of a second): the common path makes none, so no
+    process pays that import before it meets a very long document."""
     limit = LONG_DOC_BYTES if limit is None else limit
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)

@@ -1,10 +1,11 @@
-"""The plan of a dataset: its shards (with sizes and content digests), their pieces (Parquet row groups, or whole
-files) and the Parquet footers, read once, in one process, before any reader starts.
+"""The plan of a dataset: its shards (with sizes and content digests), their pieces (Parquet row
+groups, or whole files) and the Parquet footers, read once, in one process, before any reader
+starts.
 
     plan = plan_pieces(shards, "text", policy)     # footers read in parallel, one request each when remote
 
-Readers (lmstream.corpus.documents) deal the pieces between them; lmstream.corpus.planfile saves the plan with each
-checkpoint, so that a resume reads neither a listing nor a footer again.
+Readers (lmstream.corpus.documents) deal the pieces between them; lmstream.corpus.planfile saves the
+plan with each checkpoint, so that a resume reads neither a listing nor a footer again.
 """
 from __future__ import annotations
 
@@ -59,17 +60,21 @@ def split_item(item, parts: int) -> list:
 
 @dataclass
 class Plan:
-    """Shards (with sizes and content digests), their pieces, and Parquet footers: read once, in one process,
-    reused by every reader and saved with each checkpoint (lmstream.corpus.planfile), so that a resume reads neither
-    a listing nor a footer again."""
+    """Shards (with sizes and content digests), their pieces, and Parquet footers: read once, in one
+    process, reused by every reader and saved with each checkpoint (lmstream.corpus.planfile), so
+    that a resume reads neither a listing nor a footer again."""
     shards: list[Shard]
     pieces: list[Piece]
     footers: dict  # shard index -> pyarrow FileMetaData
-    skipped: list = field(default_factory=list)  # URLs of unreadable shards left out (dataset_skip_bad_shards)
+    # URLs of unreadable shards left out (dataset_skip_bad_shards)
+    skipped: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)    # retries while planning
-    raw_footers: dict = field(default_factory=dict)   # shard index -> the footer's bytes as in the file
-    digests: dict = field(default_factory=dict)       # shard index -> content digest (footer, or sampled bytes)
-    source: dict = field(default_factory=dict)        # the arguments it was planned from (name, config, split, field)
+    # shard index -> the footer's bytes as in the file
+    raw_footers: dict = field(default_factory=dict)
+    # shard index -> content digest (footer, or sampled bytes)
+    digests: dict = field(default_factory=dict)
+    # the arguments it was planned from (name, config, split, field)
+    source: dict = field(default_factory=dict)
 
 
 def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict, check_field: bool = True):
@@ -78,7 +83,8 @@ def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
 
     def read():
         tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
-        # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched before it
+        # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched
+        # before it
         meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a, b: bytes(b - a))).metadata
         raw = next(iter(tail.values()))
         return meta, raw[len(raw) - int.from_bytes(raw[-8:-4], "little") - 8:], size
@@ -109,7 +115,8 @@ def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
 
 def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None = None,
                 skip_bad: bool = False, threads: int = 16) -> Plan:
-    """List the pieces of all shards, reading Parquet footers in parallel (one request each when remote).
+    """List the pieces of all shards, reading Parquet footers in parallel (one request each when
+    remote).
 
     With `skip_bad`, a shard whose footer cannot be read is left out with a warning (counted in
     `plan.skipped`); otherwise the first such shard fails the plan with its reason.
@@ -134,7 +141,8 @@ def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None
 
 
 def _digest(shard: Shard, policy: RetryPolicy):
-    """A non-Parquet shard's content digest; a missing or forbidden file named as _read_footer names it."""
+    """A non-Parquet shard's content digest; a missing or forbidden file named as _read_footer names
+    it."""
     try:
         return ranges.content_digest(shard, policy)
     except Unreadable as err:

@@ -1,14 +1,15 @@
-"""What a run reads, pinned: the plan (shards, sizes, content digests, Parquet footers) as a file, its
-fingerprint, a check that the data has not changed since, and one plan shared by every rank.
+"""What a run reads, pinned: the plan (shards, sizes, content digests, Parquet footers) as a file,
+its fingerprint, a check that the data has not changed since, and one plan shared by every rank.
 
     plan = shared_plan(lambda: plan_dataset(args))        # rank 0 plans, the others receive it
     save(plan, "out/checkpoint-100/lmstream_data")         # plan.json.gz (hard-linked between checkpoints)
     plan = load("out/checkpoint-100/lmstream_data")        # no listing, no footer read
     changed(plan, policy)                                  # [(file, what changed)]: [] when it is the same data
 
-The fingerprint is content, not names: each file's size and digest (the Parquet footer's bytes, the Hub's LFS
-sha256, an HTTP/S3 ETag, or sampled bytes), under its name within the dataset (Hub: repo@commit/path; else the
-file name). A copy of the same bytes on another node has the same fingerprint; rewritten data has another.
+The fingerprint is content, not names: each file's size and digest (the Parquet footer's bytes, the
+Hub's LFS sha256, an HTTP/S3 ETag, or sampled bytes), under its name within the dataset (Hub:
+repo@commit/path; else the file name). A copy of the same bytes on another node has the same
+fingerprint; rewritten data has another.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
         shard = Shard(e["url"], e["format"], e.get("size"), e.get("etag"), e.get("name"))
         if e.get("footer"):
             raw = base64.b64decode(e["footer"])
-            # pyarrow reads a 64 KB tail: the bytes before the footer are never parsed, zeros stand for them
+            # pyarrow reads a 64 KB tail: the bytes before the footer are never parsed, zeros stand
+            # for them
             tail = ranges.SparseFile(shard.size, {shard.size - len(raw): raw}, miss=lambda a, b: bytes(b - a))
             meta = pq.ParquetFile(tail).metadata
             kept.append((shard, (meta, raw, shard)))
@@ -83,7 +85,8 @@ def atomic_write(path: str, data: bytes) -> None:
 
 
 def save(plan: Plan, folder: str, cache_dir: str | None = None) -> str:
-    """Write the plan into `folder` (atomically); with `cache_dir`, written once there and hard-linked."""
+    """Write the plan into `folder` (atomically); with `cache_dir`, written once there and
+    hard-linked."""
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, PLAN_FILE)
     fp = fingerprint(plan)
@@ -120,8 +123,8 @@ def load(folder: str) -> Plan | None:
 def changed(plan: Plan, policy) -> list[tuple[str, str]]:
     """Files of `plan` whose content is not what it was: [(file, what changed)].
 
-    Hub files are pinned to a commit (immutable): nothing to check. Others are measured again: a local
-    file's size and footer (or sampled bytes), a remote one's size and footer (or ETag)."""
+    Hub files are pinned to a commit (immutable): nothing to check. Others are measured again: a
+    local file's size and footer (or sampled bytes), a remote one's size and footer (or ETag)."""
     out = []
     for i, s in enumerate(plan.shards):
         if is_pinned_hub_url(s.url):
@@ -165,5 +168,6 @@ def shared_plan_check(check) -> list:
 
 
 def shared_plan(build) -> Plan:
-    """build() on rank 0 only, its plan sent to every rank (torch.distributed, when a process group is up)."""
+    """build() on rank 0 only, its plan sent to every rank (torch.distributed, when a process group
+    is up)."""
     return _rank0_then_broadcast(build, to_dict, lambda d: from_dict(d, "the plan sent by rank 0"))

@@ -1,13 +1,14 @@
-"""Byte ranges of remote files: a Parquet footer, or one row group's column chunks, each fetched as exactly
-the bytes it spans (one request), never a whole file or a fixed 8 MB block.
+"""Byte ranges of remote files: a Parquet footer, or one row group's column chunks, each fetched as
+exactly the bytes it spans (one request), never a whole file or a fixed 8 MB block.
 
     tail, size = fetch_tail(shard, 64 << 10, timeout)           # the footer (and the file size)
     table = read_columns(shard, footer, row_group=3, columns=["text"], timeout=60)
 
-http(s) URLs (the Hub's `resolve` URLs included) are read with httpx: redirects followed (a Hub token is
-sent to the Hub's own host only, never to the storage host it redirects to), `206 Partial Content` and the
-file size checked on every answer, so a file replaced under the same name is noticed, not mis-read.
-s3://, gs://, hf:// go through fsspec's `cat_file`. Errors carry the HTTP status and headers, for retry.py.
+http(s) URLs (the Hub's `resolve` URLs included) are read with httpx: redirects followed (a Hub
+token is sent to the Hub's own host only, never to the storage host it redirects to), `206 Partial
+Content` and the file size checked on every answer, so a file replaced under the same name is
+noticed, not mis-read. s3://, gs://, hf:// go through fsspec's `cat_file`. Errors carry the HTTP
+status and headers, for retry.py.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 class RemoteError(OSError):
-    """An HTTP answer other than the bytes asked for; `status` and `headers` tell retry.py what to do."""
+    """An HTTP answer other than the bytes asked for; `status` and `headers` tell retry.py what to
+    do."""
 
     def __init__(self, message: str, status: int | None = None, headers=None):
         super().__init__(message)
@@ -64,15 +66,17 @@ def client():
 
 
 def _auth_headers(url: str) -> dict:
-    """The Hub token for the Hub's own URLs (HF_TOKEN or `hf auth login`); httpx drops it on a redirect to
-    another host, so the storage host never sees it."""
+    """The Hub token for the Hub's own URLs (HF_TOKEN or `hf auth login`); httpx drops it on a
+    redirect to another host, so the storage host never sees it."""
     return {"Authorization": f"Bearer {token()}"} if token() and url.startswith(endpoint()) else {}
 
 
 def _http_range(url: str, start: int, end: int | None, size: int | None, timeout: float | None):
-    """Bytes [start, end) of an http(s) URL (end None with start < 0: the last -start bytes); and the file size."""
+    """Bytes [start, end) of an http(s) URL (end None with start < 0: the last -start bytes); and
+    the file size."""
     import httpx
-    spec = f"bytes={start}" if end is None and start < 0 else f"bytes={start}-{end - 1}"   # bytes=-n: the last n
+    # bytes=-n: the last n
+    spec = f"bytes={start}" if end is None and start < 0 else f"bytes={start}-{end - 1}"
     headers = {"Range": spec, "Accept-Encoding": "identity", **_auth_headers(url)}
     t = httpx.Timeout(timeout) if timeout else httpx.Timeout(None)
     r = client().get(url, headers=headers, timeout=t)
@@ -111,7 +115,8 @@ def fetch(url: str, start: int, end: int, size: int | None = None, timeout: floa
 
 
 def fetch_tail(url: str, nbytes: int, size: int | None = None, timeout: float | None = None) -> tuple[bytes, int]:
-    """The last `nbytes` of a file (fewer if it is smaller) and the file's size, in one request where possible."""
+    """The last `nbytes` of a file (fewer if it is smaller) and the file's size, in one request
+    where possible."""
     if not is_remote(url):
         total = os.path.getsize(url)
         return fetch(url, max(0, total - nbytes), total), total
@@ -126,7 +131,8 @@ def fetch_tail(url: str, nbytes: int, size: int | None = None, timeout: float | 
 
 
 class SparseFile(io.RawIOBase):
-    """A read-only file of known size made of fetched byte ranges; a read outside them calls `miss(start, end)`."""
+    """A read-only file of known size made of fetched byte ranges; a read outside them calls
+    `miss(start, end)`."""
 
     def __init__(self, size: int, ranges: dict[int, bytes], miss=None):
         self.size, self.ranges, self.miss, self.pos = size, dict(ranges), miss, 0
@@ -157,7 +163,8 @@ class SparseFile(io.RawIOBase):
         return len(data)
 
     def _slice(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) from the fetched ranges, gaps filled by `miss` (each gap once, then kept)."""
+        """Bytes [start, end) from the fetched ranges, gaps filled by `miss` (each gap once, then
+        kept)."""
         for at, data in self.ranges.items():   # the common case: inside one range
             if at <= start and end <= at + len(data):
                 return data[start - at:end - at]
@@ -184,7 +191,8 @@ class SparseFile(io.RawIOBase):
 
 
 def footer_bytes(url: str, size: int | None, timeout: float | None, first: int = 32 << 10):
-    """(ranges holding the whole Parquet footer, file size): one request, a second only for a footer over `first`."""
+    """(ranges holding the whole Parquet footer, file size): one request, a second only for a footer
+    over `first`."""
     tail, total = fetch_tail(url, first, size, timeout)
     if len(tail) < 8 or tail[-4:] != b"PAR1":
         raise ValueError(f"'{url}' is not a Parquet file (no PAR1 magic bytes at its end)")
@@ -197,7 +205,8 @@ def footer_bytes(url: str, size: int | None, timeout: float | None, first: int =
 
 
 def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int, int]]:
-    """[start, end) of each column chunk of a row group, from the footer (dictionary page included)."""
+    """[start, end) of each column chunk of a row group, from the footer (dictionary page
+    included)."""
     rg = footer.row_group(row_group)
     out = []
     for c in columns:
@@ -210,7 +219,8 @@ def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int,
 
 
 def read_columns(url: str, size: int, footer, row_group: int, names: list[str], timeout: float | None):
-    """One row group's columns `names`, fetching exactly their column chunks (one request for adjacent ones)."""
+    """One row group's columns `names`, fetching exactly their column chunks (one request for
+    adjacent ones)."""
     import pyarrow.parquet as pq
     schema = footer.schema.to_arrow_schema().names
     spans = sorted(column_ranges(footer, row_group, [schema.index(n) for n in names]))
@@ -230,7 +240,8 @@ SAMPLE_CHUNKS, SAMPLE_CHUNK = 64, 64 << 10
 
 
 def _sampled_digest(url: str, size: int, timeout: float | None) -> str:
-    """blake2b of the size and the bytes: all of them up to 64 MB, else 64 evenly spaced 64 KB chunks."""
+    """blake2b of the size and the bytes: all of them up to 64 MB, else 64 evenly spaced 64 KB
+    chunks."""
     import hashlib
     h = hashlib.blake2b(str(size).encode(), digest_size=16)
     if size <= SAMPLE_WHOLE:
@@ -244,8 +255,9 @@ def _sampled_digest(url: str, size: int, timeout: float | None) -> str:
 
 
 def content_digest(shard, policy):
-    """(digest, shard with its size) of a non-Parquet shard: the store's content tag (Hub sha256, HTTP/S3 ETag)
-    when there is one, else a digest of sampled bytes; the same for a copy of the same bytes anywhere."""
+    """(digest, shard with its size) of a non-Parquet shard: the store's content tag (Hub sha256,
+    HTTP/S3 ETag) when there is one, else a digest of sampled bytes; the same for a copy of the same
+    bytes anywhere."""
     from dataclasses import replace
     from ..retry import with_retries
     if shard.etag:

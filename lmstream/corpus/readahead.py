@@ -19,14 +19,16 @@ class ReadAhead:
         self.threads = threads
         self.pool: ThreadPoolExecutor | None = None
         self.inflight: dict[int, Future] = {}
-        self.sizes: dict[int, int] = {}             # the in-flight pieces' sizes, and their sum: the budget used
+        # the in-flight pieces' sizes, and their sum: the budget used
+        self.sizes: dict[int, int] = {}
         self.used = 0
         self.wait_seconds = 0.0                     # time the consumer waited for a piece
 
     def take(self, k: int, pieces: list):
         """Piece k's table (read now if it was not fetched ahead); then schedule what follows."""
         fut = None
-        while self.inflight:   # in flight in increasing order: k, and any the reader moved past without taking
+        # in flight in increasing order: k, and any the reader moved past without taking
+        while self.inflight:
             j = next(iter(self.inflight))
             if j > k:
                 break
@@ -43,9 +45,9 @@ class ReadAhead:
         return table
 
     def _schedule(self, first: int, pieces: list) -> None:
-        """Fetch pieces from `first` on while the budget allows (the first one always). The sizes in flight are
-        kept and their sum updated, not asked again: a stream of many small pieces keeps thousands in flight, and
-        `take` runs once per piece."""
+        """Fetch pieces from `first` on while the budget allows (the first one always). The sizes in
+        flight are kept and their sum updated, not asked again: a stream of many small pieces keeps
+        thousands in flight, and `take` runs once per piece."""
         if self.budget <= 0:
             return
         j = max(first, next(reversed(self.inflight)) + 1) if self.inflight else first

@@ -18,7 +18,8 @@ class Shard:
     url: str                   # local path, or URL (a Hub file: its resolve URL at a pinned commit)
     format: str                # "parquet" | "json" | "text"
     size: int | None = None    # bytes, when known (Hub listing, or read with the footer)
-    etag: str | None = None    # content tag from the store (Hub LFS sha256 / git blob id, HTTP ETag)
+    # content tag from the store (Hub LFS sha256 / git blob id, HTTP ETag)
+    etag: str | None = None
     name: str | None = None    # what it is called in messages and fingerprints (Hub: repo@sha/path)
 
 

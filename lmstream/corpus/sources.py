@@ -35,7 +35,8 @@ def _shards_from_files(files: list[str], origin: str) -> list[Shard]:
 
 
 def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
-    """Files of a dataset repository whose card declares no `configs:`, as `datasets` resolves them (retried)."""
+    """Files of a dataset repository whose card declares no `configs:`, as `datasets` resolves them
+    (retried)."""
     import datasets
 
     local = os.path.isdir(name)
@@ -65,7 +66,8 @@ def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy
 
 
 def _local_repository(folder: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
-    """A local dataset repository: its card's `configs:` read as the Hub's are (datasets when it has none)."""
+    """A local dataset repository: its card's `configs:` read as the Hub's are (datasets when it has
+    none)."""
     configs = hub.local_readme_configs(folder)
     if configs is None:
         return _from_builder(folder, config, split, policy)
@@ -84,8 +86,8 @@ def _local_repository(folder: str, config: str | None, split: str, policy: Retry
 
 
 def _no_splits(entry: str, split: str) -> None:
-    """Plain files, folders, globs and URLs have one split, "train": asking for another is refused, never
-    answered with the training files."""
+    """Plain files, folders, globs and URLs have one split, "train": asking for another is refused,
+    never answered with the training files."""
     if split != "train":
         raise ConfigError(f"'{entry}' is a plain file, folder, glob or URL, which has no split '{split}' (only its "
                           "documents, as split 'train'): to evaluate, hold documents out with "
@@ -94,10 +96,12 @@ def _no_splits(entry: str, split: str) -> None:
 
 def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
     repository = (os.path.isdir(entry) and (os.path.isfile(os.path.join(entry, "README.md")) or config)) or (
-        not entry.startswith(_REMOTE) and not os.path.exists(entry) and not _is_glob(entry))   # local or a hub id
+        # local or a hub id
+        not entry.startswith(_REMOTE) and not os.path.exists(entry) and not _is_glob(entry))
     if not repository:
         _no_splits(entry, split)
-    if entry.startswith("hf://datasets/"):   # pinned to a commit, read by URL: workers make no API call
+    # pinned to a commit, read by URL: workers make no API call
+    if entry.startswith("hf://datasets/"):
         return hub.resolve_hf_url(entry, policy)
     if entry.startswith(_REMOTE):
         if _is_glob(entry) and not entry.startswith(("http://", "https://")):
@@ -125,7 +129,8 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
         return _shards_from_files([entry], entry)
     if not _HUB_ID.match(entry):
         raise ConfigError(f"No file or directory '{entry}' (dataset_name): check the path.")
-    return hub.resolve_hub(entry, config, split, policy) or _from_builder(entry, config, split, policy)   # a hub id
+    # a hub id
+    return hub.resolve_hub(entry, config, split, policy) or _from_builder(entry, config, split, policy)
 
 
 def resolve_shards(dataset_name: str | None, config: str | None = None, split: str = "train",

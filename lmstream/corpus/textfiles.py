@@ -1,4 +1,5 @@
-"""Line-based shards (JSON Lines, plain text; optionally .gz/.zst/.bz2/.xz compressed) as rows of text.
+"""Line-based shards (JSON Lines, plain text; optionally .gz/.zst/.bz2/.xz compressed) as rows of
+text.
 
     for text, invalid_utf8 in json_texts(lines(url), url, "text"): ...
 """

@@ -47,16 +47,19 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                  rank: int, world_size: int, split: str = "train", max_samples: int | None = None):
         self.plan, self.args, self.encoder = plan, args, encoder
         self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size
-        self.split = split                  # "train", "holdout" (held-out docs of train) or "all" (an eval split)
+        # "train", "holdout" (held-out docs of train) or "all" (an eval split)
+        self.split = split
         self.training = split == "train"
         self.max_samples = max_samples      # samples per epoch over all ranks and workers
         # a sized stream (max_samples) ends with each epoch: the next iter() (or loader.set_epoch) starts
         # the next one, so that a Trainer's epochs are the stream's epochs
         self.cycle = self.training and args.dataset_cycle and max_samples is None
         self.start_epoch = 0                # a fresh stream starts at this epoch (set_epoch)
-        self.min_epoch = 0                  # ... and at least at this one (a resume on changed data)
+        # ... and at least at this one (a resume on changed data)
+        self.min_epoch = 0
         self.max_len = args.dataset_max_seq_length or block_size
-        self.id_type = encoder.id_type        # what a worker's batches carry ids as (lmstream.stream.batches)
+        # what a worker's batches carry ids as (lmstream.stream.batches)
+        self.id_type = encoder.id_type
         self.settings = self._settings()
         self.reader = Reader(plan, args, encoder, block_size, self.max_len, seed, split, self.cycle, self.cap,
                              max_samples)
@@ -94,7 +97,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
 
     def _initial(self, who: Identity) -> ReaderState:
         start = self._starts.get(who.slot)
-        return start if start is not None and start.who.n_slots == who.n_slots else ReaderState(who)
+        return start if start is not None and start.who.n_slots == who.n_slots else ReaderState(who=who)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -152,8 +155,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         starts = redistribute([ReaderState.from_json(st) for st in old], self.reader.documents, self.plan,
                               self.world_size * workers, regular_cap)
         mine = range(self.rank * workers, (self.rank + 1) * workers)
-        self._starts = {s: ReaderState(self._identity(s, workers), starts[s][0], phase=starts[s][1],
-                                       stats=starts[s][2]) for s in mine}
+        self._starts = {s: ReaderState(who=self._identity(s, workers), epoch=starts[s][0],
+                                       phase=starts[s][1], stats=starts[s][2]) for s in mine}
         self._state = None
 
     def carry_over(self, loader_state: dict) -> None:

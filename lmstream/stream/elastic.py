@@ -28,7 +28,8 @@ from .state import Phase, ReaderState, share, sum_counters
 
 # -- items as JSON ------------------------------------------------------------------------------
 def encode_items(items: list, plan) -> list:
-    """Items as JSON lists: a Piece by its number in the plan, a WindowRest with the items it re-reads."""
+    """Items as JSON lists: a Piece by its number in the plan, a WindowRest with the items it
+    re-reads."""
     index = {(p.shard, p.row_group): i for i, p in enumerate(plan.pieces)}
 
     def enc(it):
@@ -51,7 +52,8 @@ def decode_items(encoded: list, plan) -> list:
 
 # -- old readers ----------------------------------------------------------------------------------
 def _items_of(stream: DocumentStream, state: ReaderState, epoch: int, plan) -> list:
-    """What old reader `state` reads in `epoch` (its current epoch, a pending phase, or a regular epoch)."""
+    """What old reader `state` reads in `epoch` (its current epoch, a pending phase, or a regular
+    epoch)."""
     owed = state.phase.for_epoch(state.epoch, epoch)
     return decode_items(owed[0], plan) if owed else stream.slot_pieces(epoch)
 
@@ -98,8 +100,9 @@ def _phases(old: list[ReaderState], streams: list, plan, n_slots: int, regular_c
 def redistribute(old: list[ReaderState], stream_of, plan, n_slots: int, regular_cap) -> dict[int, tuple]:
     """(epoch, Phase, counters) of the new readers 0..n_slots-1 from the old readers' states.
 
-    stream_of(slot, n_slots) -> DocumentStream of an old reader; regular_cap(state) -> its sample cap in a
-    regular epoch (None: uncapped). The caller makes them reader states with the new readers' identities.
+    stream_of(slot, n_slots) -> DocumentStream of an old reader; regular_cap(state) -> its sample
+    cap in a regular epoch (None: uncapped). The caller makes them reader states with the new
+    readers' identities.
     """
     n_old = old[0].who.n_slots
     if sorted(st.who.slot for st in old) != list(range(n_old)) or any(st.who.n_slots != n_old for st in old):

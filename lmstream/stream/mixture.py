@@ -4,11 +4,12 @@
                                          ' {"name": "codeparrot/github-code", "weight": 0.3, "on_exhausted": "stop"}]')
     blocks = build_pipeline(args, tokenizer)      # a MixtureBlocks
 
-Each source is its own StreamingBlocks (own shards, shuffle, packing, held-out set). Block n of a reader
-comes from the source drawn by an RNG seeded with (seed, reader, n), so the sequence is fixed by the seed
-and needs no history to resume: the state is n plus every source's own state. The realised token shares
-converge to the weights (one block = block_size tokens). A source that runs out either starts its next
-epoch ("cycle", the default) or ends the whole mixture ("stop"); both are logged.
+Each source is its own StreamingBlocks (own shards, shuffle, packing, held-out set). Block n of a
+reader comes from the source drawn by an RNG seeded with (seed, reader, n), so the sequence is fixed
+by the seed and needs no history to resume: the state is n plus every source's own state. The
+realised token shares converge to the weights (one block = block_size tokens). A source that runs
+out either starts its next epoch ("cycle", the default) or ends the whole mixture ("stop"); both are
+logged.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from .blocks import build_stream
 from .state import find_dicts, share, sum_counters
 
 log = logging.getLogger("lmstream")
-DRAWS = 0x6D6978   # "mix" in ASCII: keeps the source draws apart from the other RNG streams of the same seed
+# "mix" in ASCII: keeps the source draws apart from the other RNG streams of the same seed
+DRAWS = 0x6D6978
 def source_arguments(args: DataArguments, src: dict) -> DataArguments:
     return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"], dataset_config_name=src["config"],
                                dataset_train_split=src["split"], dataset_text_field=src["text_field"],
@@ -40,12 +42,14 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         w = np.asarray(weights, dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
         self.block_size = streams[0].block_size
-        self.id_type = np.result_type(*[s.id_type for s in streams]).type   # one that holds every source's ids
+        # one that holds every source's ids
+        self.id_type = np.result_type(*[s.id_type for s in streams]).type
         # Variables for checkpointing
         self._n = 0                              # blocks yielded by this reader
         self._counts = [0] * len(streams)        # ... from each source
         self._gen = 0                            # elastic resumes so far (a new draw sequence each)
-        self._starts: dict[int, dict] = {}       # slot -> n, counts, gen to start from (elastic resume, carry-over)
+        # slot -> n, counts, gen to start from (elastic resume, carry-over)
+        self._starts: dict[int, dict] = {}
 
     def _pick(self, slot: int, n: int) -> int:
         key = [self.seed, DRAWS, slot, n] + ([self._gen] if self._gen else [])
@@ -56,7 +60,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         return self.iterate()
 
     def iterate(self, raw: bool = False):
-        """The mixture's samples; `raw`: packed blocks as bare int32 arrays (lmstream.stream.reader.Reader.samples)."""
+        """The mixture's samples; `raw`: packed blocks as bare int32 arrays
+        (lmstream.stream.reader.Reader.samples)."""
         slot = self.streams[0].identity().slot
         if self._n == 0 and slot in self._starts:
             start = self._starts.pop(slot)
@@ -66,13 +71,15 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
             k = self._pick(slot, self._n)
             try:
                 sample = next(iters[k])
-            except StopIteration:   # only a source with on_exhausted=stop (or dataset_cycle false) ends
+            # only a source with on_exhausted=stop (or dataset_cycle false) ends
+            except StopIteration:
                 log.warning("dataset_mixture: source %s is exhausted after %d blocks; the mixture stops "
                             "(on_exhausted=stop)", self.names[k], self._counts[k])
                 return
             self._n += 1
             self._counts[k] += 1
-            if sample.get("provenance") is not None:   # the source of each segment: this source's number
+            # the source of each segment: this source's number
+            if sample.get("provenance") is not None:
                 sample["provenance"] = with_source(sample["provenance"], k)
             yield sample
 
@@ -86,9 +93,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                 "sources": states, "stats": stats}
 
     def _check(self, state: dict) -> None:
-        """Refuse another mixture. Sources are matched by content (shard names and content fingerprints, as each
-        source checks its own state), so a copy of the same files under another path resumes; by name only for
-        states saved before sources had content fingerprints."""
+        """Refuse another mixture. Sources are matched by content (shard names and content
+        fingerprints, as each source checks its own state), so a copy of the same files under
+        another path resumes; by name only for states saved before sources had content
+        fingerprints."""
         saved = state.get("settings", {}).get("mixture")
         sources = state.get("sources", [])
         same_content = len(sources) == len(self.streams) and all(
@@ -108,9 +116,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         self._gen = state.get("mixture_gen", 0)
 
     def resume_elastic(self, loader_states: list, num_workers: int) -> None:
-        """Continue from every rank's loader states saved with another number of processes or workers:
-        each source is redistributed on its own (see StreamingBlocks.resume_elastic); the source draws
-        start a new sequence, and the per-source counts (logged shares) carry over, split between readers."""
+        """Continue from every rank's loader states saved with another number of processes or
+        workers: each source is redistributed on its own (see StreamingBlocks.resume_elastic); the
+        source draws start a new sequence, and the per-source counts (logged shares) carry over,
+        split between readers."""
         mixes = _mixture_states(loader_states)
         if not mixes:
             raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with the arguments "
@@ -127,7 +136,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                         for s in range(rank * workers, (rank + 1) * workers)}
 
     def carry_over(self, loader_state: dict) -> None:
-        """New worker processes start where the readers of `loader_state` (the last iterator's) stood."""
+        """New worker processes start where the readers of `loader_state` (the last iterator's)
+        stood."""
         for m in _mixture_states(loader_state):
             slot = m["sources"][0]["slot"]
             self._starts[slot] = {"n": m["mixture_n"], "counts": m["mixture_counts"], "gen": m.get("mixture_gen", 0)}
@@ -145,7 +155,8 @@ def _mixture_states(obj) -> list[dict]:
 
 
 class ChainBlocks(torch.utils.data.IterableDataset):
-    """Evaluation over a mixture: every source's held-out (or test) blocks, one source after the other."""
+    """Evaluation over a mixture: every source's held-out (or test) blocks, one source after the
+    other."""
 
     def __init__(self, streams: list):
         self.streams = streams
@@ -161,7 +172,8 @@ class ChainBlocks(torch.utils.data.IterableDataset):
 
 def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_size: int, split: str,
                   max_positions: int | None, max_samples: int | None):
-    """MixtureBlocks for training (ChainBlocks for evaluation) over the sources of dataset_mixture."""
+    """MixtureBlocks for training (ChainBlocks for evaluation) over the sources of
+    dataset_mixture."""
     if max_samples is not None and split == "train":
         raise ConfigError("max_train_samples is not supported with dataset_mixture: bound the run with max_steps.")
     sources = parse_mixture(args.dataset_mixture)

@@ -1,4 +1,5 @@
-"""Training and evaluation data for a run: streamed, materialized, or loaded from pre-tokenized blocks.
+"""Training and evaluation data for a run: streamed, materialized, or loaded from pre-tokenized
+blocks.
 
     train_data, eval_data = build_datasets(data_args, run_args, tokenizer, seed, rank, world, positions)
 
@@ -32,35 +33,41 @@ log = logging.getLogger("lmstream")
 def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
                    world_size: int | None = None, split: str = "train", max_positions: int | None = None,
                    max_samples: int | None = None, plan=None, encoder=None):
-    """The blocks of `rank` of `world_size` (default: RANK/WORLD_SIZE env): a MixtureBlocks for dataset_mixture,
-    else one source's StreamingBlocks (see lmstream.stream.blocks.build_stream for the arguments)."""
+    """The blocks of `rank` of `world_size` (default: RANK/WORLD_SIZE env): a MixtureBlocks for
+    dataset_mixture, else one source's StreamingBlocks (see lmstream.stream.blocks.build_stream for
+    the arguments)."""
     if args.dataset_mixture:
         return build_mixture(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples)
     return build_stream(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan, encoder)
 
 
 ROWS_PER_WRITE = 1024   # blocks per Arrow record batch written by a materializing process
-STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8"}   # as saved blocks always were
+# as saved blocks always were
+STORED_TYPES = {"input_ids": "int32", "labels": "int64", "attention_mask": "int8"}
 
 
 def stored_types(tokenizer, ids=None) -> dict:
-    """The saved columns' types: input_ids as uint16 when every id of the tokenizer fits (lmstream.tokens.tokenize.id_type;
-    GPT-2's do), half the bytes written and kept on disk; datasets' torch and numpy formats read them as int64."""
-    small = (ids or id_type(tokenizer)) == np.uint16   # `ids`: the encoder's id_type, when already at hand
+    """The saved columns' types: input_ids as uint16 when every id of the tokenizer fits
+    (lmstream.tokens.tokenize.id_type; GPT-2's do), half the bytes written and kept on disk;
+    datasets' torch and numpy formats read them as int64."""
+    # `ids`: the encoder's id_type, when already at hand
+    small = (ids or id_type(tokenizer)) == np.uint16
     return {**STORED_TYPES, "input_ids": "uint16"} if small else STORED_TYPES
 
 
 def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot: int, n_slots: int,
                 path: str, plan=None, encoder=None, types: dict = STORED_TYPES) -> int:
-    """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a time; returns the
-    number of blocks. Packed blocks are cut from the epoch's ids with one reshape per tokenizer batch (the very
-    blocks the stream yields, without a Python object per block); padded samples go one by one."""
+    """One epoch of one reader's blocks written to `path` as an Arrow stream, a record batch at a
+    time; returns the number of blocks. Packed blocks are cut from the epoch's ids with one reshape
+    per tokenizer batch (the very blocks the stream yields, without a Python object per block);
+    padded samples go one by one."""
     import dataclasses
 
     import pyarrow as pa
     one_epoch = dataclasses.replace(args, dataset_cycle=False, dataset_block_size=block_size)
     ds = build_pipeline(one_epoch, tokenizer, seed=seed, rank=slot, world_size=n_slots, plan=plan, encoder=encoder)
-    packed = args.dataset_group_text and isinstance(ds, StreamingBlocks)   # a mixture goes sample by sample
+    # a mixture goes sample by sample
+    packed = args.dataset_group_text and isinstance(ds, StreamingBlocks)
     chunks = _packed_chunks(ds.reader.epoch_ids(slot, n_slots), block_size) if packed else _sample_chunks(ds)
     writer, count = None, 0
     for cols in chunks:
@@ -74,13 +81,15 @@ def _write_slot(args: DataArguments, tokenizer, seed: int, block_size: int, slot
 
 
 def _packed_chunks(id_arrays, block_size: int):
-    """{"input_ids"} 2-D arrays of consecutive blocks from a sequence of id arrays, the remainder carried into the
-    next array and dropped at the end (as the packer does). Packed blocks are stored without labels, which would
-    only repeat input_ids at twice the width: `collate_blocks` makes them when batches are formed."""
+    """{"input_ids"} 2-D arrays of consecutive blocks from a sequence of id arrays, the remainder
+    carried into the next array and dropped at the end (as the packer does). Packed blocks are
+    stored without labels, which would only repeat input_ids at twice the width: `collate_blocks`
+    makes them when batches are formed."""
     import numpy as np
     carry = np.empty(0, dtype=np.int32)
     for ids in id_arrays:
-        if len(carry):   # the block that spans two arrays alone: the rest of the array is cut without a copy
+        # the block that spans two arrays alone: the rest of the array is cut without a copy
+        if len(carry):
             head = np.concatenate([carry, ids[:block_size - len(carry)]])
             ids = ids[block_size - len(carry):]
             if len(head) < block_size:
@@ -94,7 +103,8 @@ def _packed_chunks(id_arrays, block_size: int):
 
 
 def _sample_chunks(ds):
-    """Samples of a stream (padded documents), ROWS_PER_WRITE at a time, as 2-D arrays per column."""
+    """Samples of a stream (padded documents), ROWS_PER_WRITE at a time, as 2-D arrays per
+    column."""
     import numpy as np
     rows = []
     for sample in ds:
@@ -117,41 +127,46 @@ def _record_batch(cols: dict, types: dict):
 
 
 def _one_torch_thread() -> None:
-    """In a forked process: torch's intra-op pool of the parent is not there (a parallel op would wait on it for
-    ever), so torch runs on one thread, as in a DataLoader worker."""
+    """In a forked process: torch's intra-op pool of the parent is not there (a parallel op would
+    wait on it for ever), so torch runs on one thread, as in a DataLoader worker."""
     import torch
     torch.set_num_threads(1)
 
 
-_JOBS: list = []   # materialize's jobs, read by its forked processes (inherited: the tokenizer is not pickled)
+# materialize's jobs, read by its forked processes (inherited: the tokenizer is not pickled)
+_JOBS: list = []
 SLOTS_PER_PROCESS = 4   # readers per process when there are several processes
 
 
 def slots_for(processes: int) -> int:
-    """Readers of an epoch materialized by `processes` processes: 4 per process when several, each process taking
-    the next reader as it finishes one, so that none idles while another ends a larger share (2 processes on 2
-    cores, 57 M tokens: the first had finished 135-185 ms before the second, one reader each). Each reader drops
-    its final partial block, as a stream of that many readers does."""
+    """Readers of an epoch materialized by `processes` processes: 4 per process when several, each
+    process taking the next reader as it finishes one, so that none idles while another ends a
+    larger share (2 processes on 2 cores, 57 M tokens: the first had finished 135-185 ms before the
+    second, one reader each). Each reader drops its final partial block, as a stream of that many
+    readers does."""
     return processes * SLOTS_PER_PROCESS if processes > 1 else 1
 
 
 def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | None = None,
                 processes: int | None = None, timings: dict | None = None, folder: str | None = None):
-    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow files), made by
-    `processes` (default dataset_num_proc, else 1) processes: the blocks of slots_for(processes) readers, in order.
-    `folder`: where the Arrow files go, the caller's to remove (default: scratch_folder()). `timings` gets
-    "startup" (listing the data, loading and checking the tokenizer backend: once, before the processes fork,
-    which inherit them) and "work" (the processes' reading, tokenizing, packing and writing)."""
+    """One epoch of the pipeline's blocks as a map-style datasets.Dataset (memory-mapped Arrow
+    files), made by `processes` (default dataset_num_proc, else 1) processes: the blocks of
+    slots_for(processes) readers, in order. `folder`: where the Arrow files go, the caller's to
+    remove (default: scratch_folder()). `timings` gets "startup" (listing the data, loading and
+    checking the tokenizer backend: once, before the processes fork, which inherit them) and "work"
+    (the processes' reading, tokenizing, packing and writing)."""
     import datasets
     t0 = time.perf_counter()
     block_size = resolve_block_size(args, tokenizer, max_positions)
     n = max(1, processes or args.dataset_num_proc or 1)
-    backends.limit_threads(backends.tokenizer_threads(n))   # for the processes' tokenizers: no oversubscription
+    # for the processes' tokenizers: no oversubscription
+    backends.limit_threads(backends.tokenizer_threads(n))
     folder = folder or scratch_folder()
     slots = slots_for(n)
     paths = [os.path.join(folder, f"slot-{i:05d}.arrow") for i in range(slots)]
     plan = None if args.dataset_mixture else plan_dataset(args)
-    encoder = encoder_for(args, tokenizer)   # chosen and checked once, before the fork: the processes share it
+    # chosen and checked once, before the fork: the processes share it
+    encoder = encoder_for(args, tokenizer)
     types = stored_types(tokenizer, encoder.id_type)
     _JOBS[:] = [(args, tokenizer, seed, block_size, i, slots, paths[i], plan, encoder, types) for i in range(slots)]
     t1 = time.perf_counter()
@@ -162,7 +177,8 @@ def materialize(args: DataArguments, tokenizer, seed: int, max_positions: int | 
         from concurrent.futures import ProcessPoolExecutor
         settle()   # no tokenizer call under way on another thread when the processes fork
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork"), initializer=_one_torch_thread) as pool:
-            counts = list(pool.map(_write_job, range(slots)))   # one reader at a time to each free process
+            # one reader at a time to each free process
+            counts = list(pool.map(_write_job, range(slots)))
     _JOBS.clear()
     parts = [datasets.Dataset.from_file(p) for p, c in zip(paths, counts) if c]
     if not parts:
@@ -177,10 +193,11 @@ SCRATCH_PREFIX = ".lmstream-blocks-"
 
 
 def scratch_folder(where: str | None = None, tag: str = "") -> str:
-    """A new folder for materialized blocks, removed when this process exits (its forked workers leave it alone):
-    inside `where` (a run's output_dir: nothing written outside it), else in the system's temporary folder. The
-    folders `tag` left there by an earlier process of the same output_dir (one killed before it could remove
-    them) are removed first: the output_dir's lock says no other job uses them."""
+    """A new folder for materialized blocks, removed when this process exits (its forked workers
+    leave it alone): inside `where` (a run's output_dir: nothing written outside it), else in the
+    system's temporary folder. The folders `tag` left there by an earlier process of the same
+    output_dir (one killed before it could remove them) are removed first: the output_dir's lock
+    says no other job uses them."""
     if where:
         os.makedirs(where, exist_ok=True)
         for name in os.listdir(where):
@@ -196,7 +213,8 @@ def _write_job(i: int) -> int:
 
 
 def check_save_dir(folder: str, staged: str | None = None) -> None:
-    """Refuse a tokenized_dataset_save_dir that holds anything (but the blocks' own staging folder `staged`)."""
+    """Refuse a tokenized_dataset_save_dir that holds anything (but the blocks' own staging folder
+    `staged`)."""
     if os.path.isdir(folder) and [n for n in os.listdir(folder) if os.path.join(folder, n) != staged]:
         raise ConfigError(f"tokenized_dataset_save_dir '{folder}' is not empty: choose a new folder "
                           "(nothing was overwritten).")
@@ -228,11 +246,12 @@ def load_blocks(folder: str, block_size: int | None):
 
 def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int, rank: int, world_size: int,
                    max_positions: int | None, do_eval: bool, plan=None, output_dir: str | None = None):
-    """(train, eval) datasets for this rank; eval is None unless requested. Blocks made before training
-    (dataset_streaming false) are kept in output_dir/.lmstream while the process runs.
+    """(train, eval) datasets for this rank; eval is None unless requested. Blocks made before
+    training (dataset_streaming false) are kept in output_dir/.lmstream while the process runs.
 
-    `plan`: the training data's plan when already known (a resume: the checkpoint's). Otherwise rank 0 plans
-    and sends the plan to the other ranks: startup requests do not grow with the number of processes."""
+    `plan`: the training data's plan when already known (a resume: the checkpoint's). Otherwise rank
+    0 plans and sends the plan to the other ranks: startup requests do not grow with the number of
+    processes."""
     if args.tokenized_dataset_load_dir:
         train = load_blocks(args.tokenized_dataset_load_dir, args.dataset_block_size).with_format("torch")
         if run.max_train_samples:
@@ -252,7 +271,8 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
             check_save_dir(args.tokenized_dataset_save_dir)
         blocks = materialize(args, tokenizer, seed, max_positions, folder=scratch_folder(
             os.path.join(output_dir, ".lmstream") if output_dir else None, f"rank{rank}-"))
-        if args.tokenized_dataset_save_dir:   # as the reference script does: save the blocks, then train on them
+        # as the reference script does: save the blocks, then train on them
+        if args.tokenized_dataset_save_dir:
             save_blocks(blocks, args.tokenized_dataset_save_dir)
         train = blocks.with_format("torch")
         if run.max_train_samples:

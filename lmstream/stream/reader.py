@@ -23,15 +23,18 @@ from ..corpus.documents import DocumentStream
 from .elastic import decode_items
 from ..errors import ConfigError
 from ..corpus.longtext import LongText
-from ..tokens.packing import BlockPacker, pad_document
+from ..tokens.packing import BlockPacker, Part, pad_document
 from ..corpus.plan import Plan
-from .state import ReaderState
+from .state import ReaderState, Sample
+from ..tokens.calls import long_text_runs, tokenizer_batches
 from ..tokens.tokenize import Encoder
 
 log = logging.getLogger("lmstream")
 PROVENANCE = "provenance"     # a sample's key: int64 (segments, 6), see lmstream.tokens.packing
-TOKENIZE_BYTES = 512 * 1024   # text per tokenizer call (about 0.1 s of tiktoken): bounds first-block latency
-FAST_TOKENIZE_BYTES = 2 << 20   # with fastokens, where the reader has the process's cores (see Reader._call_bytes)
+# text per tokenizer call (about 0.1 s of tiktoken): bounds first-block latency
+TOKENIZE_BYTES = 512 * 1024
+# with fastokens, where the reader has the process's cores (see Reader._call_bytes)
+FAST_TOKENIZE_BYTES = 2 << 20
 
 
 @dataclass
@@ -45,10 +48,12 @@ class Reader:
     seed: int
     split: str                   # "train", "holdout" or "all"
     cycle: bool                  # go on with the next epoch (else publish the epoch's end and stop)
-    cap: Callable                # cap(state) -> samples in the state's epoch (None: the whole epoch)
+    # cap(state) -> samples in the state's epoch (None: the whole epoch)
+    cap: Callable
     max_samples: int | None = None
     warned_short: bool = False
-    listed: frozenset | None = None   # ids/urls not to train on (dataset_skip_documents), read on first use
+    # ids/urls not to train on (dataset_skip_documents), read on first use
+    listed: frozenset | None = None
     ids: dict = field(default_factory=dict)   # (shard, row group) -> {row: {"id", "url"}}, read when first needed
 
     def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list, stats: dict) -> None:
@@ -126,15 +131,17 @@ class Reader:
                 if resumed and doc0 > len(window.docs):
                     raise ConfigError(f"The data position is corrupt: document {doc0} of window {window.index}, "
                                       f"which has {len(window.docs)} documents: resume from another checkpoint.")
-                for sample, (win, j), off, nd, nb in self._samples(window, doc0, tok0, packer, stats, raw):
+                for s in self._samples(window, doc0, tok0, packer, stats, raw):
                     in_epoch += 1
-                    stats["docs"] += nd
-                    stats["bytes"] += nb
+                    stats["docs"] += s.docs_done
+                    stats["bytes"] += s.bytes_done
                     stats.update(stream.stats)
+                    (win, j), phase = s.next_ref, state.phase
                     # the constructor, not dataclasses.replace: this runs once per sample
-                    last = ReaderState(state.who, win.epoch, win.index, win.start, win.next, win.key, j, off,
-                                       in_epoch, state.phase, dict(stats))
-                    yield sample, last
+                    last = ReaderState(who=state.who, epoch=win.epoch, window=win.index, start=win.start,
+                                       next=win.next, key=win.key, doc=j, token=s.next_offset,
+                                       samples_in_epoch=in_epoch, phase=phase, stats=dict(stats))
+                    yield s.sample, last
                     if cap is not None and in_epoch >= cap:
                         return last
                 doc0 = tok0 = 0
@@ -170,7 +177,7 @@ class Reader:
         return FAST_TOKENIZE_BYTES if alone and self.encoder.backend == "fastokens" else TOKENIZE_BYTES
 
     def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict, raw: bool):
-        """(sample, next document ref, token offset, docs completed, bytes completed) for one window."""
+        """The Samples of one window, from document doc0's token tok0 on."""
         runs = list(long_text_runs(window.docs, tokenizer_batches(window.nbytes, doc0,
                                                                   self.args.dataset_tokenize_batch_size,
                                                                   self._call_bytes())))
@@ -198,14 +205,15 @@ class Reader:
 
     def _blocks(self, packed, stats: dict, raw: bool):
         """Samples (labels = input_ids, the provenance of their tokens) from the packer's output, counted."""
-        for block, ref, off, nd, nb, prov in packed:
-            stats["tokens"] += len(block)
+        for p in packed:
+            stats["tokens"] += len(p.block)
             stats["blocks"] += 1
             if raw:
-                yield {"input_ids": block, PROVENANCE: prov}, ref, off, nd, nb
-                continue
-            t = torch.from_numpy(block.astype(np.int64))
-            yield {"input_ids": t, "labels": t.clone(), PROVENANCE: prov}, ref, off, nd, nb
+                sample = {"input_ids": p.block, PROVENANCE: p.provenance}
+            else:
+                t = torch.from_numpy(p.block.astype(np.int64))
+                sample = {"input_ids": t, "labels": t.clone(), PROVENANCE: p.provenance}
+            yield Sample(sample, p.next_ref, p.next_offset, p.docs_done, p.bytes_done)
 
     def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict, raw: bool):
         """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
@@ -225,7 +233,7 @@ class Reader:
                 base += n
                 continue
             skip = max(0, tok0 - base)
-            ref = ((window, j), base + skip, last)
+            ref = Part((window, j), base + skip, last)
             yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref],
                                                 window.origins[j:j + 1]), stats, raw)
             base += n
@@ -241,8 +249,9 @@ class Reader:
             stats["blocks"] += 1
             j = b0 + i
             prov = np.array([[0, *window.origins[j], 0, int(n) - cut]], dtype=np.int64)
-            yield ({"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
-                    "attention_mask": torch.from_numpy(mask), PROVENANCE: prov}, (window, j + 1), 0, 1, window.nbytes[j])
+            sample = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels),
+                      "attention_mask": torch.from_numpy(mask), PROVENANCE: prov}
+            yield Sample(sample, (window, j + 1), 0, 1, window.nbytes[j])
 
 
 def check_start(start, pieces: list) -> None:
@@ -255,7 +264,7 @@ def check_start(start, pieces: list) -> None:
 
 
 def cut_heads(ids: np.ndarray, lens: np.ndarray, skips: list[int], refs: list):
-    """Drop the first skips[i] tokens of document i; its ref becomes (ref, skipped, last=True)."""
+    """Drop the first skips[i] tokens of document i; its ref becomes Part(ref, skipped, last=True)."""
     keep, lens = np.ones(len(ids), dtype=bool), lens.copy()
     starts = np.cumsum(lens) - lens
     for i, k in enumerate(skips):
@@ -265,32 +274,5 @@ def cut_heads(ids: np.ndarray, lens: np.ndarray, skips: list[int], refs: list):
         if k:
             keep[starts[i]:starts[i] + k] = False
             lens[i] -= k
-            refs[i] = (refs[i], k, True)
+            refs[i] = Part(refs[i], k, True)
     return ids[keep], lens
-
-
-def tokenizer_batches(nbytes: list[int], start: int, max_docs: int, max_bytes: int = TOKENIZE_BYTES):
-    """(first, end) document ranges for tokenizer calls: at most max_docs documents and about
-    max_bytes of text each, so the first block comes out quickly even when documents are long."""
-    b0 = start
-    while b0 < len(nbytes):
-        b1, size = b0, 0
-        while b1 < len(nbytes) and b1 - b0 < max_docs and (b1 == b0 or size + nbytes[b1] <= max_bytes):
-            size += nbytes[b1]
-            b1 += 1
-        yield b0, b1
-        b0 = b1
-
-
-def long_text_runs(docs: list, batches):
-    """Split tokenizer batches so that every very long document (LongText) is a run of its own."""
-    for b0, b1 in batches:
-        start = b0
-        for j in range(b0, b1):
-            if isinstance(docs[j], LongText):
-                if start < j:
-                    yield start, j
-                yield j, j + 1
-                start = j + 1
-        if start < b1:
-            yield start, b1

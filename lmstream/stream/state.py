@@ -1,23 +1,26 @@
-"""The reader state: where one reader (a rank, or one of its DataLoader workers) stands in its stream, as a typed
-record, and its JSON form in checkpoints.
+"""The reader state: where one reader (a rank, or one of its DataLoader workers) stands in its
+stream, as a typed record, and its JSON form in checkpoints.
 
-    state = ReaderState(identity, epoch=0)             # a reader at the start of epoch 0
+    state = ReaderState(who=identity, epoch=0)         # a reader at the start of epoch 0
     saved = state.to_json(); ReaderState.from_json(saved) == state
 
-Three parts. *Who*: `Identity` (the data settings it was made with, rank, processes, workers, slot, slots).
-*Where*: epoch; shuffle window number, its start and the next window's start as (piece, row) in the reader's list of
-pieces; the window's permutation key; document within the window and token within that document (the next one not
-yet trained on); samples so far in this epoch. *What is owed*: after an elastic resume, the items of this epoch and
-of later ones that another topology left (`Phase`); plus counters. A position names the window that produced the
-last sample, so a resume re-reads one window (at most one row group more) and re-tokenizes from the document on.
+Three parts. *Who*: `Identity` (the data settings it was made with, rank, processes, workers, slot,
+slots). *Where*: epoch; shuffle window number, its start and the next window's start as (piece, row)
+in the reader's list of pieces; the window's permutation key; document within the window and token
+within that document (the next one not yet trained on); samples so far in this epoch. *What is
+owed*: after an elastic resume, the items of this epoch and of later ones that another topology left
+(`Phase`); plus counters. A position names the window that produced the last sample, so a resume
+re-reads one window (at most one row group more) and re-tokenizes from the document on.
 
-JSON format 3 (this one) writes phases as lists; format 2 (lmstream before the typed state) wrote them as JSON
-strings inside the JSON and is read as well (tests/test_state_format.py resumes such checkpoints).
+JSON format 3 (this one) writes phases as lists; format 2 (lmstream before the typed state) wrote
+them as JSON strings inside the JSON and is read as well (tests/test_state_format.py resumes such
+checkpoints).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 STATE_VERSION = 3
 READABLE_VERSIONS = (2, 3)
@@ -26,9 +29,21 @@ POSITION_INTS = ("epoch", "window", "doc", "token", "samples_in_epoch", "slot", 
                  "world_size")
 
 
+class Sample(NamedTuple):
+    """What a reader's loop yields for one block: the sample (input_ids, labels, provenance) and the
+    position after it: the ref of the document its next token comes from, that token's offset, and
+    the documents and bytes the block completed."""
+    sample: dict
+    next_ref: tuple
+    next_offset: int
+    docs_done: int
+    bytes_done: int
+
+
 @dataclass(frozen=True)
 class Identity:
-    settings: dict       # the data settings (shards, content and tokenizer fingerprints, block size, seed, ...)
+    # the data settings (shards, content and tokenizer fingerprints, block size, seed, ...)
+    settings: dict
     rank: int
     world_size: int
     workers: int         # DataLoader workers per rank (1 without workers)
@@ -38,8 +53,9 @@ class Identity:
 
 @dataclass(frozen=True)
 class Phase:
-    """What an elastic resume dealt a reader: `items` (encoded, see lmstream.stream.elastic) of this epoch with their
-    sample `cap`, the later epochs owed as (epoch, items, cap), and `gen`, the number of elastic resumes so far."""
+    """What an elastic resume dealt a reader: `items` (encoded, see lmstream.stream.elastic) of this
+    epoch with their sample `cap`, the later epochs owed as (epoch, items, cap), and `gen`, the
+    number of elastic resumes so far."""
     items: list | None = None
     cap: int | None = None
     pending: tuple = ()
@@ -57,7 +73,8 @@ class Phase:
         return epoch + 1, Phase(gen=self.gen)
 
     def for_epoch(self, current: int, epoch: int) -> tuple[list, int | None] | None:
-        """(items, cap) owed in `epoch` by a reader now in epoch `current`; None: a regular epoch."""
+        """(items, cap) owed in `epoch` by a reader now in epoch `current`; None: a regular
+        epoch."""
         if epoch == current:
             return (self.items, self.cap) if self.owed else None
         return next(((items, cap) for e, items, cap in self.pending if e == epoch), None)
@@ -79,7 +96,7 @@ class ReaderState:
 
     def at_epoch(self, epoch: int, phase: Phase | None = None, stats: dict | None = None) -> ReaderState:
         """This reader at the start of `epoch` (with `phase`; counters kept unless given)."""
-        return ReaderState(self.who, epoch, phase=phase or Phase(gen=self.phase.gen),
+        return ReaderState(who=self.who, epoch=epoch, phase=phase or Phase(gen=self.phase.gen),
                            stats=dict(self.stats if stats is None else stats))
 
     def advanced(self, at_least: int = 0) -> ReaderState:
@@ -137,7 +154,8 @@ def position_problem(state) -> str | None:
 
 # -- states inside loader states ----------------------------------------------------------------
 def find_dicts(obj, match) -> list[dict]:
-    """Every dict for which match(d) is true in a nest of dicts and lists (a match is not searched inside)."""
+    """Every dict for which match(d) is true in a nest of dicts and lists (a match is not searched
+    inside)."""
     found: list[dict] = []
 
     def walk(o):
@@ -182,5 +200,6 @@ def stream_epoch(loader_state) -> int:
 
 
 def share(total: int, parts: int, i: int) -> int:
-    """Part i of `total` split into `parts` as evenly as integers allow (the first ones get the remainder)."""
+    """Part i of `total` split into `parts` as evenly as integers allow (the first ones get the
+    remainder)."""
     return total // parts + (i < total % parts)

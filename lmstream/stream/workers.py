@@ -1,9 +1,9 @@
 """The life of DataLoader workers, tied to the process that starts them (no Trainer needed).
 
-DataLoader workers ignore SIGTERM and SIGINT: their parent decides (it saves the positions a checkpoint needs)
-and they exit with it. On Linux the kernel kills a worker whose parent died without running its exit handlers,
-and at interpreter exit the workers of an iterator that was never closed are killed before multiprocessing
-would wait for them forever.
+DataLoader workers ignore SIGTERM and SIGINT: their parent decides (it saves the positions a
+checkpoint needs) and they exit with it. On Linux the kernel kills a worker whose parent died
+without running its exit handlers, and at interpreter exit the workers of an iterator that was never
+closed are killed before multiprocessing would wait for them forever.
 """
 from __future__ import annotations
 
@@ -19,21 +19,24 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def ignore_signals_in_worker(_worker_id: int) -> None:
-    """DataLoader worker_init_fn: the main process handles SIGTERM/SIGINT (workers exit when it does)."""
+    """DataLoader worker_init_fn: the main process handles SIGTERM/SIGINT (workers exit when it
+    does)."""
     for s in SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     if FORKED_BY[0] is not None:
         _die_with_parent(FORKED_BY[0])
 
 
-FORKED_BY = [None]   # the loader's process id when its main thread forks the workers (they read their copy), or None
+# the loader's process id when its main thread forks the workers (they read their copy), or None
+FORKED_BY = [None]
 
 
 def _die_with_parent(parent: int) -> None:
-    """Linux: the kernel kills this worker when its parent process dies. A parent killed without running its exit
-    handlers (a notebook kernel killed at shutdown, SIGKILL) would otherwise leave workers behind that never exit:
-    at their own exit each waits to flush its last message into a pipe no one reads any more (the other workers
-    hold its read end open). The signal follows the thread that forked: only a fork by the main thread asks it."""
+    """Linux: the kernel kills this worker when its parent process dies. A parent killed without
+    running its exit handlers (a notebook kernel killed at shutdown, SIGKILL) would otherwise leave
+    workers behind that never exit: at their own exit each waits to flush its last message into a
+    pipe no one reads any more (the other workers hold its read end open). The signal follows the
+    thread that forked: only a fork by the main thread asks it."""
     if sys.platform != "linux":
         return
     import ctypes
@@ -50,10 +53,10 @@ _reaper = []
 
 
 def kill_workers_at_exit() -> None:
-    """Call in the process that starts DataLoader workers. At interpreter exit, multiprocessing terminates the
-    daemonic children still alive (SIGTERM, which these workers ignore) and then joins them: it would wait
-    forever for the workers of an iterator that was never closed. They are killed first (their positions are
-    the parent's business, and it is exiting)."""
+    """Call in the process that starts DataLoader workers. At interpreter exit, multiprocessing
+    terminates the daemonic children still alive (SIGTERM, which these workers ignore) and then
+    joins them: it would wait forever for the workers of an iterator that was never closed. They are
+    killed first (their positions are the parent's business, and it is exiting)."""
     if not _reaper:
         _reaper.append(atexit.register(_kill_daemonic_children))
 
@@ -63,7 +66,8 @@ def _kill_daemonic_children() -> None:
     if not children:
         return
     if threading.current_thread() is threading.main_thread():
-        # torch's SIGCHLD handler raises when a worker dies: mid-loop, it would leave the others alive
+        # torch's SIGCHLD handler raises when a worker dies: mid-loop, it would leave the others
+        # alive
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for child in children:
         child.kill()

@@ -1,6 +1,7 @@
-"""Tokenizer backends that reproduce a Hugging Face tokenizer id for id, faster: fastokens (any tokenizer.json it
-reproduces, all cores, flat NumPy output) and tiktoken (GPT-2-style byte-level BPE). Each is used only after a
-self-check against the HF tokenizer on text that exercises Unicode, whitespace runs, digits, code and specials.
+"""Tokenizer backends that reproduce a Hugging Face tokenizer id for id, faster: fastokens (any
+tokenizer.json it reproduces, all cores, flat NumPy output) and tiktoken (GPT-2-style byte-level
+BPE). Each is used only after a self-check against the HF tokenizer on text that exercises Unicode,
+whitespace runs, digits, code and specials.
 
     fast = fastokens_backend(tokenizer)       # None: not installed, or not identical on the check texts
     enc = tiktoken_backend(tokenizer)         # None: not a GPT-2-style BPE, or not identical
@@ -35,9 +36,10 @@ def _hf_ids(tokenizer, texts) -> list[list[int]]:
 
 
 def tokenizer_json(tokenizer) -> str | None:
-    """The tokenizer's tokenizer.json text, without truncation or padding: a call such as `tokenizer(texts,
-    truncation=True, max_length=1024)` leaves its Rust tokenizer truncating, and a backend loaded from that state
-    would cut every document silently (and its fingerprint would change with a call made earlier)."""
+    """The tokenizer's tokenizer.json text, without truncation or padding: a call such as
+    `tokenizer(texts, truncation=True, max_length=1024)` leaves its Rust tokenizer truncating, and a
+    backend loaded from that state would cut every document silently (and its fingerprint would
+    change with a call made earlier)."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -51,18 +53,19 @@ def tokenizer_json(tokenizer) -> str | None:
 
 
 def tokenizer_threads(workers: int = 1) -> int:
-    """Threads for one reader's fastokens calls: LMSTREAM_TOKENIZER_THREADS, else this process's cores shared
-    between the processes of the node (LOCAL_WORLD_SIZE, set by torchrun/accelerate) and its DataLoader workers,
-    so that processes x workers x threads never exceeds the cores."""
+    """Threads for one reader's fastokens calls: LMSTREAM_TOKENIZER_THREADS, else this process's
+    cores shared between the processes of the node (LOCAL_WORLD_SIZE, set by torchrun/accelerate)
+    and its DataLoader workers, so that processes x workers x threads never exceeds the cores."""
     if os.environ.get("LMSTREAM_TOKENIZER_THREADS"):
         return max(1, int(os.environ["LMSTREAM_TOKENIZER_THREADS"]))
     return max(1, _cores() // (max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) * max(1, workers)))
 
 
 def reader_threads(workers: int = 1) -> int:
-    """fastokens threads for a reader (in process, or a DataLoader worker): its share of the cores (tokenizer_threads)
-    less one for its Python thread, which packs a batch while the encoder's helper thread tokenizes the next
-    (lmstream.tokens.tokenize.Encoder.encode_ahead); at least 1. LMSTREAM_TOKENIZER_THREADS sets it exactly."""
+    """fastokens threads for a reader (in process, or a DataLoader worker): its share of the cores
+    (tokenizer_threads) less one for its Python thread, which packs a batch while the encoder's
+    helper thread tokenizes the next (lmstream.tokens.tokenize.Encoder.encode_ahead); at least 1.
+    LMSTREAM_TOKENIZER_THREADS sets it exactly."""
     share = tokenizer_threads(workers)
     return share if os.environ.get("LMSTREAM_TOKENIZER_THREADS") else max(1, share - 1)
 
@@ -72,14 +75,15 @@ def _cores() -> int:
 
 
 def limit_threads(threads: int) -> None:
-    """fastokens' thread pool size for this process (read when the pool starts: call before the first encode).
-    A forked DataLoader worker does not inherit its parent's pool threads and encodes on its own thread."""
+    """fastokens' thread pool size for this process (read when the pool starts: call before the
+    first encode). A forked DataLoader worker does not inherit its parent's pool threads and encodes
+    on its own thread."""
     os.environ["FASTOKENS_BPE_THREADS"] = str(threads)
 
 
 def fastokens_backend(tokenizer, spec: str | None = None):
-    """A fastokens Tokenizer identical to `tokenizer` (special tokens added as HF adds them), or None.
-    `spec`: the tokenizer's JSON when already at hand."""
+    """A fastokens Tokenizer identical to `tokenizer` (special tokens added as HF adds them), or
+    None. `spec`: the tokenizer's JSON when already at hand."""
     spec = spec or tokenizer_json(tokenizer)
     if spec is None:
         return None
@@ -99,7 +103,8 @@ def fastokens_backend(tokenizer, spec: str | None = None):
 
 
 def decode_flat(ids: bytes, offsets: bytes) -> list[list[int]]:
-    """fastokens' flat output as one list of ids per text (for checks; the encoder keeps it flat)."""
+    """fastokens' flat output as one list of ids per text (for checks; the encoder keeps it
+    flat)."""
     import numpy as np
     flat, ends = np.frombuffer(ids, np.uint32), np.frombuffer(offsets, np.uint64)
     return [flat[int(a):int(b)].tolist() for a, b in zip(ends[:-1], ends[1:])]
@@ -119,15 +124,16 @@ def _bytes_decoder() -> dict[str, int]:
 
 
 def is_gpt2_style(spec: dict) -> bool:
-    """A byte-level BPE with GPT-2's pre-tokenizer and no normalizer: its text can be cut where GPT-2 splits."""
+    """A byte-level BPE with GPT-2's pre-tokenizer and no normalizer: its text can be cut where
+    GPT-2 splits."""
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
     return (model.get("type") == "BPE" and not spec.get("normalizer") and pre.get("type") == "ByteLevel"
             and pre.get("use_regex", True) and not pre.get("add_prefix_space"))
 
 
 def tiktoken_backend(tokenizer, spec: dict | None = None):
-    """A tiktoken Encoding identical to `tokenizer`, or None when it can't reproduce it. `spec`: the tokenizer's
-    parsed JSON when already at hand."""
+    """A tiktoken Encoding identical to `tokenizer`, or None when it can't reproduce it. `spec`: the
+    tokenizer's parsed JSON when already at hand."""
     try:
         import tiktoken
     except ImportError:

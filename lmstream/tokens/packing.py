@@ -2,48 +2,70 @@
 over to the next documents; or, without grouping, one padded sample per document.
 
     packer = BlockPacker(block_size=1024)
-    for block, next_ref, next_offset, docs_done, bytes_done, provenance in packer.feed(ids, lengths, nbytes, refs,
-                                                                                        origins): ...
+    for packed in packer.feed(ids, lengths, nbytes, refs, origins):
+        packed.block, packed.next_ref, packed.next_offset, packed.provenance, ...
 
 Cutting is vectorized (one reshape per tokenizer batch). The state needed to resume is not the
 carried tokens but *where the next token comes from*: (document reference, token offset). Resuming
-re-tokenizes that one document and skips the offset, so the state stays tiny whatever the block size.
-A very long document may arrive in several parts: each part's ref carries the token offset of its first
-token in the document (`base`) and whether it ends the document (`last`).
+re-tokenizes that one document and skips the offset, so the state stays tiny whatever the block
+size. A very long document may arrive in several parts: each part's ref carries the token offset of
+its first token in the document (`base`) and whether it ends the document (`last`): a `Part`.
 
-Provenance: given each entry's origin (shard, row group, row), every block comes with the segments it is made of,
-one int64 row each: (source, shard, row group, row, first token, end token) with token offsets within the document
-(its EOS is its last token); source is 0 here (a mixture numbers its sources). See lmstream.tokens.provenance: the rows
-are made when first read.
+Provenance: given each entry's origin (shard, row group, row), every block comes with the segments
+it is made of, one int64 row each: (source, shard, row group, row, first token, end token) with
+token offsets within the document (its EOS is its last token); source is 0 here (a mixture numbers
+its sources). See lmstream.tokens.provenance: the rows are made when first read.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from .provenance import FeedOrigins, Provenance
 
 
+class Part(NamedTuple):
+    """A part of a document tokenized in pieces: the document's ref, the offset of the part's first
+    token in the document, and whether the part ends the document."""
+    doc: tuple
+    base: int
+    last: bool
+
+
+class Packed(NamedTuple):
+    """A block and the position after it: the ref of the document its next token comes from and that
+    token's offset, the documents and bytes it completed, and its segments (or None)."""
+    block: np.ndarray
+    next_ref: tuple
+    next_offset: int
+    docs_done: int
+    bytes_done: int
+    provenance: Provenance | None
+
+
 class BlockPacker:
-    """Cuts a stream of tokenized documents (or document parts) into blocks of `block_size` with carry-over."""
+    """Cuts a stream of tokenized documents (or document parts) into blocks of `block_size` with
+    carry-over."""
     track_provenance = True   # the benchmark turns it off to measure what provenance costs
 
     def __init__(self, block_size: int):
         self.block_size = block_size
-        # Variables for checkpointing: the carry, as entries (documents or parts) still (partly) pending
+        # Variables for checkpointing: the carry, as entries (documents or parts) still (partly)
+        # pending
         self.buf = np.empty(0, dtype=np.int32)   # tokens not yet emitted
         self.lens = np.empty(0, dtype=np.int64)  # tokens of each pending entry still in buf
         self.nbytes = np.empty(0, dtype=np.int64)
-        self.refs: list = []                     # (doc ref, base, last) of each pending entry
+        self.refs: list[Part] = []               # each pending entry's Part
         self.first_off = 0                       # tokens of the first pending entry already emitted
-        self.origins = np.empty((0, 4), dtype=np.int64)   # (shard, row group, row, doc token of its first in buf)
+        # (shard, row group, row, doc token of its first in buf)
+        self.origins = np.empty((0, 4), dtype=np.int64)
 
     def feed(self, ids: np.ndarray, lengths: np.ndarray, nbytes, refs: list, origins: np.ndarray | None = None):
-        """Add entries; return [(block, next_ref, next_offset, docs_completed, bytes_completed, provenance)].
-
-        `refs[i]` is a document reference, or (reference, base, last) for a part of one. `origins`: each entry's
-        (shard, row group, row), int64 (n, 3); without it provenance is None.
-        """
-        refs = [r if len(r) == 3 and isinstance(r[2], bool) else (r, 0, True) for r in refs]
+        """Add entries; return the blocks completed, each a `Packed`. `refs[i]`: a document's ref
+        (window, index), or a `Part` of one. `origins`: each entry's (shard, row group, row), int64
+        (n, 3); without it provenance is None."""
+        refs = [r if isinstance(r, Part) else Part(r, 0, True) for r in refs]
         if origins is not None and self.track_provenance:
             new = np.empty((len(refs), 4), dtype=np.int64)
             new[:, :3] = origins
@@ -66,14 +88,16 @@ class BlockPacker:
         blocks = self.buf[: n * L].reshape(n, L)
         prov = self._block_provenance(ends, n)
         out, prev, pending = [], 0, len(self.refs)
-        # Python ints in the per-block loop (a NumPy scalar's arithmetic costs several times a Python int's)
+        # Python ints in the per-block loop (a NumPy scalar's arithmetic costs several times a
+        # Python int's)
         ends_, cum_docs, cum_bytes = [0, *ends.tolist()], cum_docs.tolist(), cum_bytes.tolist()
         for b, k in enumerate(done.tolist()):
             if k < pending:
                 ref, off = self._position(k, (b + 1) * L - ends_[k])
             else:   # the block ends exactly at the end of the last pending entry
                 ref, off = self._position(k - 1, ends_[k] - ends_[k - 1], after=True)
-            out.append((blocks[b], ref, off, cum_docs[k] - cum_docs[prev], cum_bytes[k] - cum_bytes[prev], prov[b]))
+            docs, nbytes = cum_docs[k] - cum_docs[prev], cum_bytes[k] - cum_bytes[prev]
+            out.append(Packed(blocks[b], ref, off, docs, nbytes, prov[b]))
             prev = k
         k, used = int(done[-1]), n * L
         self._carry_origins(k, used - int(ends[k] - self.lens[k]) if k < len(self.refs) else 0)
@@ -89,21 +113,25 @@ class BlockPacker:
         return out
 
     def _block_provenance(self, ends: np.ndarray, n: int) -> list:
-        """Each block's Provenance (its rows made on demand from the feed's entries), or None without origins."""
+        """Each block's Provenance (its rows made on demand from the feed's entries), or None
+        without origins."""
         if len(self.origins) != len(self.refs) or not len(self.origins):
             return [None] * n
         feed = FeedOrigins(self.origins, ends, self.lens, self.block_size, n)
         return [Provenance(feed, b) for b in range(n)]
 
     def _carry_origins(self, k: int, emitted: int) -> None:
-        """Entries before k are done; `emitted` tokens of entry k were emitted (its origin moves past them)."""
+        """Entries before k are done; `emitted` tokens of entry k were emitted (its origin moves
+        past them)."""
         if len(self.origins) == len(self.refs):
-            self.origins = self.origins[k:].copy()   # never changed in place: a feed's Provenance refers to it
+            # never changed in place: a feed's Provenance refers to it
+            self.origins = self.origins[k:].copy()
             if k < len(self.refs):
                 self.origins[0, 3] += emitted
 
     def _position(self, e: int, x: int, after: bool = False):
-        """(doc ref, token offset in the document) of token x of pending entry e (after=True: past its end)."""
+        """(doc ref, token offset in the document) of token x of pending entry e (after=True: past
+        its end)."""
         ref, base, last = self.refs[e]
         if after and last:
             window, j = ref

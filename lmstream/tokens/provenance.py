@@ -1,11 +1,12 @@
-"""Provenance: which documents a block is made of, as int64 rows (source, shard, row group, row, first token, end
-token), token offsets within the document (its EOS is its last token).
+"""Provenance: which documents a block is made of, as int64 rows (source, shard, row group, row,
+first token, end token), token offsets within the document (its EOS is its last token).
 
     prov = sample["provenance"]          # a Provenance (lmstream.tokens.packing makes them), or an array
     prov.tolist()                        # [[source, shard, row_group, row, first, end], ...]
 
-A block's Provenance holds its feed's entries (origins and where they end in the feed's tokens) and makes the rows
-when first read, for all blocks of that feed at once: training, which rarely reads them, pays a reference per block.
+A block's Provenance holds its feed's entries (origins and where they end in the feed's tokens) and
+makes the rows when first read, for all blocks of that feed at once: training, which rarely reads
+them, pays a reference per block.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 
 
 class FeedOrigins:
-    """The entries of one feed as the packer held them (origins, where they end in the feed's token stream), from
-    which every block's segments are made, all at once, when one is first read."""
+    """The entries of one feed as the packer held them (origins, where they end in the feed's token
+    stream), from which every block's segments are made, all at once, when one is first read."""
     __slots__ = ("origins", "ends", "lens", "block_size", "n", "_rows", "_at")
 
     def __init__(self, origins: np.ndarray, ends: np.ndarray, lens: np.ndarray, block_size: int, n: int):
@@ -42,15 +43,18 @@ class FeedOrigins:
         return self._at
 
     def _make(self) -> None:
-        """Segments start at each block's start and at each entry's start inside the blocks; empty ones are left out."""
+        """Segments start at each block's start and at each entry's start inside the blocks; empty
+        ones are left out."""
         L, n, ends = self.block_size, self.n, self.ends
         starts = ends - self.lens
         cuts = np.concatenate([starts[starts < n * L], np.arange(n, dtype=np.int64) * L])
         cuts.sort()
         seg_end = np.empty_like(cuts)
         seg_end[:-1], seg_end[-1] = cuts[1:], n * L
-        e = np.searchsorted(ends, cuts, side="right")   # the entry holding the segment's first token
-        keep = (seg_end > cuts) & (e < len(ends))       # empty entries, an entry starting on a block's edge
+        # the entry holding the segment's first token
+        e = np.searchsorted(ends, cuts, side="right")
+        # empty entries, an entry starting on a block's edge
+        keep = (seg_end > cuts) & (e < len(ends))
         cuts, seg_end, e = cuts[keep], seg_end[keep], e[keep]
         rows = np.empty((len(cuts), 6), dtype=np.int64)
         rows[:, 0] = 0
@@ -62,8 +66,8 @@ class FeedOrigins:
 
 
 class Provenance:
-    """The segments of one block, int64 rows (source, shard, row group, row, first token, end token), made when first
-    read (`rows`, `tolist()`, indexing and iteration read them)."""
+    """The segments of one block, int64 rows (source, shard, row group, row, first token, end
+    token), made when first read (`rows`, `tolist()`, indexing and iteration read them)."""
     __slots__ = ("feed", "index", "source")
 
     def __init__(self, feed: FeedOrigins, index: int, source: int = 0):
@@ -120,8 +124,9 @@ def with_source(provenance, source: int):
 
 
 class BatchProvenance:
-    """A batch's provenance as one array (every sample's rows, in order) and where each sample's rows start: what a
-    DataLoader worker sends, one array a batch. Indexing and iteration give each sample's rows."""
+    """A batch's provenance as one array (every sample's rows, in order) and where each sample's
+    rows start: what a DataLoader worker sends, one array a batch. Indexing and iteration give each
+    sample's rows."""
     __slots__ = ("rows", "at")
 
     def __init__(self, rows: np.ndarray, at: list):
@@ -129,8 +134,9 @@ class BatchProvenance:
 
     @staticmethod
     def pack(provenances: list):
-        """(rows, starts) of a batch's samples: one slice of the feed's rows when they are consecutive blocks of one
-        feed (the usual case), else the samples' rows joined. None when a sample has none."""
+        """(rows, starts) of a batch's samples: one slice of the feed's rows when they are
+        consecutive blocks of one feed (the usual case), else the samples' rows joined. None when a
+        sample has none."""
         first = provenances[0]
         if first is None or any(p is None for p in provenances):
             return None

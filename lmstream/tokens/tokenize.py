@@ -1,13 +1,14 @@
-"""Tokens: batched encoding of documents, an EOS token after each one, on the fastest identical backend.
+"""Tokens: batched encoding of documents, an EOS token after each one, on the fastest identical
+backend.
 
     enc = build_encoder(tokenizer)
     ids, lengths = enc.encode(["first doc", "second doc"])   # flat int32 ids, tokens per document
 
-GPT-2's tokenizer adds no EOS by itself, so documents would run together once packed; the
-encoder appends `eos_token_id` to every document (unless the tokenizer already ended it with one).
-The backend is fastokens when it reproduces the tokenizer id for id (any tokenizer.json: GPT-2, Llama-3-,
-DeepSeek-style, ...; flat NumPy output), else tiktoken for GPT-2-style BPEs, else the Hugging Face tokenizer
-(lmstream.tokens.backends).
+GPT-2's tokenizer adds no EOS by itself, so documents would run together once packed; the encoder
+appends `eos_token_id` to every document (unless the tokenizer already ended it with one). The
+backend is fastokens when it reproduces the tokenizer id for id (any tokenizer.json: GPT-2,
+Llama-3-, DeepSeek-style, ...; flat NumPy output), else tiktoken for GPT-2-style BPEs, else the
+Hugging Face tokenizer (lmstream.tokens.backends).
 """
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ log = logging.getLogger(__name__)
 
 CHUNK_CHARS = 1 << 20   # documents longer than this are encoded in pieces (GPT-2-style tokenizers)
 _SAFE_CUT = None
-BACKENDS = ("fastokens", "tiktoken", "hf")   # fastest first; each used only where it is identical to HF
-_HELPER: list = []   # [pid, the thread that encodes the next batch ahead (Encoder.encode_ahead)]: made on first use
-_CHOSEN: dict = {}   # (tokenizer JSON digest, class, special tokens, allowed) -> the backends chosen, this process
+# fastest first; each used only where it is identical to HF
+BACKENDS = ("fastokens", "tiktoken", "hf")
+# [pid, the thread that encodes the next batch ahead (Encoder.encode_ahead)]: made on first use
+_HELPER: list = []
+# (tokenizer JSON digest, class, special tokens, allowed) -> the backends chosen, this process
+_CHOSEN: dict = {}
 
 
 def _safe_cut(text: str, at: int, window: int = 1 << 16) -> int:
@@ -47,9 +51,9 @@ def _safe_cut(text: str, at: int, window: int = 1 << 16) -> int:
 
 
 def tokenizer_fingerprint(tokenizer, spec: dict | None = None) -> str:
-    """16 hex digits over what decides the ids: vocabulary, merges, normalizer, pre-tokenizer, post-processor,
-    added and special tokens (not padding or truncation settings, not the folder it was loaded from).
-    `spec`: the tokenizer's parsed JSON when already at hand."""
+    """16 hex digits over what decides the ids: vocabulary, merges, normalizer, pre-tokenizer,
+    post-processor, added and special tokens (not padding or truncation settings, not the folder it
+    was loaded from). `spec`: the tokenizer's parsed JSON when already at hand."""
     if spec is None:
         text = backends.tokenizer_json(tokenizer)
         spec = json.loads(text) if text is not None else None
@@ -64,8 +68,8 @@ def tokenizer_fingerprint(tokenizer, spec: dict | None = None) -> str:
 class Encoder:
     """Encodes batches of documents into one flat id array plus per-document lengths (EOS included).
 
-    The backend is the fastest that reproduces the HF tokenizer id for id (BACKENDS order, see lmstream.tokens.backends);
-    `allowed` limits the choice (("hf",) forces the reference)."""
+    The backend is the fastest that reproduces the HF tokenizer id for id (BACKENDS order, see
+    lmstream.tokens.backends); `allowed` limits the choice (("hf",) forces the reference)."""
 
     def __init__(self, tokenizer, allowed=BACKENDS):
         self.eos = tokenizer.eos_token_id
@@ -77,43 +81,49 @@ class Encoder:
         self.vocab_size = len(tokenizer)
 
     def _load(self) -> None:
-        """Choose the backend and fingerprint the tokenizer: once per process for the same tokenizer content (the
-        train and eval streams, a mixture's sources and copies of a stream share the choice and its self-check)."""
+        """Choose the backend and fingerprint the tokenizer: once per process for the same tokenizer
+        content (the train and eval streams, a mixture's sources and copies of a stream share the
+        choice and its self-check)."""
         text = backends.tokenizer_json(self.tokenizer)
         key = None if text is None else (hashlib.sha256(text.encode()).hexdigest(), type(self.tokenizer).__name__,
                                          repr(sorted(self.tokenizer.special_tokens_map.items())), self.allowed)
         if key not in _CHOSEN:
             _CHOSEN[key] = self._choose(text)
-        # id_type: the narrowest type every id fits (what workers send, prepare saves), read from the vocabulary once
+        # id_type: the narrowest type every id fits (what workers send, prepare saves), read from
+        # the vocabulary once
         self.fast, self.tiktoken, self.backend, self.cuttable, self.fingerprint, self.id_type = _CHOSEN[key]
         if key is None:
             _CHOSEN.pop(key)   # a slow tokenizer: nothing to key it by, chosen again each time
 
     def _choose(self, text: str | None) -> tuple:
-        """(fastokens, tiktoken, backend name, cuttable, fingerprint, id type), the tokenizer's JSON parsed once."""
+        """(fastokens, tiktoken, backend name, cuttable, fingerprint, id type), the tokenizer's JSON
+        parsed once."""
         spec = json.loads(text) if text is not None else None
         fast = backends.fastokens_backend(self.tokenizer, text) if "fastokens" in self.allowed else None
         tik = None
         if fast is None and "tiktoken" in self.allowed:
             tik = backends.tiktoken_backend(self.tokenizer, spec or {})
         backend = "fastokens" if fast is not None else "tiktoken" if tik is not None else "hf"
-        # a GPT-2-style text can be cut where its pre-tokenizer splits anyway (long documents, in pieces)
+        # a GPT-2-style text can be cut where its pre-tokenizer splits anyway (long documents, in
+        # pieces)
         cuttable = backend != "hf" and spec is not None and backends.is_gpt2_style(spec)
         return fast, tik, backend, cuttable, tokenizer_fingerprint(self.tokenizer, spec), id_type(self.tokenizer)
 
-    def __getstate__(self):   # the Rust objects don't pickle: rebuilt (and checked again) in the worker
+    # the Rust objects don't pickle: rebuilt (and checked again) in the worker
+    def __getstate__(self):
         state = dict(self.__dict__)
         state["fast"] = state["tiktoken"] = None
         return state
 
     def encode_ahead(self, batches: list):
-        """(ids, lengths, seconds) of each list of documents in `batches`, in order. With fastokens the next batch is
-        encoded on a helper thread while the caller packs the current one: fastokens releases the GIL, so
-        tokenizing overlaps the Python work around it, and the reader's fastokens threads leave a core for that
-        work (backends.reader_threads). Measured on 2 cores, cold tokenizer cache: in one process 1 thread with
-        the helper gave 15-20% more tokens/s than 2 threads without it; with 2 workers, 5-10% more. A batch None
-        gives None, and nothing is encoded beside the caller until it asks for the next one (it may use the
-        encoder itself meanwhile)."""
+        """(ids, lengths, seconds) of each list of documents in `batches`, in order. With fastokens
+        the next batch is encoded on a helper thread while the caller packs the current one:
+        fastokens releases the GIL, so tokenizing overlaps the Python work around it, and the
+        reader's fastokens threads leave a core for that work (backends.reader_threads). Measured on
+        2 cores, cold tokenizer cache: in one process 1 thread with the helper gave 15-20% more
+        tokens/s than 2 threads without it; with 2 workers, 5-10% more. A batch None gives None, and
+        nothing is encoded beside the caller until it asks for the next one (it may use the encoder
+        itself meanwhile)."""
         if self.fast is None:
             yield from (None if docs is None else self._timed_encode(docs) for docs in batches)
             return
@@ -137,8 +147,8 @@ class Encoder:
 
     @staticmethod
     def _helper() -> concurrent.futures.ThreadPoolExecutor:
-        """This process's encoding thread, shared by its encoders (a forked process makes its own: threads do not
-        survive a fork)."""
+        """This process's encoding thread, shared by its encoders (a forked process makes its own:
+        threads do not survive a fork)."""
         if not _HELPER or _HELPER[0] != os.getpid():
             _HELPER[:] = [os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstream-tok")]
         return _HELPER[1]
@@ -147,7 +157,8 @@ class Encoder:
         self.__dict__.update(state)
         self._load()
 
-    def __deepcopy__(self, memo):   # set once in __init__, never changed: a copied stream shares its encoder
+    # set once in __init__, never changed: a copied stream shares its encoder
+    def __deepcopy__(self, memo):
         return self
 
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
@@ -155,16 +166,18 @@ class Encoder:
         if self.fast is not None:
             return backends.decode_flat(*self.fast.encode_batch_flat(list(texts), add_special_tokens=True))
         if self.tiktoken is not None:
-            enc = self.tiktoken   # one call per text: encode_batch's thread pool costs ~15% with one thread
+            # one call per text: encode_batch's thread pool costs ~15% with one thread
+            enc = self.tiktoken
             return [enc.encode(t, allowed_special="all") for t in texts]
         return self.tokenizer(list(texts), verbose=False)["input_ids"]
 
     def encode_parts(self, doc):
-        """(int32 ids, last) for a very long document (a LongText, or a str) in pieces, EOS at the end.
+        """(int32 ids, last) for a very long document (a LongText, or a str) in pieces, EOS at the
+        end.
 
-        For a GPT-2-style tokenizer the pieces are cut where its pre-tokenizer splits anyway, so the ids are those
-        of the whole text, and each piece becomes int32 at once (4 bytes a token, not a Python int's 36).
-        Another tokenizer gets the whole text at once (exactness first)."""
+        For a GPT-2-style tokenizer the pieces are cut where its pre-tokenizer splits anyway, so the
+        ids are those of the whole text, and each piece becomes int32 at once (4 bytes a token, not
+        a Python int's 36). Another tokenizer gets the whole text at once (exactness first)."""
         if not self.cuttable:
             ids, _ = self.encode([str(doc)])
             yield ids, True
@@ -207,8 +220,9 @@ class Encoder:
 
 
 def id_type(tokenizer) -> type:
-    """np.uint16 when every id of the tokenizer (its vocabulary and added tokens) is below 65536, as GPT-2's are,
-    else np.int32: one rule for the ids DataLoader workers send and lmstream.tools.prepare saves."""
+    """np.uint16 when every id of the tokenizer (its vocabulary and added tokens) is below 65536, as
+    GPT-2's are, else np.int32: one rule for the ids DataLoader workers send and
+    lmstream.tools.prepare saves."""
     if len(tokenizer) > 1 << 16:
         return np.int32
     ids = list(tokenizer.get_vocab().values()) + list(getattr(tokenizer, "added_tokens_decoder", {}))
@@ -216,7 +230,8 @@ def id_type(tokenizer) -> type:
 
 
 def with_eos(flat: np.ndarray, offsets: np.ndarray, eos: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, lengths) with an EOS after every document that does not already end with one (vectorized)."""
+    """(ids, lengths) with an EOS after every document that does not already end with one
+    (vectorized)."""
     lengths = np.diff(offsets).astype(np.int64)
     ends = offsets[1:].astype(np.int64)
     last = flat[np.maximum(ends - 1, 0)] if len(flat) else np.full(len(ends), -1, np.int32)
@@ -225,19 +240,23 @@ def with_eos(flat: np.ndarray, offsets: np.ndarray, eos: int) -> tuple[np.ndarra
 
 
 def settle() -> None:
-    """Wait until this process's encoding thread has nothing under way: call before forking, so that no child
-    starts as a copy taken while the tokenizer ran on another thread (its locks held by a thread the child lacks)."""
+    """Wait until this process's encoding thread has nothing under way: call before forking, so that
+    no child starts as a copy taken while the tokenizer ran on another thread (its locks held by a
+    thread the child lacks)."""
     if _HELPER and _HELPER[0] == os.getpid():
-        _HELPER[1].submit(int).result()   # one thread, tasks in order: this one runs after every earlier one
+        # one thread, tasks in order: this one runs after every earlier one
+        _HELPER[1].submit(int).result()
 
 
 def forget_backends() -> None:
-    """Drop the backends chosen in this process: the next encoder loads (and checks) its own, with a cold cache."""
+    """Drop the backends chosen in this process: the next encoder loads (and checks) its own, with a
+    cold cache."""
     _CHOSEN.clear()
 
 
 def build_encoder(tokenizer, allowed=BACKENDS) -> Encoder:
-    """The encoder for `tokenizer`: the fastest backend identical to it (fastokens, tiktoken, then HF)."""
+    """The encoder for `tokenizer`: the fastest backend identical to it (fastokens, tiktoken, then
+    HF)."""
     enc = Encoder(tokenizer, allowed)
     log.info("tokenizer backend: %s", enc.backend)
     return enc

@@ -5,9 +5,10 @@
     python -m lmstream.bench train    --dataset DIR --config NAME --tokenizer PATH
     python -m lmstream.bench all --quick          # the bundled sample, tiny sizes (what CI runs)
 
-The README's figures use the corpus `python bench/make_corpus.py corpus/` builds (Python's documentation from
-Debian's python3.11-doc, config python-3.11-docs): `--dataset corpus --config python-3.11-docs`.
-Each ratio is printed against its target; a --quick run says that its figures are not comparable.
+The README's figures use the corpus `python bench/make_corpus.py corpus/` builds (Python's
+documentation from Debian's python3.11-doc, config python-3.11-docs): `--dataset corpus --config
+python-3.11-docs`. Each ratio is printed against its target; a --quick run says that its figures are
+not comparable.
 
 Each prints a table and writes a JSON and a PNG chart into --out (default bench-results/).
 """
@@ -169,7 +170,8 @@ TARGETS = [
 
 
 def report(results: dict, quick: bool) -> list[str]:
-    """Each measured ratio against its target, as lines; a quick run says its figures are not the README's."""
+    """Each measured ratio against its target, as lines; a quick run says its figures are not the
+    README's."""
     lines = []
     if quick:
         lines.append("QUICK RUN (bundled sample, tiny sizes): a smoke test; these figures are not comparable with the "

@@ -1,6 +1,7 @@
-"""The pipeline benchmark: each tokenizer backend alone on texts in memory (the bounds), lmstream in one process on
-each backend, lmstream's loader with workers, and the Hugging Face examples' pipeline (map + group_texts), side by
-side on the same corpus (see lmstream.tools.bench for the command and the targets).
+"""The pipeline benchmark: each tokenizer backend alone on texts in memory (the bounds), lmstream in
+one process on each backend, lmstream's loader with workers, and the Hugging Face examples' pipeline
+(map + group_texts), side by side on the same corpus (see lmstream.tools.bench for the command and
+the targets).
 """
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ def _timed(fn):
 
 
 def _lmstream_epoch(args, tokenizer, batch: int, workers: int) -> tuple[int, float, float]:
-    """(tokens, seconds, start-up seconds) of one epoch of a freshly built pipeline: the start-up (plan, tokenizer
-    backend and its self-check) is timed apart, the epoch from the loader's first request to its last batch."""
-    forget_backends()   # a fresh tokenizer backend, as each backend alone gets: its cache would remember the texts
+    """(tokens, seconds, start-up seconds) of one epoch of a freshly built pipeline: the start-up
+    (plan, tokenizer backend and its self-check) is timed apart, the epoch from the loader's first
+    request to its last batch."""
+    # a fresh tokenizer backend, as each backend alone gets: its cache would remember the texts
+    forget_backends()
     t0 = time.perf_counter()
     ds = build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer)
     t1 = time.perf_counter()
@@ -58,9 +61,9 @@ def _epoch_rate(args, tokenizer, batch: int, workers: int, repeats: int) -> tupl
 
 
 def _provenance_cost(args, tokenizer, repeats: int) -> tuple[float, float, float]:
-    """(tokens per CPU second with provenance, without, the median of the paired cost ratios): one process's stream
-    over the corpus listed 4 times, CPU time (this machine's wall-clock noise is larger than the effect), each
-    pair run back to back."""
+    """(tokens per CPU second with provenance, without, the median of the paired cost ratios): one
+    process's stream over the corpus listed 4 times, CPU time (this machine's wall-clock noise is
+    larger than the effect), each pair run back to back."""
     import numpy as np
     from ..tokens.packing import BlockPacker
     many = dataclasses.replace(repeated(args, 4), dataset_cycle=False)
@@ -89,15 +92,17 @@ def reference_pipeline(args: DataArguments, tokenizer, block: int, batch: int, w
 
 
 def _best_of(fn, repeats: int) -> tuple[object, float]:
-    """fn's result and its fastest time over `repeats` runs (the machine's noise only ever slows a run)."""
+    """fn's result and its fastest time over `repeats` runs (the machine's noise only ever slows a
+    run)."""
     runs = [_timed(fn) for _ in range(repeats)]
     return runs[0][0], min(t for _, t in runs)
 
 
 def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
-    """Tokens/s of each backend alone on texts in memory (the bounds): HF (batches of 256), tiktoken (one thread,
-    one call per text, as the pipeline calls it) and fastokens (one flat call on all the cores: this process's
-    fastokens threads, fixed at its first call, are the cores; lmstream's own runs are in a fresh process)."""
+    """Tokens/s of each backend alone on texts in memory (the bounds): HF (batches of 256), tiktoken
+    (one thread, one call per text, as the pipeline calls it) and fastokens (one flat call on all
+    the cores: this process's fastokens threads, fixed at its first call, are the cores; lmstream's
+    own runs are in a fresh process)."""
     out = {}
     batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
     n, hf_s = _best_of(lambda: sum(len(x) for b in batches for x in tokenizer(b, verbose=False)["input_ids"]), repeats)
@@ -109,7 +114,8 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
     if "FASTOKENS_BPE_THREADS" not in os.environ:
         backends.limit_threads(backends.tokenizer_threads())
     fast = backends.fastokens_backend(tokenizer)
-    if fast is not None:   # a fresh tokenizer per run (built untimed): its segment cache would remember the texts
+    # a fresh tokenizer per run (built untimed): its segment cache would remember the texts
+    if fast is not None:
         rates = []
         for _ in range(repeats):
             tok = type(fast).from_json_str(backends.tokenizer_json(tokenizer))
@@ -121,9 +127,10 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
 
 def in_process_measures(args: DataArguments, tokenizer_path: str, batch: int, repeats: int, names: list,
                         workers: int, passes: int) -> dict:
-    """lmstream in one process, measured in a fresh process with lmstream's own fastokens threads (this one's are
-    all the cores, for the bounds; a process's are fixed at its first call): {"rates": {backend: (best tokens/s,
-    least start-up seconds)}, "provenance": _provenance_cost, "sustained": _sustained with `workers`, `passes`}."""
+    """lmstream in one process, measured in a fresh process with lmstream's own fastokens threads
+    (this one's are all the cores, for the bounds; a process's are fixed at its first call):
+    {"rates": {backend: (best tokens/s, least start-up seconds)}, "provenance": _provenance_cost,
+    "sustained": _sustained with `workers`, `passes`}."""
     code = "import sys; from lmstream.tools.bench_pipeline import _in_process_child; _in_process_child(*sys.argv[1:])"
     env = {k: v for k, v in os.environ.items() if k != "FASTOKENS_BPE_THREADS"}
     out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(args)), tokenizer_path, str(batch),
@@ -136,7 +143,8 @@ def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: 
                       passes: str) -> None:
     from transformers import AutoTokenizer
     args, tokenizer = DataArguments(**json.loads(args_json)), AutoTokenizer.from_pretrained(tokenizer_path)
-    chosen = build_encoder(tokenizer).backend   # its runs: as many as fastokens alone gets (3 x repeats, best taken)
+    # its runs: as many as fastokens alone gets (3 x repeats, best taken)
+    chosen = build_encoder(tokenizer).backend
     rates = {n: _epoch_rate(dataclasses.replace(args, dataset_tokenizer_backend=n), tokenizer, int(batch), 0,
                             int(repeats) * (3 if n == chosen else 1)) for n in names.split(",")}
     default = dataclasses.replace(args, dataset_tokenizer_backend=chosen)
@@ -146,10 +154,11 @@ def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: 
 
 
 def _sustained(args, tokenizer, batch: int, workers: int, repeats: int, passes: int) -> dict:
-    """The rate a training job receives tokens at, once started: one long epoch (the corpus `passes` times over) in
-    one process and with `workers` workers, in turn, in 2 x `repeats` rounds (start-up measured apart). The ratio
-    is the median of the rounds' own ratios: this machine's speed drifts over minutes, and a best of each taken in
-    different minutes would compare a fast minute with a slow one."""
+    """The rate a training job receives tokens at, once started: one long epoch (the corpus `passes`
+    times over) in one process and with `workers` workers, in turn, in 2 x `repeats` rounds
+    (start-up measured apart). The ratio is the median of the rounds' own ratios: this machine's
+    speed drifts over minutes, and a best of each taken in different minutes would compare a fast
+    minute with a slow one."""
     many = repeated(args, passes)
     runs = {0: [], workers: []}
     for _ in range(2 * repeats):
@@ -166,13 +175,15 @@ SUSTAINED_TOKENS = 100_000_000   # the sustained rates' epoch: about 2 s of lmst
 
 def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeats: int = 3,
                    passes: int | None = None) -> dict:
-    """`passes`: the corpus's passes in the sustained rates' epoch (default: SUSTAINED_TOKENS' worth)."""
+    """`passes`: the corpus's passes in the sustained rates' epoch (default: SUSTAINED_TOKENS'
+    worth)."""
     texts = corpus_texts(args)
     corpus_tokens = sum(len(x) + 1 for x in tokenizer(texts, verbose=False)["input_ids"])
     passes = passes or max(1, -(-SUSTAINED_TOKENS // corpus_tokens))
     alone = _backends_alone(texts, tokenizer, repeats)
     args = dataclasses.replace(args, dataset_block_size=block)
-    # fastokens alone also in fresh processes, as lmstream's runs are, before and after them: the bound is the best
+    # fastokens alone also in fresh processes, as lmstream's runs are, before and after them: the
+    # bound is the best
     path, threads = tokenizer.name_or_path, backends.tokenizer_threads()
     before = fastokens_rate(args, path, threads, repeats) if "fastokens" in alone else None
     fresh = in_process_measures(args, path, batch, repeats, list(alone), workers, passes)
@@ -201,20 +212,25 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
          "in_process_with_provenance_cpu_tok_s": with_prov, "in_process_without_provenance_cpu_tok_s": without,
          "provenance_cost": prov_cost}
     r["ratio_vs_hf_bound"] = r["lmstream_tok_s"] / r["hf_tokenizer_tok_s"]
-    r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]            # tokens delivered to training
-    r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]   # corpus processed
+    # tokens delivered to training
+    r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]
+    # corpus processed
+    r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]
     r["in_process_vs_fastest"] = r["lmstream_in_process_tok_s"] / fastest
-    r["workers_vs_in_process"] = sustained["ratio"]   # once started: the median of the rounds' paired ratios
+    # once started: the median of the rounds' paired ratios
+    r["workers_vs_in_process"] = sustained["ratio"]
     r["workers_vs_in_process_best"] = r["sustained_workers_tok_s"] / r["sustained_in_process_tok_s"]
-    r["workers_vs_in_process_one_pass"] = r["lmstream_tok_s"] / r["lmstream_in_process_tok_s"]   # start-up included
+    # start-up included
+    r["workers_vs_in_process_one_pass"] = r["lmstream_tok_s"] / r["lmstream_in_process_tok_s"]
     return r
 
 
 def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repeats: int = 1,
                    processes: int = 1) -> float:
-    """fastokens alone on `threads` threads (FASTOKENS_BPE_THREADS) in each of `processes` fresh processes at once,
-    texts in memory: tokens/s of all of them together (their tokens over the slowest one's time), the best of
-    `repeats` rounds, each by a fresh tokenizer (built untimed: its segment cache would remember the texts)."""
+    """fastokens alone on `threads` threads (FASTOKENS_BPE_THREADS) in each of `processes` fresh
+    processes at once, texts in memory: tokens/s of all of them together (their tokens over the
+    slowest one's time), the best of `repeats` rounds, each by a fresh tokenizer (built untimed: its
+    segment cache would remember the texts)."""
     code = ("import json, sys, time; from transformers import AutoTokenizer\n"
             "from lmstream.config import DataArguments; from lmstream.tokens import backends\n"
             "from lmstream.tools.bench_pipeline import corpus_texts\n"

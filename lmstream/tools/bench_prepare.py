@@ -1,5 +1,6 @@
-"""The prepare benchmark: `python -m lmstream.prepare` on all cores against the same held to one core, and against
-fastokens alone on one thread and in a process per core (see lmstream.tools.bench for the command and the targets).
+"""The prepare benchmark: `python -m lmstream.prepare` on all cores against the same held to one
+core, and against fastokens alone on one thread and in a process per core (see lmstream.tools.bench
+for the command and the targets).
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from ..tokens.tokenize import forget_backends
 
 
 def _prepare_once(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
-    """`python -m lmstream.prepare` once, with a fresh tokenizer backend (a process's backend is kept for its later
-    runs, and its cache would remember the corpus: fastokens alone and lmstream's other runs start cold too)."""
+    """`python -m lmstream.prepare` once, with a fresh tokenizer backend (a process's backend is
+    kept for its later runs, and its cache would remember the corpus: fastokens alone and lmstream's
+    other runs start cold too)."""
     import shutil
     forget_backends()
     from ..arguments import parse_args
@@ -33,8 +35,9 @@ def _prepare_once(args: DataArguments, tokenizer_path: str, block: int, out: str
 
 
 def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, out: str) -> dict:
-    """_prepare_once in a fresh process held to one core (so: one process, one fastokens thread), the faster of two
-    runs (a fresh process's first touch of its memory is slow here, and slower for two processes at once)."""
+    """_prepare_once in a fresh process held to one core (so: one process, one fastokens thread),
+    the faster of two runs (a fresh process's first touch of its memory is slow here, and slower for
+    two processes at once)."""
     code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
             "from lmstream.config import DataArguments; from lmstream.tools.bench_prepare import _prepare_once\n"
             "a = DataArguments(**json.loads(sys.argv[1]))\n"
@@ -50,10 +53,11 @@ def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, o
 
 
 def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str, repeats: int = 3) -> dict:
-    """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x fastokens' one-thread
-    rate, against cores x prepare held to one core (how it scales), and against fastokens alone in as many
-    processes at once (the bound for any pipeline of processes, below cores x one thread on a machine whose cores
-    slow each other down). Each is the best of `repeats`, all four taken in turn (this machine's speed drifts)."""
+    """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x
+    fastokens' one-thread rate, against cores x prepare held to one core (how it scales), and
+    against fastokens alone in as many processes at once (the bound for any pipeline of processes,
+    below cores x one thread on a machine whose cores slow each other down). Each is the best of
+    `repeats`, all four taken in turn (this machine's speed drifts)."""
     if not hasattr(os, "sched_setaffinity"):
         raise SystemExit("bench prepare holds a process to one core: Linux only.")
     runs: dict = {"prepare": [], "one_core": [], "single": [], "processes": []}
@@ -62,7 +66,8 @@ def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str
         n = done["processes"]
         runs["prepare"].append(done)
         runs["one_core"].append(_prepare_on_one_core(args, tokenizer_path, block, out)["tokens_per_second"])
-        runs["single"].append(fastokens_rate(args, tokenizer_path, 1, 2))   # the second round warm, as above
+        # the second round warm, as above
+        runs["single"].append(fastokens_rate(args, tokenizer_path, 1, 2))
         runs["processes"].append(fastokens_rate(args, tokenizer_path, 1, 2, processes=n))
     best = max(runs["prepare"], key=lambda d: d["tokens_per_second"])
     rate, single, bound = best["tokens_per_second"], max(runs["single"]), max(runs["processes"])

@@ -69,7 +69,8 @@ def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "p
     files = {"train": urls}
     if not all(u.startswith("http://127.0.0.1:") for u in urls):
         raise ValueError("first_document_times times a server on this machine (127.0.0.1) only.")
-    offline = datasets.config.HF_HUB_OFFLINE   # offline mode keeps off the internet; this server is on this machine
+    # offline mode keeps off the internet; this server is on this machine
+    offline = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = False
     try:
         timed("download, then read (datasets)",

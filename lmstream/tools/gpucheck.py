@@ -1,4 +1,5 @@
-"""GPU throughput check: the same training loop fed by the streaming pipeline and by synthetic tokens.
+"""GPU throughput check: the same training loop fed by the streaming pipeline and by synthetic
+tokens.
 
     python -m lmstream.tools.gpucheck --dataset DIR --config NAME --steps 200     # on a GPU: GPT-2 small, bf16, SDPA
     python -m lmstream.tools.gpucheck --cpu-dry-run                                # tiny sizes on the CPU
@@ -6,8 +7,9 @@
 Both runs use a plain PyTorch loop (forward, backward, AdamW step), 8 x 1024 tokens per step and the
 same model; the first `--warmup` steps are not timed. Reported per run: tokens/s, MFU (model FLOPs:
 6 N + 12 L d T per token, over the card's dense bf16 peak) and data wait (time in next(loader) /
-wall time), and host CPU use (CPU seconds of this process and the loader's workers per wall second: cores
-busy for this one GPU). The pipeline/synthetic throughput ratio is the figure of merit (target >= 0.98).
+wall time), and host CPU use (CPU seconds of this process and the loader's workers per wall second:
+cores busy for this one GPU). The pipeline/synthetic throughput ratio is the figure of merit (target
+>= 0.98).
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ def _model(overrides: str, device, attn: str):
 
 
 def _synthetic(batch: int, block: int, vocab: int, n: int = 64):
-    """An endless loader of in-memory random blocks (pinned on a GPU host, like the real loader's)."""
+    """An endless loader of in-memory random blocks (pinned on a GPU host, like the real
+    loader's)."""
     data = torch.randint(0, vocab, (n, batch, block))
     if torch.cuda.is_available():
         data = data.pin_memory()
@@ -48,7 +51,8 @@ def _synthetic(batch: int, block: int, vocab: int, n: int = 64):
 
 
 def _cpu_seconds() -> float:
-    """CPU seconds (user + system) used so far by this process and its live children (the loader's workers)."""
+    """CPU seconds (user + system) used so far by this process and its live children (the loader's
+    workers)."""
     import psutil
     me = psutil.Process()
     total = sum(me.cpu_times()[:2])
@@ -157,14 +161,16 @@ def main(argv=None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(TINY_MODEL)
     config_name = a.config
     if a.dataset == SAMPLE_DATASET and not config_name:
-        # the sample's Parquet folder, read directly: the GPU image has no `datasets` to parse a README config
+        # the sample's Parquet folder, read directly: the GPU image has no `datasets` to parse a
+        # README config
         a.dataset = os.path.join(SAMPLE_DATASET, "data", SAMPLE_CONFIG)
     data_args = DataArguments(dataset_name=a.dataset, dataset_config_name=config_name, dataset_block_size=a.block)
     from ..tokens.tokenize import Encoder
     results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "settings": vars(a),
                "torch": torch.__version__, "cpus": os.cpu_count(), "tokenizer_backend": Encoder(tokenizer).backend}
     runs: dict[str, list[dict]] = {"synthetic": [], "pipeline": []}
-    for _ in range(a.rounds):        # alternate the two, so that clock and thermal drift hit both alike
+    # alternate the two, so that clock and thermal drift hit both alike
+    for _ in range(a.rounds):
         for name in ("synthetic", "pipeline"):
             runs[name].append(_measure(name, a, data_args, tokenizer, device, bf16, results["device"]))
     for name, rs in runs.items():    # the best round of each; every round is kept under "rounds"

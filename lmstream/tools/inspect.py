@@ -1,17 +1,20 @@
-"""What did the model see at step N? The blocks of an optimizer step, with the documents they are made of.
+"""What did the model see at step N? The blocks of an optimizer step, with the documents they are
+made of.
 
     python -m lmstream.inspect OUTPUT_DIR --step 41200 [--rank R] [--text] [--json]
     python -m lmstream.inspect OUTPUT_DIR --document ID_OR_URL --steps 41000-41400 [--json]
 
     report = lmstream.inspect_step("output", 12)       # the same, as a dict (a notebook cell)
 
-The data order is a pure function of the seed, the plan and the saved positions, so nothing is logged while
-training: the step's data is replayed. From the run's lineage (lmstream.training.lineage) comes the topology in force at
-step N (processes, workers, batch size, gradient accumulation, skipped steps); from the nearest checkpoint at or
-before N that this topology wrote (or the one it resumed from) come the positions; each rank's loader is built as
-training built it, placed there (elastically, if the topology changed at that resume) and run forward to step N:
-only the row groups after the checkpoint are read. Each block's segments (lmstream.tokens.packing) name the shard, row
-group, row and token range of its documents; their `id` and `url` columns are read for just those rows.
+The data order is a pure function of the seed, the plan and the saved positions, so nothing is
+logged while
+training: the step's data is replayed. From the run's lineage (lmstream.training.lineage) comes the
+topology in force at step N (processes, workers, batch size, gradient accumulation, skipped steps);
+from the nearest checkpoint at or before N that this topology wrote (or the one it resumed from)
+come the positions; each rank's loader is built as training built it, placed there (elastically, if
+the topology changed at that resume) and run forward to step N: only the row groups after the
+checkpoint are read. Each block's segments (lmstream.tokens.packing) name the shard, row group, row
+and token range of its documents; their `id` and `url` columns are read for just those rows.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from ..training.trainer import place_loader
 
 
 def inspect_step(output_dir: str, step: int, ranks=None, text: bool = False) -> dict:
-    """Every rank's micro-batches of optimizer step `step` (1-based, as the logs number them), block by block."""
+    """Every rank's micro-batches of optimizer step `step` (1-based, as the logs number them), block
+    by block."""
     out = {"output_dir": output_dir, "step": step, "micro_batches": []}
     for s, rank, micro, ids, prov, ctx in replay(output_dir, step, step, ranks):
         out.update(checkpoint=ctx["checkpoint"], topology=ctx["topology"], sources=ctx["describe"].names)
@@ -53,7 +57,8 @@ def find_document(output_dir: str, key: str, first: int, last: int, ranks=None) 
 
 
 def replay(output_dir: str, first: int, last: int, ranks=None):
-    """(step, rank, micro-batch, input_ids, provenance per row, context) for steps first..last, as trained."""
+    """(step, rank, micro-batch, input_ids, provenance per row, context) for steps first..last, as
+    trained."""
     if first < 1 or last < first:
         raise ConfigError(f"Steps {first}-{last}: give steps from 1 on, the first not after the last.")
     segments = lineage.read(os.path.join(output_dir, lineage.RUN_LINEAGE))
@@ -68,7 +73,8 @@ def replay(output_dir: str, first: int, last: int, ranks=None):
 
 
 def _base_checkpoint(output_dir: str, seg: dict, step: int) -> str | None:
-    """The newest complete checkpoint before `step` written by segment `seg`, else the one it resumed from."""
+    """The newest complete checkpoint before `step` written by segment `seg`, else the one it
+    resumed from."""
     best = None
     for name in os.listdir(output_dir):
         c = checkpoint_step(name)
@@ -88,7 +94,8 @@ def _base_checkpoint(output_dir: str, seg: dict, step: int) -> str | None:
 
 
 def _replay_arguments(seg: dict, output_dir: str) -> DataArguments:
-    """The segment's data arguments, its own list of skipped documents in force (a later run may have listed more)."""
+    """The segment's data arguments, its own list of skipped documents in force (a later run may
+    have listed more)."""
     data = dict(seg["data_args"], dataset_skip_documents=None)
     if seg.get("skip_documents"):
         path = os.path.join(output_dir, ".lmstream", f"skip_documents-{seg['from_step']}.txt")
@@ -133,7 +140,8 @@ def _replay_segment(output_dir: str, seg: dict, first: int, last: int, ranks):
 
 
 class _Batches:
-    """A loader's batches across epochs, as the Trainer takes them (a new iterator when one ends)."""
+    """A loader's batches across epochs, as the Trainer takes them (a new iterator when one
+    ends)."""
 
     def __init__(self, loader):
         self.loader, self.it, self.epoch = loader, iter(loader), 0
@@ -162,7 +170,8 @@ class _Batches:
 
 
 class Describer:
-    """A block's segments as readable records: source, file, row group, row, token range, id and url, text."""
+    """A block's segments as readable records: source, file, row group, row, token range, id and
+    url, text."""
 
     def __init__(self, ds, tokenizer, args: DataArguments):
         streams = getattr(ds, "streams", None) or [ds]

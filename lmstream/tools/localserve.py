@@ -1,5 +1,6 @@
-"""A local file server on 127.0.0.1 with HTTP Range requests, for the notebooks and the tests: a folder served as
-a remote dataset is, so that "download" and "stream" can be timed side by side without leaving the machine.
+"""A local file server on 127.0.0.1 with HTTP Range requests, for the notebooks and the tests: a
+folder served as a remote dataset is, so that "download" and "stream" can be timed side by side
+without leaving the machine.
 
     server = serve_folder(folder)
     with server as url:                       # http://127.0.0.1:PORT, until the block ends
@@ -32,8 +33,8 @@ def parse_range(header: str | None, size: int):
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
-    """GET and HEAD of files with Range support. Subclasses may answer a request first (`answer_first`, True when
-    it answered) or send a body otherwise (`send_body`)."""
+    """GET and HEAD of files with Range support. Subclasses may answer a request first
+    (`answer_first`, True when it answered) or send a body otherwise (`send_body`)."""
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args):
@@ -49,7 +50,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         return False
 
     def send_body(self, body: bytes) -> None:
-        """Send in chunks, counting what was written; a client that hangs up early (it had what it needed) ends it."""
+        """Send in chunks, counting what was written; a client that hangs up early (it had what it
+        needed) ends it."""
         try:
             for at in range(0, len(body), CHUNK):
                 chunk = body[at: at + CHUNK]
@@ -61,7 +63,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.close_connection = True
 
     def wait_for_link(self, nbytes: int) -> None:
-        """With a bandwidth limit, wait for this chunk's turn on the one simulated link all connections share."""
+        """With a bandwidth limit, wait for this chunk's turn on the one simulated link all
+        connections share."""
         rate = self.server.bytes_per_s
         if not rate:
             return
@@ -96,8 +99,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 class LocalServer:
-    """A ThreadingHTTPServer on 127.0.0.1 run in a thread for the `with` block (`handler`: a request handler class
-    or factory); `requests` logs the requests a handler records."""
+    """A ThreadingHTTPServer on 127.0.0.1 run in a thread for the `with` block (`handler`: a request
+    handler class or factory); `requests` logs the requests a handler records."""
 
     def __init__(self, handler, mb_per_s: float = 0):
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -123,6 +126,6 @@ class LocalServer:
 
 
 def serve_folder(directory: str, mb_per_s: float = 0) -> LocalServer:
-    """A LocalServer of the files under `directory` (Range requests answered); `mb_per_s` > 0 sends the bytes of all
-    connections through one link of that bandwidth, as a network would."""
+    """A LocalServer of the files under `directory` (Range requests answered); `mb_per_s` > 0 sends
+    the bytes of all connections through one link of that bandwidth, as a network would."""
     return LocalServer(functools.partial(RangeHandler, directory=directory), mb_per_s)

@@ -32,8 +32,8 @@ PANELS = [   # (log key, title, y-axis label, a second key drawn on the same axe
 
 
 def training_curves(output_dir: str, save: bool = True):
-    """Loss (train and eval), learning rate, tokens/s, data-wait share and, for a mixture, each source's share of the
-    tokens, over steps: a 2-column grid that reads at notebook width."""
+    """Loss (train and eval), learning rate, tokens/s, data-wait share and, for a mixture, each
+    source's share of the tokens, over steps: a 2-column grid that reads at notebook width."""
     hist = log_history(output_dir)
     sources = sorted({k for h in hist for k in h if k.startswith("mix/")})
     n = len(PANELS) + bool(sources)
@@ -67,8 +67,8 @@ def training_curves(output_dir: str, save: bool = True):
 
 
 def length_histogram(lengths, marks: dict, path: str | None = None):
-    """Histogram of document lengths in tokens on a log scale, with vertical lines at `marks` (label -> tokens),
-    e.g. the training block size and the model's context length."""
+    """Histogram of document lengths in tokens on a log scale, with vertical lines at `marks` (label
+    -> tokens), e.g. the training block size and the model's context length."""
     import numpy as np
     lengths = np.asarray(lengths)
     fig, ax = plt.subplots(figsize=(9, 3.6))
@@ -107,7 +107,8 @@ def losses(output_dir: str) -> dict:
 
 
 def loss_overlay(runs: dict, stop_step: int | None = None, path: str | None = None):
-    """Training loss over steps of several runs (label -> output_dir) on one plot, a stop marked at `stop_step`."""
+    """Training loss over steps of several runs (label -> output_dir) on one plot, a stop marked at
+    `stop_step`."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     for (label, folder), style in zip(runs.items(), [dict(marker="o", linewidth=3, alpha=0.45),
                                                       dict(marker="x", linestyle="--", color="black")]):

@@ -22,7 +22,8 @@ log = logging.getLogger("lmstream")
 
 
 def prepare(model_args, data_args, training_args) -> int:
-    """Tokenize and pack one epoch into `tokenized_dataset_save_dir` with all cores (dataset_num_proc processes,
+    """Tokenize and pack one epoch into `tokenized_dataset_save_dir` with all cores
+    (dataset_num_proc processes,
     default: one per core); return blocks, tokens, seconds, processes and tokens/s."""
     if not data_args.tokenized_dataset_save_dir:
         raise ConfigError("Pass --tokenized_dataset_save_dir FOLDER: where the blocks are written.")
@@ -40,7 +41,8 @@ def prepare(model_args, data_args, training_args) -> int:
     timings: dict = {}
     target = data_args.tokenized_dataset_save_dir
     check_save_dir(target)   # before the work, not after it
-    staging = tempfile.mkdtemp(prefix=".lmstream-staging-", dir=_made(target))   # inside it: nothing written elsewhere
+    # inside it: nothing written elsewhere
+    staging = tempfile.mkdtemp(prefix=".lmstream-staging-", dir=_made(target))
     try:
         ds = materialize(data_args, tokenizer, seed, positions, processes, timings, folder=staging)
         save_blocks(ds, target, staged=staging)

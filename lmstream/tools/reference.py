@@ -1,13 +1,14 @@
-"""The reference script's data pipeline (transformers' examples/pytorch/language-modeling/run_clm.py), as its
-functions are written there, so that the notebooks show it and the benchmark measures it against lmstream's.
+"""The reference script's data pipeline (transformers'
+examples/pytorch/language-modeling/run_clm.py), as its functions are written there, so that the
+notebooks show it and the benchmark measures it against lmstream's.
 
     tokenized = stream.map(tokenize_function(tokenizer, 1024), batched=True, remove_columns=columns)
     blocks = tokenized.map(group_texts(1024), batched=True)
     loader = reference_loader(parquet_files, "text", tokenizer, 1024, batch_size=8, num_workers=8)   # all of it
 
-Two things lose tokens here: `truncation=True` keeps the first `max_length` tokens of each document, and
-`group_texts` drops what is left of each `map` batch (1,000 documents by default) after its last whole block.
-There is no EOS between documents either: GPT-2's tokenizer adds none.
+Two things lose tokens here: `truncation=True` keeps the first `max_length` tokens of each document,
+and `group_texts` drops what is left of each `map` batch (1,000 documents by default) after its last
+whole block. There is no EOS between documents either: GPT-2's tokenizer adds none.
 """
 from __future__ import annotations
 
@@ -15,18 +16,21 @@ import itertools
 
 
 def tokenize_function(tokenizer, max_length: int, text_column: str = "text"):
-    """The reference's tokenize step for a batched `map`: each document truncated to `max_length` tokens."""
+    """The reference's tokenize step for a batched `map`: each document truncated to `max_length`
+    tokens."""
     def tokenize(examples):
         return tokenizer(examples[text_column], truncation=True, max_length=max_length)
     return tokenize
 
 
 def group_texts(block_size: int):
-    """The reference's grouping for a batched `map`: concatenate the batch, cut blocks, drop the remainder."""
+    """The reference's grouping for a batched `map`: concatenate the batch, cut blocks, drop the
+    remainder."""
     def group(examples):
         concatenated = {k: list(itertools.chain(*examples[k])) for k in examples}
         total_length = len(concatenated[list(examples.keys())[0]])
-        total_length = (total_length // block_size) * block_size   # the remainder of the batch is dropped
+        # the remainder of the batch is dropped
+        total_length = (total_length // block_size) * block_size
         result = {k: [t[i: i + block_size] for i in range(0, total_length, block_size)]
                   for k, t in concatenated.items()}
         result["labels"] = result["input_ids"].copy()
@@ -35,8 +39,8 @@ def group_texts(block_size: int):
 
 
 def reference_loader(files: list[str], text_column: str, tokenizer, block_size: int, batch_size: int, num_workers: int):
-    """The reference script's whole streaming pipeline over Parquet `files`: datasets streaming, map(tokenize,
-    truncation), map(group_texts), a torch DataLoader."""
+    """The reference script's whole streaming pipeline over Parquet `files`: datasets streaming,
+    map(tokenize, truncation), map(group_texts), a torch DataLoader."""
     import datasets
     import torch
     stream = datasets.load_dataset("parquet", data_files={"train": list(files)}, split="train", streaming=True)

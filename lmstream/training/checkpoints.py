@@ -1,5 +1,6 @@
-"""Checkpoint folders as lmstream writes and reads them: every rank's data position next to the Trainer's files, and
-a marker written last, so that a checkpoint cut short (killed mid-save) is never resumed from.
+"""Checkpoint folders as lmstream writes and reads them: every rank's data position next to the
+Trainer's files, and a marker written last, so that a checkpoint cut short (killed mid-save) is
+never resumed from.
 
     checkpoint-N/lmstream_data/rank-R.json     the loader state of rank R (lmstream.stream.state, inside torchdata's)
     checkpoint-N/lmstream_data/plan.json.gz    the plan the positions refer to (lmstream.corpus.planfile)
@@ -16,7 +17,8 @@ from ..corpus.planfile import atomic_write
 from ..stream.state import position_problem, reader_states
 
 DATA_STATE_DIR = "lmstream_data"
-COMPLETE = "lmstream_complete.json"   # written last: a checkpoint without it was cut short (killed mid-save)
+# written last: a checkpoint without it was cut short (killed mid-save)
+COMPLETE = "lmstream_complete.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 RANK_FILE = re.compile(r"rank-(\d+)\.json")
 
@@ -32,7 +34,8 @@ def is_complete(checkpoint: str) -> bool:
 
 
 def is_cut_short(checkpoint: str) -> bool:
-    """An lmstream checkpoint whose save did not finish (no marker, while lmstream wrote it or its siblings)."""
+    """An lmstream checkpoint whose save did not finish (no marker, while lmstream wrote it or its
+    siblings)."""
     if is_complete(checkpoint):
         return False
     parent = os.path.dirname(os.path.abspath(checkpoint))
@@ -60,7 +63,8 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
 
 
 def trained_steps(checkpoint: str) -> int:
-    """The optimizer steps a checkpoint was saved after (its trainer_state.json, else its folder's name)."""
+    """The optimizer steps a checkpoint was saved after (its trainer_state.json, else its folder's
+    name)."""
     try:
         with open(os.path.join(checkpoint, "trainer_state.json")) as f:
             return int(json.load(f)["global_step"])

@@ -29,9 +29,11 @@ NOTEBOOK_ONLY = {"num_processes", "extra_args", "sample_prompt", "sample_max_new
 class Job:
     """A training run described by the notebook's parameters, parsed once."""
     params: dict                                  # every declared parameter and its value
-    argv: list[str] = field(default_factory=list) # the equivalent command line of `python -m lmstream.train`
+    # the equivalent command line of `python -m lmstream.train`
+    argv: list[str] = field(default_factory=list)
     num_processes: int = 1
-    args: tuple = ()                              # (model, data, run, training) arguments parsed from argv
+    # (model, data, run, training) arguments parsed from argv
+    args: tuple = ()
     given: set = field(default_factory=set)       # the arguments argv sets explicitly
 
     @property
@@ -40,9 +42,9 @@ class Job:
 
 
 def injected_names(namespace: dict) -> list[str]:
-    """The names papermill injected: those its "# Parameters" cell assigns (the latest one in the kernel's input
-    history), so that a kernel's own variables ("Run all" a second time) are not taken for parameters. Outside
-    IPython: every plain value of the namespace."""
+    """The names papermill injected: those its "# Parameters" cell assigns (the latest one in the
+    kernel's input history), so that a kernel's own variables ("Run all" a second time) are not
+    taken for parameters. Outside IPython: every plain value of the namespace."""
     history = namespace.get("In")
     if not isinstance(history, list):
         return [k for k, v in namespace.items() if not k.startswith("_") and k not in _IPYTHON_NAMES
@@ -53,11 +55,12 @@ def injected_names(namespace: dict) -> list[str]:
 
 
 def notebook_parameters(namespace: dict, demo: str = None) -> dict:
-    """The parameters a notebook declared (annotated names of its `parameters` cell) with their values.
+    """The parameters a notebook declared (annotated names of its `parameters` cell) with their
+    values.
 
     Names papermill injected that the notebook does not declare are rejected; an unset dataset or
-    model (None) becomes the embedded default: the bundled sample dataset and a tiny GPT-2 config; an unset
-    output_dir, the notebook's demo folder `demo` (runs/notebook-demo), replaced each time.
+    model (None) becomes the embedded default: the bundled sample dataset and a tiny GPT-2 config;
+    an unset output_dir, the notebook's demo folder `demo` (runs/notebook-demo), replaced each time.
     """
     declared = list(namespace.get("__annotations__", {}))
     unknown = sorted(set(injected_names(namespace)) - set(declared))
@@ -81,8 +84,9 @@ DEMO_MARKER = ".lmstream-demo"
 
 
 def demo_output_dir(folder: str = DEMO_DIR) -> str:
-    """The output folder of a notebook run without output_dir ("Run all" in Jupyter): the notebook's own demo
-    run, replaced each time. Only a folder this function made (it holds a marker) is ever removed."""
+    """The output folder of a notebook run without output_dir ("Run all" in Jupyter): the notebook's
+    own demo run, replaced each time. Only a folder this function made (it holds a marker) is ever
+    removed."""
     import shutil
     if os.path.isdir(folder):
         if not os.path.exists(os.path.join(folder, DEMO_MARKER)):
@@ -119,8 +123,9 @@ def job_from_parameters(namespace: dict) -> Job:
 
 
 def start_run(job: Job):
-    """The job's Run (lmstream.training.run): the training notebook's cells call its steps one by one. With num_processes > 1,
-    its `fit()` launches one process per GPU with accelerate's notebook_launcher, each running the same steps."""
+    """The job's Run (lmstream.training.run): the training notebook's cells call its steps one by
+    one. With num_processes > 1, its `fit()` launches one process per GPU with accelerate's
+    notebook_launcher, each running the same steps."""
     from .run import Run
     if job.params.get("disable_tqdm"):   # keep the report free of inner progress bars too
         import datasets
@@ -131,7 +136,8 @@ def start_run(job: Job):
 
 
 def run_job(job: Job) -> dict:
-    """Every step of the job's Run in order (the training notebook runs them cell by cell); the metrics."""
+    """Every step of the job's Run in order (the training notebook runs them cell by cell); the
+    metrics."""
     return start_run(job).all_steps()
 
 

@@ -1,13 +1,15 @@
-"""A run's lineage: which topology and data settings fed which steps, across resumes, and which steps were skipped.
+"""A run's lineage: which topology and data settings fed which steps, across resumes, and which
+steps were skipped.
 
     output_dir/lmstream_lineage.json               the current run's lineage, written at its first step
     checkpoint-N/lmstream_data/lineage.json        the lineage that led to checkpoint N (with what it skipped)
 
-A lineage is a list of segments, oldest first. A segment is one start of the job: the step it started from (the
-checkpoint it resumed, 0 when fresh), its processes, DataLoader workers, batch size, gradient accumulation, the data
-seed and arguments, and the step ranges it was told to skip (--dataset_skip_steps) with what they held. Steps
-from_step+1 up to the next segment's from_step were fed by that segment. `lmstream.tools.inspect` reads it to replay the
-data of any step with the topology that was in force then.
+A lineage is a list of segments, oldest first. A segment is one start of the job: the step it
+started from (the checkpoint it resumed, 0 when fresh), its processes, DataLoader workers, batch
+size, gradient accumulation, the data seed and arguments, and the step ranges it was told to skip
+(--dataset_skip_steps) with what they held. Steps from_step+1 up to the next segment's from_step
+were fed by that segment. `lmstream.tools.inspect` reads it to replay the data of any step with the
+topology that was in force then.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from ..errors import ConfigError
 from ..corpus.planfile import atomic_write
 
 RUN_LINEAGE = "lmstream_lineage.json"
-SKIP_LIST = "lmstream_skip_documents.txt"   # every document listed by dataset_skip_documents in this lineage
+# every document listed by dataset_skip_documents in this lineage
+SKIP_LIST = "lmstream_skip_documents.txt"
 CHECKPOINT_LINEAGE = "lineage.json"
 
 
@@ -37,7 +40,8 @@ def segment(from_step: int, world_size: int, workers: int, batch_size: int, grad
 
 def for_run(checkpoint: str | None, model_args, data_args, run_args, training_args, world: int, seed: int,
             max_positions: int | None) -> list[dict]:
-    """A run's lineage: the checkpoint's, with this start appended (its skips checked against the checkpoint)."""
+    """A run's lineage: the checkpoint's, with this start appended (its skips checked against the
+    checkpoint)."""
     a, m = training_args, model_args
     old = read(checkpoint) if checkpoint else []
     from_step = trained_steps(checkpoint) if checkpoint else 0
@@ -51,9 +55,9 @@ def for_run(checkpoint: str | None, model_args, data_args, run_args, training_ar
 
 
 def with_listed_documents(checkpoint: str | None, data_args, output_dir: str):
-    """The data arguments with dataset_skip_documents naming every document listed so far: the file given now and
-    the lists of the lineage being resumed (a list keeps applying on later resumes), merged into
-    output_dir/lmstream_skip_documents.txt. Unchanged when nothing is listed."""
+    """The data arguments with dataset_skip_documents naming every document listed so far: the file
+    given now and the lists of the lineage being resumed (a list keeps applying on later resumes),
+    merged into output_dir/lmstream_skip_documents.txt. Unchanged when nothing is listed."""
     if not data_args.dataset_streaming:
         return data_args
     listed = {d for seg in (read(checkpoint) if checkpoint else []) for d in seg.get("skip_documents", [])}
@@ -83,14 +87,15 @@ def read(path: str) -> list[dict]:
 
 
 def extend(old: list[dict], new: dict) -> list[dict]:
-    """The lineage of a run that starts `new` from the checkpoint whose lineage is `old` (later branches dropped)."""
+    """The lineage of a run that starts `new` from the checkpoint whose lineage is `old` (later
+    branches dropped)."""
     return [s for s in old if s["from_step"] < new["from_step"]] + [new]
 
 
 def pending_skips(old: list[dict], ranges: list[list[int]], from_step: int) -> list[list[int]]:
-    """The ranges still to skip when resuming at `from_step`: those after it. A range an earlier segment of the
-    lineage already skipped is done (the flag may be given again on later resumes); one that begins at or before
-    the checkpoint and was not skipped cannot be, and is refused."""
+    """The ranges still to skip when resuming at `from_step`: those after it. A range an earlier
+    segment of the lineage already skipped is done (the flag may be given again on later resumes);
+    one that begins at or before the checkpoint and was not skipped cannot be, and is refused."""
     done = {tuple(s["steps"]) for seg in old for s in seg.get("skipped", [])}
     out = []
     for lo, hi in ranges:

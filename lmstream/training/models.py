@@ -1,4 +1,5 @@
-"""Model and tokenizer: pretrained (model_name_or_path) or from scratch (config_name + config_overrides).
+"""Model and tokenizer: pretrained (model_name_or_path) or from scratch (config_name +
+config_overrides).
 
     model, tokenizer = load_model_and_tokenizer(ModelArguments(config_name="lmstream/assets/tiny-gpt2"))
 """
@@ -13,7 +14,8 @@ from ..config import ModelArguments
 from ..errors import ConfigError
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")   # lmstream/assets
-TINY_MODEL = os.path.join(ASSETS, "tiny-gpt2")       # GPT-2's tokenizer and a 2-layer, 64-wide config
+# GPT-2's tokenizer and a 2-layer, 64-wide config
+TINY_MODEL = os.path.join(ASSETS, "tiny-gpt2")
 SAMPLE_DATASET = os.path.join(ASSETS, "sample")      # 96 documents
 SAMPLE_CONFIG = "python-docs"                       # its config (data/python-docs/*.parquet)
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")

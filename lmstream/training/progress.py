@@ -1,5 +1,6 @@
-"""What a person watching the terminal sees: a start banner, one progress line per logging step, a resume
-line and an end summary (rank 0 only, on stdout, flushed; in the notebook job papermill streams them out).
+"""What a person watching the terminal sees: a start banner, one progress line per logging step, a
+resume line and an end summary (rank 0 only, on stdout, flushed; in the notebook job papermill
+streams them out).
 
     step   50/2500 [#.........................]   2% | loss 6.2130 | lr 6.00e-04 | 121.4k tok/s | data wait 0.3% | ETA 0:41:07
 """
@@ -33,7 +34,8 @@ def say(text: str) -> None:
 
 
 class TerminalProgress(TrainerCallback):
-    """One line per logging step (step, bar, loss, learning rate, tokens/s, data wait, ETA) on rank 0."""
+    """One line per logging step (step, bar, loss, learning rate, tokens/s, data wait, ETA) on rank
+    0."""
 
     def __init__(self, width: int = 26):
         self.width = width
@@ -78,8 +80,9 @@ class BarOnly(ProgressCallback):
 
 
 class TiedWeightsFilter(logging.Filter):
-    """Drops the Trainer's "missing keys" warning on resume when the keys are only weights tied to others
-    (GPT-2's lm_head is its embedding matrix: it is not saved twice, and nothing is missing)."""
+    """Drops the Trainer's "missing keys" warning on resume when the keys are only weights tied to
+    others (GPT-2's lm_head is its embedding matrix: it is not saved twice, and nothing is
+    missing)."""
 
     def __init__(self, model):
         super().__init__()
@@ -96,8 +99,8 @@ class TiedWeightsFilter(logging.Filter):
 
 def banner(model, data_args, training_args, plan, block_size: int | None, checkpoint: str | None,
            tokenizer_backend: str | None = None) -> list[str]:
-    """The lines printed before training: model, data source and commit, tokenizer backend, topology, steps and
-    tokens."""
+    """The lines printed before training: model, data source and commit, tokenizer backend,
+    topology, steps and tokens."""
     params = sum(p.numel() for p in model.parameters())
     source = data_args.dataset_name or "a dataset_mixture"
     if data_args.dataset_config_name:
@@ -139,7 +142,8 @@ def resume_line(checkpoint: str, states: list[dict]) -> str:
 
 
 def summary(metrics: dict, output_dir: str, wall: float) -> list[str]:
-    """The lines printed after training: final loss, tokens seen, wall time, where the results are."""
+    """The lines printed after training: final loss, tokens seen, wall time, where the results
+    are."""
     checkpoints = sorted((d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d[11:].isdigit()),
                          key=lambda d: int(d[11:])) if os.path.isdir(output_dir) else []
     lines = [f"done  {metrics.get('global_step', '?')} steps in {_duration(wall)} | final loss "

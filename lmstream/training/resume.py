@@ -1,5 +1,5 @@
-"""Where a run starts: a fresh output_dir, or a checkpoint to resume (`--resume_from_checkpoint PATH | true`), with
-the plan it pinned when the data is unchanged.
+"""Where a run starts: a fresh output_dir, or a checkpoint to resume (`--resume_from_checkpoint PATH
+| true`), with the plan it pinned when the data is unchanged.
 
     checkpoint = resolve_checkpoint(training_args)            # None, or a complete checkpoint-N folder
     plan, restart = pinned_plan(checkpoint, data_args)         # the saved plan, or (None, epoch) on changed data
@@ -25,8 +25,9 @@ log = logging.getLogger("lmstream")
 def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, resume) -> None:
     """Refuse to write into a folder that holds another run (nothing is overwritten)."""
     out = training_args.output_dir
-    # executed notebooks (the run's report, written by papermill as it starts), lmstream's caches and a lineage
-    # alone (a run that saved no checkpoint: nothing to resume) don't make it another run
+    # executed notebooks (the run's report, written by papermill as it starts), lmstream's caches
+    # and a lineage alone (a run that saved no checkpoint: nothing to resume) don't make it another
+    # run
     ignored = (".lmstream", ".lmstream-demo", "lmstream_lineage.json")
     held = [f for f in os.listdir(out) if not f.endswith(".ipynb") and f not in ignored] if os.path.isdir(out) else []
     if not (training_args.do_train and held):
@@ -38,8 +39,9 @@ def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, r
 
 
 def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
-    """resume_from_checkpoint as a folder: a path, or 'true'/'last' for the newest in output_dir; its
-    trainer_state.json must be readable (a damaged one is named, not a JSONDecodeError traceback)."""
+    """resume_from_checkpoint as a folder: a path, or 'true'/'last' for the newest in output_dir;
+    its trainer_state.json must be readable (a damaged one is named, not a JSONDecodeError
+    traceback)."""
     folder = checkpoint_folder(training_args)
     if folder is not None:
         state = os.path.join(folder, "trainer_state.json")
@@ -73,16 +75,18 @@ def checkpoint_folder(training_args: TrainingArguments) -> str | None:
 
 
 def pinned_plan(checkpoint: str, data_args: DataArguments):
-    """(plan, restart epoch or False) for resuming from `checkpoint`: the plan it saved, so nothing is listed and
-    no footer read again, when its data is unchanged. Changed data is refused naming the file, or, with
-    dataset_accept_changed_data, planned anew and restarted at the checkpoint's epoch."""
+    """(plan, restart epoch or False) for resuming from `checkpoint`: the plan it saved, so nothing
+    is listed and no footer read again, when its data is unchanged. Changed data is refused naming
+    the file, or, with dataset_accept_changed_data, planned anew and restarted at the checkpoint's
+    epoch."""
     folder = os.path.join(checkpoint, DATA_STATE_DIR)
     if data_args.dataset_mixture or not os.path.isdir(folder):
         return None, False
     plan = planfile.load(folder)
     if plan is None or plan.source != plan_source(data_args):
-        # saved by an lmstream that did not pin plans, or for other data arguments: planned anew, and the data
-        # state's settings decide (another dataset is refused there, naming what differs)
+        # saved by an lmstream that did not pin plans, or for other data arguments: planned anew,
+        # and the data state's settings decide (another dataset is refused there, naming what
+        # differs)
         return None, False
     changes = planfile.shared_plan_check(lambda: planfile.changed(plan, data_args.retry_policy()))
     if not changes:

@@ -1,11 +1,12 @@
-"""One run per output folder: a lock file (host, pid, start time) taken before the run writes anything.
+"""One run per output folder: a lock file (host, pid, start time) taken before the run writes
+anything.
 
     with output_lock("out"):      # a second run into "out" is refused, naming the holder
         train(...)
 
-A lock left by a process that is gone (same host, pid not alive: a run killed with SIGKILL) is taken over
-with a warning; a lock held from another host is refused (its liveness cannot be checked from here): the
-sentence says which host and how to release it.
+A lock left by a process that is gone (same host, pid not alive: a run killed with SIGKILL) is taken
+over with a warning; a lock held from another host is refused (its liveness cannot be checked from
+here): the sentence says which host and how to release it.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def _holder(path: str) -> dict | None:
 
 @contextlib.contextmanager
 def output_lock(output_dir: str):
-    """Hold output_dir's run lock for the `with` block (on rank 0 only: call it from the main process)."""
+    """Hold output_dir's run lock for the `with` block (on rank 0 only: call it from the main
+    process)."""
     path = os.path.join(output_dir, LOCK)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}

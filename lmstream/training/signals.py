@@ -1,12 +1,13 @@
-"""Preemption: SIGTERM (Kubernetes, Slurm, spot instances) or SIGINT (Ctrl-C) saves a complete checkpoint at the
-next step boundary, every rank agreeing on that step, logs where, and stops; `--resume_from_checkpoint true`
-then continues bitwise.
+"""Preemption: SIGTERM (Kubernetes, Slurm, spot instances) or SIGINT (Ctrl-C) saves a complete
+checkpoint at the next step boundary, every rank agreeing on that step, logs where, and stops;
+`--resume_from_checkpoint true` then continues bitwise.
 
     with stop_on_signals() as stop:                 # in the training process
         trainer.add_callback(StopAtStepBoundary(stop))
 
-DataLoader workers ignore both signals (lmstream/stream/workers.py: their parent decides; they exit with it), so a
-signal sent to the whole process group does not kill the readers whose positions the checkpoint needs.
+DataLoader workers ignore both signals (lmstream/stream/workers.py: their parent decides; they exit
+with it), so a signal sent to the whole process group does not kill the readers whose positions the
+checkpoint needs.
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ class StopRequest:
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """Record SIGTERM/SIGINT instead of dying (main thread only; elsewhere a no-op); a second SIGINT interrupts."""
+    """Record SIGTERM/SIGINT instead of dying (main thread only; elsewhere a no-op); a second SIGINT
+    interrupts."""
     stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -50,7 +52,8 @@ def stop_on_signals():
 
 
 class Stopped(Exception):
-    """Training stopped on a signal after saving a checkpoint; the exit status is 128 + the signal number."""
+    """Training stopped on a signal after saving a checkpoint; the exit status is 128 + the signal
+    number."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
@@ -58,7 +61,8 @@ class Stopped(Exception):
 
 
 class StopAtStepBoundary(TrainerCallback):
-    """At each step's end: if any rank was asked to stop, every rank saves and stops at this same step."""
+    """At each step's end: if any rank was asked to stop, every rank saves and stops at this same
+    step."""
 
     def __init__(self, stop: StopRequest):
         self.stop = stop
@@ -82,8 +86,9 @@ class StopAtStepBoundary(TrainerCallback):
 
 
 class StopAfterStep(TrainerCallback):
-    """Stop training after optimizer step `step` with a checkpoint there, as a SIGTERM would: a run cut short that
-    `--resume_from_checkpoint true` continues (lowering max_steps instead would change the learning-rate schedule)."""
+    """Stop training after optimizer step `step` with a checkpoint there, as a SIGTERM would: a run
+    cut short that `--resume_from_checkpoint true` continues (lowering max_steps instead would
+    change the learning-rate schedule)."""
 
     def __init__(self, step: int):
         self.step = step

@@ -38,13 +38,15 @@ def source_shares(stats: dict) -> dict:
 
 
 def is_stream(ds) -> bool:
-    """A rank-local resumable stream (StreamingBlocks or a mixture of them), not a map-style dataset."""
+    """A rank-local resumable stream (StreamingBlocks or a mixture of them), not a map-style
+    dataset."""
     return isinstance(ds, (StreamingBlocks, MixtureBlocks))
 
 
 def collate_blocks(features: list[dict]) -> dict:
-    """The Trainer's default collation, with labels = input_ids for blocks stored without them (packed blocks saved
-    by lmstream.tools.prepare or materialized for `dataset_streaming false`)."""
+    """The Trainer's default collation, with labels = input_ids for blocks stored without them
+    (packed blocks saved by lmstream.tools.prepare or materialized for `dataset_streaming
+    false`)."""
     batch = default_data_collator([{k: v for k, v in f.items() if k != "provenance"} for f in features])
     if "labels" not in batch and "input_ids" in batch:
         batch["labels"] = batch["input_ids"].to(torch.int64, copy=True)
@@ -52,8 +54,8 @@ def collate_blocks(features: list[dict]) -> dict:
 
 
 def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, world_size: int, num_workers: int) -> None:
-    """Put a fresh loader of `dataset` where a checkpoint's data states stood: the exact position with the same
-    number of processes and workers, else an elastic resume."""
+    """Put a fresh loader of `dataset` where a checkpoint's data states stood: the exact position
+    with the same number of processes and workers, else an elastic resume."""
     if data_states is None:
         return
     (world, workers), now = saved_shape(data_states), (world_size, max(1, num_workers))
@@ -69,17 +71,19 @@ def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, wor
 class StreamingTrainer(Trainer):
     """A Trainer whose training data is a rank-local StreamingBlocks stream with resumable state.
 
-    The one adapter to transformers' privates (tests/test_structure.py allows them here only): transformers has no
-    public hook for a loader's state in checkpoints nor for restoring the RNG without skipping batches, so this
-    class overrides `_save_checkpoint` and `_run_epoch` and calls `_load_rng_state`, `_get_output_dir` and reads
-    `_train_batch_size`, as the Trainer's own code does."""
+    The one adapter to transformers' privates (tests/test_structure.py allows them here only):
+    transformers has no public hook for a loader's state in checkpoints nor for restoring the RNG
+    without skipping batches, so this class overrides `_save_checkpoint` and `_run_epoch` and calls
+    `_load_rng_state`, `_get_output_dir` and reads `_train_batch_size`, as the Trainer's own code
+    does."""
 
     def __init__(self, *args, data_states: list[dict] | None = None, lineage: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.data_states = data_states   # every rank's loader state in the checkpoint being resumed
         self.lineage = lineage or []     # lmstream.training.lineage: this run's segment last
         self.loader = None
-        self.step_provenance: list = []  # the provenance of each micro-batch of the step being taken (per sample)
+        # the provenance of each micro-batch of the step being taken (per sample)
+        self.step_provenance: list = []
         self._lineage_written = False
         self._last_log = None            # (time, tokens, wait) at the previous log
 
@@ -97,9 +101,9 @@ class StreamingTrainer(Trainer):
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):
-        # Batches are not skipped (the loader resumed at its saved position), so the Trainer would not
-        # restore the RNG state (dropout): restore it after the first fetch, as the Trainer's own skip
-        # path does, since creating the loader's iterator draws from the global RNG.
+        # Batches are not skipped (the loader resumed at its saved position), so the Trainer would
+        # not restore the RNG state (dropout): restore it after the first fetch, as the Trainer's
+        # own skip path does, since creating the loader's iterator draws from the global RNG.
         if (self.data_states is not None and kwargs.get("resume_from_checkpoint")
                 and kwargs.get("epoch") == kwargs.get("epochs_trained")):
             self._rng_checkpoint = kwargs["resume_from_checkpoint"]
@@ -112,7 +116,8 @@ class StreamingTrainer(Trainer):
         batches = super().get_batch_samples(epoch_iterator, *args, **kwargs)
         if self.loader is not None:
             self.step_provenance = list(self.loader.taken)
-            if self.lineage and self.args.should_save and not self._lineage_written:   # the data was accepted
+            # the data was accepted
+            if self.lineage and self.args.should_save and not self._lineage_written:
                 lineage.write_run(self.args.output_dir, self.lineage)
                 self._lineage_written = True
         if getattr(self, "_rng_checkpoint", None):
@@ -129,19 +134,22 @@ class StreamingTrainer(Trainer):
         if self.loader is not None:
             atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
             plan = getattr(self.train_dataset, "plan", None)
-            if self.args.should_save and plan is not None:   # what the data position refers to, pinned
+            # what the data position refers to, pinned
+            if self.args.should_save and plan is not None:
                 save_plan(plan, os.path.join(folder, DATA_STATE_DIR),
                               cache_dir=os.path.join(self._get_output_dir(trial=trial), ".lmstream"))
         if self.args.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()   # every rank's files are on disk before the checkpoint counts
+            # every rank's files are on disk before the checkpoint counts
+            torch.distributed.barrier()
         if self.args.should_save:
             if self.lineage:
                 lineage.write_checkpoint(folder, self.lineage)
             atomic_json(marker, {"step": self.state.global_step, "world_size": self.args.world_size})
 
     def _skip_steps(self, batches) -> None:
-        """--dataset_skip_steps: before step A is taken, drop the micro-batches steps A..B would have consumed,
-        counted (blocks, distinct documents, tokens) into this run's lineage segment."""
+        """--dataset_skip_steps: before step A is taken, drop the micro-batches steps A..B would
+        have consumed, counted (blocks, distinct documents, tokens) into this run's lineage
+        segment."""
         seg, step = (self.lineage[-1] if self.lineage else {}), self.state.global_step + 1
         for lo, hi in seg.get("skip_steps", []):
             if lo != step or any(s["steps"] == [lo, hi] for s in seg["skipped"]):
@@ -155,7 +163,8 @@ class StreamingTrainer(Trainer):
                 blocks += len(batch["input_ids"])
                 tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
                 docs.update(tuple(r[:4]) for p in self.loader.provenance or [] if p is not None for r in p.tolist())
-            if self.args.world_size > 1 and torch.distributed.is_initialized():   # the run's totals, every rank's
+            # the run's totals, every rank's
+            if self.args.world_size > 1 and torch.distributed.is_initialized():
                 counts = torch.tensor([blocks, len(docs), tokens], dtype=torch.int64, device=self.args.device)
                 torch.distributed.all_reduce(counts)
                 blocks, n_docs, tokens = counts.tolist()
