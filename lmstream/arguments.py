@@ -101,7 +101,8 @@ def _yaml12_loader():
 
     class Loader(yaml.SafeLoader):
         pass
-    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:bool"]
+    Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag,
+                                          rx in v if tag != "tag:yaml.org,2002:bool"]
                                       for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
@@ -146,7 +147,8 @@ def mapping_to_argv(data: dict, skip=()) -> list[str]:
 def check_training_numbers(a: TrainingArguments) -> None:
     """The TrainingArguments numbers a typo can make nonsense of: finite, and in range (one sentence
     each)."""
-    at_least_one = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+    at_least_one = ("per_device_train_batch_size", "per_device_eval_batch_size",
+                    "gradient_accumulation_steps")
     for name in at_least_one:
         if getattr(a, name) < 1:
             raise ConfigError(f"{name}={getattr(a, name)} must be at least 1.")

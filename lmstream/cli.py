@@ -30,7 +30,8 @@ _NOTEBOOK_RULES = {"report_to", "disable_tqdm"}
 NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks", "03_training.ipynb")
 # naming none of these runs the embedded default: the notebook's own defaults (bundled sample, tiny
 # model, CPU)
-_DATA_OR_MODEL = {"dataset_name", "dataset_mixture", "model_name_or_path", "config_name", "tokenized_dataset_load_dir"}
+_DATA_OR_MODEL = {"dataset_name", "dataset_mixture", "model_name_or_path", "config_name",
+                  "tokenized_dataset_load_dir"}
 # errors whose message is a sentence for the user (exit status 2); others are bugs or faults (1)
 USER_ERRORS = {"ConfigError", "Unreadable"}
 
@@ -97,8 +98,8 @@ def preflight(argv: list[str], declared: set[str]) -> dict:
                 and not os.path.exists(os.path.expanduser(path)):
             raise ConfigError(f"{name} '{path}' does not exist: check the path (or give a Hub model id).")
     if data_args.dataset_name and not data_args.dataset_mixture and not data_args.tokenized_dataset_load_dir:
-        resolve_shards(data_args.dataset_name, data_args.dataset_config_name, data_args.dataset_train_split,
-                       data_args.retry_policy())
+        resolve_shards(data_args.dataset_name, data_args.dataset_config_name,
+                       data_args.dataset_train_split, data_args.retry_policy())
     return params
 
 
@@ -123,7 +124,8 @@ def _own_kernel(own: str) -> None:
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     with open(os.path.join(spec, "kernel.json"), "w") as f:
         json.dump({"argv": argv, "display_name": "Python 3 (ipykernel)", "language": "python"}, f)
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([folder, *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([folder,
+                                                  *filter(None, [os.environ.get("JUPYTER_PATH")])])
 
 
 def _forward_signals_to_kernel() -> list:
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     import papermill as pm
     notebook = os.environ.get("LMSTREAM_NOTEBOOK", NOTEBOOK)
     if not os.path.isfile(notebook):
-        print(f"error: the training notebook '{notebook}' is missing: reinstall lmstream.", file=sys.stderr)
+        print(f"error: the training notebook '{notebook}' is missing: reinstall lmstream.",
+              file=sys.stderr)
         return 2
     try:
         params = preflight(argv, set(pm.inspect_notebook(notebook)))

@@ -39,7 +39,8 @@ def parse_mixture(spec) -> list[dict]:
             raise ConfigError(f"dataset_mixture source {i} ({src['name']}): weight must be a positive number.")
         if src.get("on_exhausted", "cycle") not in ("cycle", "stop"):
             raise ConfigError(f"dataset_mixture source {i} ({src['name']}): on_exhausted must be 'cycle' or 'stop'.")
-        sources.append({"config": None, "split": "train", "text_field": "text", "on_exhausted": "cycle", **src})
+        sources.append({"config": None, "split": "train", "text_field": "text",
+                        "on_exhausted": "cycle", **src})
     return sources
 
 
@@ -56,7 +57,8 @@ class DataArguments:
         '"text_field": ..., "weight": 0.7, "on_exhausted": "cycle" | "stop"}, ...]; replaces dataset_name.')})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str = field(default="test", metadata={"help": "Split to evaluate on, when the dataset has it."})
-    dataset_text_field: str = field(default="text", metadata={"help": "Column holding the document text."})
+    dataset_text_field: str = field(default="text",
+                                    metadata={"help": "Column holding the document text."})
     dataset_max_seq_length: Optional[int] = field(default=None, metadata={"help": (
         "Tokens per sample when not grouping (documents longer are truncated, shorter are padded); "
         "defaults to the block size.")})
@@ -64,7 +66,8 @@ class DataArguments:
     dataset_group_text: bool = field(default=True, metadata={"help": (
         "Concatenate documents (EOS between them) and cut into blocks of dataset_block_size, carrying "
         "the remainder over; false: one padded sample per document.")})
-    dataset_group_text_validation: bool = field(default=True, metadata={"help": "Group the evaluation data too."})
+    dataset_group_text_validation: bool = field(default=True,
+                                                metadata={"help": "Group the evaluation data too."})
     dataset_block_size: Optional[int] = field(default=None, metadata={"help": (
         "Tokens per block; default min(1024, tokenizer.model_max_length, model positions).")})
     dataset_streaming: bool = field(default=True, metadata={"help": "Stream the data while training instead of materializing it first."})
@@ -80,7 +83,8 @@ class DataArguments:
     dataset_tokenizer_backend: str = field(default="auto", metadata={"help": (
         "Tokenizer backend: auto (the fastest that reproduces the tokenizer id for id: fastokens, then tiktoken, then "
         "the HF tokenizer), or fastokens, tiktoken or hf to insist on one.")})
-    dataset_tokenize_batch_size: int = field(default=256, metadata={"help": "Documents per tokenizer call."})
+    dataset_tokenize_batch_size: int = field(default=256,
+                                             metadata={"help": "Documents per tokenizer call."})
     dataset_cycle: bool = field(default=True, metadata={"help": "Start the next epoch (new shuffle) when the training stream ends."})
     dataset_max_retries: int = field(default=30, metadata={"help": "Attempts per remote read before giving up (transient faults)."})
     dataset_retry_budget: float = field(default=600.0, metadata={"help": (
@@ -126,7 +130,8 @@ class DataArguments:
             raise ConfigError(f"dataset_text_sample_by={self.dataset_text_sample_by!r} must be 'document', 'paragraph' or 'line'.")
         if self.dataset_max_retries < 1:
             raise ConfigError(f"dataset_max_retries={self.dataset_max_retries} must be at least 1.")
-        for name in ("dataset_retry_budget", "dataset_max_retry_wait", "dataset_retry_backoff", "dataset_read_timeout"):
+        for name in ("dataset_retry_budget", "dataset_max_retry_wait", "dataset_retry_backoff",
+                     "dataset_read_timeout"):
             v = getattr(self, name)
             if not (v >= 0 and v < float("inf")):
                 raise ConfigError(f"{name}={v} must be a finite number of seconds, 0 or more.")
@@ -137,7 +142,8 @@ class DataArguments:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} must be at least 1.")
 
     def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.dataset_max_retries, self.dataset_retry_backoff, read_timeout=self.dataset_read_timeout,
+        return RetryPolicy(self.dataset_max_retries, self.dataset_retry_backoff,
+                           read_timeout=self.dataset_read_timeout,
                            max_wait=self.dataset_max_retry_wait, budget=self.dataset_retry_budget)
 
 

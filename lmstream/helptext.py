@@ -26,10 +26,11 @@ REFERENCE_TRAINING = {
     "resume_from_checkpoint": "A checkpoint-N folder, or true for the newest complete one in output_dir.",
     "report_to": "none, wandb, tensorboard, ...; default: wandb when WANDB_API_KEY is set, else none.",
 }
-REFERENCE_ORDER = ["dataset_streaming", "do_train", "eval_strategy", "dataset_name", "dataset_config_name",
-                   "dataset_group_text", "dataloader_num_workers", "max_steps", "model_name_or_path", "output_dir",
-                   "per_device_train_batch_size", "logging_steps", "save_steps", "max_train_samples",
-                   "max_eval_samples", "resume_from_checkpoint", "tokenized_dataset_save_dir",
+REFERENCE_ORDER = ["dataset_streaming", "do_train", "eval_strategy", "dataset_name",
+                   "dataset_config_name", "dataset_group_text", "dataloader_num_workers",
+                   "max_steps", "model_name_or_path", "output_dir", "per_device_train_batch_size",
+                   "logging_steps", "save_steps", "max_train_samples", "max_eval_samples",
+                   "resume_from_checkpoint", "tokenized_dataset_save_dir",
                    "tokenized_dataset_load_dir", "report_to"]
 
 
@@ -60,7 +61,8 @@ def help_text(prog: str) -> str:
             out.append(_row(name, fields[name].metadata.get("help", "") + _default(fields[name])))
         else:
             out.append(_row(name, REFERENCE_TRAINING[name]))
-    for title, cls in (("Data (lmstream's own):", DataArguments), ("Model:", ModelArguments), ("Run:", RunArguments)):
+    for title, cls in (("Data (lmstream's own):", DataArguments), ("Model:", ModelArguments),
+                       ("Run:", RunArguments)):
         rest = [f for f in dataclasses.fields(cls) if f.name not in REFERENCE_ORDER]
         if rest:
             out += ["", title] + [_row(f.name, f.metadata.get("help", "") + _default(f)) for f in rest]

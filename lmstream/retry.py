@@ -20,8 +20,9 @@ from .errors import ConfigError
 log = logging.getLogger("lmstream")
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _PERMANENT_STATUS = {400, 401, 403, 404, 405, 410, 416}
-_TRANSIENT_WORDS = ("reset", "timed out", "timeout", "payload", "disconnect", "connection", "broken pipe",
-                    "temporarily", "not completed", "truncated", "unexpected end", "eof", "incomplete")
+_TRANSIENT_WORDS = ("reset", "timed out", "timeout", "payload", "disconnect", "connection",
+                    "broken pipe", "temporarily", "not completed", "truncated", "unexpected end",
+                    "eof", "incomplete")
 
 
 @dataclass
@@ -87,12 +88,13 @@ def retry_after(err: BaseException) -> float | None:
 # ServiceUnavailable, 503; EREMOTEIO: InternalError, 500) besides connection-level ones
 _TRANSIENT_S3 = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling",
                  "ThrottlingException", "RequestLimitExceeded", "503", "500"}
-_TRANSIENT_ERRNO = {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.EAGAIN, errno.ETIMEDOUT,
-                    errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
-_TRANSIENT_TYPES = ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError", "ClientOSError",
-                    "ServerTimeoutError", "FSTimeoutError", "IncompleteRead", "ProtocolError", "ReadTimeoutError",
-                    "ContentLengthError", "ConnectError", "ConnectTimeout", "ReadTimeout", "WriteTimeout",
-                    "PoolTimeout", "ReadError", "WriteError", "RemoteProtocolError", "NetworkError", "TimeoutException")
+_TRANSIENT_ERRNO = {errno.EBUSY, getattr(errno, "EREMOTEIO", errno.EIO), errno.EAGAIN,
+                    errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE}
+_TRANSIENT_TYPES = ("ClientPayloadError", "ServerDisconnectedError", "ClientConnectionError",
+                    "ClientOSError", "ServerTimeoutError", "FSTimeoutError", "IncompleteRead",
+                    "ProtocolError", "ReadTimeoutError", "ContentLengthError", "ConnectError",
+                    "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "ReadError",
+                    "WriteError", "RemoteProtocolError", "NetworkError", "TimeoutException")
 _NEVER_TRANSIENT = ("OfflineModeIsEnabled",)   # HF_HUB_OFFLINE=1: no retry can help
 
 

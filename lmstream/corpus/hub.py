@@ -98,7 +98,8 @@ def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
     if not sha:
         raise ConfigError(f"The Hub did not name the commit of dataset '{repo}' (no X-Repo-Commit header): check "
                           "HF_ENDPOINT.")
-    text = call(lambda: _get(resolve_url(repo, sha, "README.md")).text, repo, "download README.md of", policy)
+    text = call(lambda: _get(resolve_url(repo, sha, "README.md")).text, repo,
+                "download README.md of", policy)
     return sha, text
 
 
@@ -228,7 +229,8 @@ def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) 
     if not files:
         raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' matches {patterns} (config "
                           f"{config}, split {split}): check dataset_config_name and the dataset card.")
-    log.info("dataset %s: %d file(s) of config %s, split %s, pinned to commit %s", repo, len(files), config, split, sha)
+    log.info("dataset %s: %d file(s) of config %s, split %s, pinned to commit %s", repo, len(files),
+             config, split, sha)
     return [Shard(resolve_url(repo, sha, e.path), shard_format(e.path), size=e.size, etag=e.etag,
                   name=f"{repo}@{sha}/{e.path}") for e in files]
 
@@ -261,7 +263,8 @@ def from_builder_url(url: str) -> Shard:
     if not m:
         return Shard(url, shard_format(url))
     repo, sha, path = m.groups()
-    return Shard(resolve_url(repo, sha, urllib.parse.unquote(path)), shard_format(path), name=f"{repo}@{sha}/{path}")
+    return Shard(resolve_url(repo, sha, urllib.parse.unquote(path)), shard_format(path),
+                 name=f"{repo}@{sha}/{path}")
 
 
 def is_pinned_hub_url(url: str) -> bool:

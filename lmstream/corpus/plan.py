@@ -77,7 +77,8 @@ class Plan:
     source: dict = field(default_factory=dict)
 
 
-def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict, check_field: bool = True):
+def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
+                check_field: bool = True):
     """(footer, its raw bytes, shard with its size): one tail request for a remote file, retried."""
     import pyarrow.parquet as pq
 
@@ -94,7 +95,8 @@ def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
         if isinstance(err.cause, FileNotFoundError) and not is_transient(err.cause):
             raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
         if getattr(err.cause, "status", None) == 404:
-            raise Unreadable(f"Shard '{shard.url}' does not exist (HTTP 404): check dataset_name.", err.cause) from None
+            raise Unreadable(f"Shard '{shard.url}' does not exist (HTTP 404): check dataset_name.",
+                             err.cause) from None
         if getattr(err.cause, "status", None) in (401, 403):
             raise Unreadable(f"Shard '{shard.url}' is not readable with these credentials (HTTP "
                              f"{err.cause.status}): for a gated Hub dataset set HF_TOKEN.", err.cause) from None

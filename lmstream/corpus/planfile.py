@@ -45,10 +45,11 @@ def to_dict(plan: Plan) -> dict:
     shards = []
     for i, s in enumerate(plan.shards):
         raw = plan.raw_footers.get(i)
-        shards.append({"url": s.url, "format": s.format, "size": s.size, "etag": s.etag, "name": s.name,
-                       "digest": plan.digests.get(i), "footer": base64.b64encode(raw).decode() if raw else None})
-    return {"version": PLAN_VERSION, "fingerprint": fingerprint(plan), "source": plan.source, "shards": shards,
-            "skipped": plan.skipped}
+        shards.append({"url": s.url, "format": s.format, "size": s.size, "etag": s.etag,
+                       "name": s.name, "digest": plan.digests.get(i),
+                       "footer": base64.b64encode(raw).decode() if raw else None})
+    return {"version": PLAN_VERSION, "fingerprint": fingerprint(plan), "source": plan.source,
+            "shards": shards, "skipped": plan.skipped}
 
 
 def from_dict(d: dict, where: str = "the saved plan") -> Plan:
@@ -62,7 +63,8 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
             raw = base64.b64decode(e["footer"])
             # pyarrow reads a 64 KB tail: the bytes before the footer are never parsed, zeros stand
             # for them
-            tail = ranges.SparseFile(shard.size, {shard.size - len(raw): raw}, miss=lambda a, b: bytes(b - a))
+            tail = ranges.SparseFile(shard.size, {shard.size - len(raw): raw}, miss=lambda a,
+                                     b: bytes(b - a))
             meta = pq.ParquetFile(tail).metadata
             kept.append((shard, (meta, raw, shard)))
         else:
@@ -164,7 +166,8 @@ def _rank0_then_broadcast(fn, encode, decode):
 
 def shared_plan_check(check) -> list:
     """check() on rank 0 only, its answer sent to every rank."""
-    return _rank0_then_broadcast(check, lambda x: {"changes": x}, lambda d: [tuple(c) for c in d["changes"]])
+    return _rank0_then_broadcast(check, lambda x: {"changes": x},
+                                 lambda d: [tuple(c) for c in d["changes"]])
 
 
 def shared_plan(build) -> Plan:

@@ -91,10 +91,12 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
         lo = start if start >= 0 else max(0, len(body) + start)
         body = body[lo:end if end is not None else None]
     elif m is None:
-        raise RemoteError(f"HTTP {r.status_code} without Content-Range for {url}", r.status_code, r.headers)
+        raise RemoteError(f"HTTP {r.status_code} without Content-Range for {url}", r.status_code,
+                          r.headers)
     want = (end - start) if end is not None else (min(-start, total) if total is not None else None)
     if want is not None and len(body) != want:
-        raise RemoteError(f"short body from {url}: {len(body)} of {want} bytes (truncated)", None, r.headers)
+        raise RemoteError(f"short body from {url}: {len(body)} of {want} bytes (truncated)", None,
+                          r.headers)
     return body, total
 
 
@@ -218,7 +220,8 @@ def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int,
     return out
 
 
-def read_columns(url: str, size: int, footer, row_group: int, names: list[str], timeout: float | None):
+def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
+                 timeout: float | None):
     """One row group's columns `names`, fetching exactly their column chunks (one request for
     adjacent ones)."""
     import pyarrow.parquet as pq

@@ -141,7 +141,8 @@ def resolve_shards(dataset_name: str | None, config: str | None = None, split: s
     shards: list[Shard] = []
     for entry in (e.strip() for e in dataset_name.split(",")):
         if entry:
-            shards.extend(_resolve_one(os.path.expanduser(entry), config, split, policy or RetryPolicy()))
+            shards.extend(_resolve_one(os.path.expanduser(entry), config, split,
+                                       policy or RetryPolicy()))
     return shards
 
 

@@ -35,8 +35,9 @@ def encode_items(items: list, plan) -> list:
     def enc(it):
         if isinstance(it, Piece):
             return ["p", index[(it.shard, it.row_group)], it.stride, it.offset, it.first_row]
-        return ["w", [enc(x) for x in it.pieces], it.start_row, None if it.key is None else list(it.key),
-                it.doc, it.token, it.stride, it.offset, it.first_row]
+        return ["w", [enc(x) for x in it.pieces], it.start_row,
+                None if it.key is None else list(it.key), it.doc, it.token, it.stride, it.offset,
+                it.first_row]
     return [enc(it) for it in items]
 
 
@@ -45,8 +46,8 @@ def decode_items(encoded: list, plan) -> list:
         if e[0] == "p":
             p = plan.pieces[e[1]]
             return Piece(p.shard, p.row_group, p.num_rows, e[2], e[3], e[4])
-        return WindowRest(tuple(dec(x) for x in e[1]), e[2], None if e[3] is None else tuple(e[3]), e[4], e[5],
-                          e[6], e[7], e[8])
+        return WindowRest(tuple(dec(x) for x in e[1]), e[2], None if e[3] is None else tuple(e[3]),
+                          e[4], e[5], e[6], e[7], e[8])
     return [dec(e) for e in encoded]
 
 
@@ -113,9 +114,11 @@ def redistribute(old: list[ReaderState], stream_of, plan, n_slots: int, regular_
     totals = sum_counters(st.stats for st in old)
     starts = {}
     for slot in range(n_slots):
-        mine = [(e, encode_items(items[slot::n_slots], plan), None if cap is None else share(cap, n_slots, slot))
+        mine = [(e, encode_items(items[slot::n_slots], plan),
+                 None if cap is None else share(cap, n_slots, slot))
                 for e, items, cap in phases]
-        stats = {k: (v / n_slots if isinstance(v, float) else share(v, n_slots, slot)) for k, v in totals.items()}
+        stats = {k: (v / n_slots if isinstance(v, float) else share(v, n_slots, slot)) for k,
+                 v in totals.items()}
         (epoch, items, cap), pending = mine[0], tuple(mine[1:])
         starts[slot] = (epoch, Phase(items, cap, pending, gen), stats)
     return starts

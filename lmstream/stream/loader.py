@@ -20,8 +20,8 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..tokens import backends
-from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, collate_tensors, group_size,
-                      saved_group)
+from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, collate_tensors,
+                      group_size, saved_group)
 from ..errors import ConfigError
 from .state import find_dicts, reader_states
 from .workers import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
@@ -114,7 +114,8 @@ class BlockLoader(StatefulDataLoader):
         it = super().__iter__()
         handout = None
         if self.num_workers > 0 and isinstance(self.dataset, Grouped):
-            handout = Handout(it, self.num_workers, functools.partial(BlockLoader.publish_final_states, it))
+            handout = Handout(it, self.num_workers,
+                              functools.partial(BlockLoader.publish_final_states, it))
         # no reference cycle: a fork must not inherit an old iterator as garbage
         self.handout = handout
         return _TimedIterator(it, self, handout)
@@ -156,8 +157,8 @@ class BlockLoader(StatefulDataLoader):
         if not snap or not workers or it._num_yielded != snap[it._SNAPSHOT_STEP]:
             # in-process, or a snapshot that is not of the last batch: nothing to refresh safely
             return
-        it._update_snapshot(snap[it._SNAPSHOT_STEP], snap[it._LAST_YIELDED_WORKER_ID], it._num_workers,
-                            snap[it._MAIN_SNAPSHOT], workers)
+        it._update_snapshot(snap[it._SNAPSHOT_STEP], snap[it._LAST_YIELDED_WORKER_ID],
+                            it._num_workers, snap[it._MAIN_SNAPSHOT], workers)
 
     def __len__(self) -> int:
         """Batches per epoch of a sized stream (max_train_samples): each worker's samples in
@@ -202,8 +203,8 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
         kwargs.pop("prefetch_factor", None)
         kwargs.pop("persistent_workers", None)
         if "collate_fn" not in kwargs and Grouped.suits(dataset):
-            return BlockLoader(Arrays(dataset), batch_size=batch_size, num_workers=0, collate_fn=collate_tensors,
-                               **kwargs)
+            return BlockLoader(Arrays(dataset), batch_size=batch_size, num_workers=0,
+                               collate_fn=collate_tensors, **kwargs)
         kwargs.setdefault("collate_fn", collate_tensors)
         return BlockLoader(dataset, batch_size=batch_size, num_workers=0, **kwargs)
     kwargs.setdefault("prefetch_factor", PREFETCH_FACTOR)
@@ -213,5 +214,5 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
         kwargs.setdefault("collate_fn", collate_arrays)
         return BlockLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
     group = group or group_size(batch_size, getattr(dataset, "block_size", None))
-    return BlockLoader(Grouped(dataset, batch_size, group), batch_size=None, num_workers=num_workers,
-                       collate_fn=whole, micro_batch=batch_size, **kwargs)
+    return BlockLoader(Grouped(dataset, batch_size, group), batch_size=None,
+                       num_workers=num_workers, collate_fn=whole, micro_batch=batch_size, **kwargs)

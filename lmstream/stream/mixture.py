@@ -29,8 +29,9 @@ log = logging.getLogger("lmstream")
 # "mix" in ASCII: keeps the source draws apart from the other RNG streams of the same seed
 DRAWS = 0x6D6978
 def source_arguments(args: DataArguments, src: dict) -> DataArguments:
-    return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"], dataset_config_name=src["config"],
-                               dataset_train_split=src["split"], dataset_text_field=src["text_field"],
+    return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"],
+                               dataset_config_name=src["config"], dataset_train_split=src["split"],
+                               dataset_text_field=src["text_field"],
                                dataset_cycle=args.dataset_cycle and src["on_exhausted"] == "cycle")
 
 
@@ -88,9 +89,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         stats = sum_counters(st["stats"] for st in states)
         for name, c in zip(self.names, self._counts):
             stats[f"tokens/{name}"] = c * self.block_size
-        return {"version": states[0]["version"], "settings": {"mixture": self.names, "cum": self.cum.tolist()},
-                "mixture_n": self._n, "mixture_counts": list(self._counts), "mixture_gen": self._gen,
-                "sources": states, "stats": stats}
+        return {"version": states[0]["version"],
+                "settings": {"mixture": self.names, "cum": self.cum.tolist()}, "mixture_n": self._n,
+                "mixture_counts": list(self._counts), "mixture_gen": self._gen, "sources": states,
+                "stats": stats}
 
     def _check(self, state: dict) -> None:
         """Refuse another mixture. Sources are matched by content (shard names and content
@@ -140,7 +142,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         stood."""
         for m in _mixture_states(loader_state):
             slot = m["sources"][0]["slot"]
-            self._starts[slot] = {"n": m["mixture_n"], "counts": m["mixture_counts"], "gen": m.get("mixture_gen", 0)}
+            self._starts[slot] = {"n": m["mixture_n"], "counts": m["mixture_counts"],
+                                  "gen": m.get("mixture_gen", 0)}
             for stream, st in zip(self.streams, m["sources"]):
                 stream.carry_over(st)
 
@@ -177,8 +180,9 @@ def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_si
     if max_samples is not None and split == "train":
         raise ConfigError("max_train_samples is not supported with dataset_mixture: bound the run with max_steps.")
     sources = parse_mixture(args.dataset_mixture)
-    streams = [build_stream(source_arguments(args, src), tokenizer, seed=seed, rank=rank, world_size=world_size,
-                              split=split, max_positions=max_positions, max_samples=max_samples if split != "train" else None)
+    streams = [build_stream(source_arguments(args, src), tokenizer, seed=seed, rank=rank,
+                            world_size=world_size, split=split, max_positions=max_positions,
+                            max_samples=max_samples if split != "train" else None)
                for src in sources]
     if split != "train":
         return ChainBlocks(streams)

@@ -114,8 +114,8 @@ class Reader:
                 yield None, state.moved(stats=dict(stats))
                 return
 
-    def _epoch(self, stream: DocumentStream, state: ReaderState, stats: dict, packer: BlockPacker, cap, resumed,
-               raw: bool):
+    def _epoch(self, stream: DocumentStream, state: ReaderState, stats: dict, packer: BlockPacker,
+               cap, resumed, raw: bool):
         """The samples of the state's epoch (or owed phase) from its position on; returns the last position."""
         last, in_epoch = state, state.samples_in_epoch
         if cap is not None and in_epoch >= cap:
@@ -124,8 +124,8 @@ class Reader:
         if resumed:
             check_start(state.start, stream.slot_pieces(state.epoch) if items is None else items)
         doc0, tok0 = state.doc, state.token
-        windows = stream.windows(state.epoch, state.window, state.start, count=not resumed, items=items,
-                                 tag=(state.phase.gen,) if state.phase.owed else ())
+        windows = stream.windows(state.epoch, state.window, state.start, count=not resumed,
+                                 items=items, tag=(state.phase.gen,) if state.phase.owed else ())
         try:
             for window in windows:
                 if resumed and doc0 > len(window.docs):
@@ -138,9 +138,10 @@ class Reader:
                     stats.update(stream.stats)
                     (win, j), phase = s.next_ref, state.phase
                     # the constructor, not dataclasses.replace: this runs once per sample
-                    last = ReaderState(who=state.who, epoch=win.epoch, window=win.index, start=win.start,
-                                       next=win.next, key=win.key, doc=j, token=s.next_offset,
-                                       samples_in_epoch=in_epoch, phase=phase, stats=dict(stats))
+                    last = ReaderState(who=state.who, epoch=win.epoch, window=win.index,
+                                       start=win.start, next=win.next, key=win.key, doc=j,
+                                       token=s.next_offset, samples_in_epoch=in_epoch, phase=phase,
+                                       stats=dict(stats))
                     yield s.sample, last
                     if cap is not None and in_epoch >= cap:
                         return last
@@ -182,7 +183,8 @@ class Reader:
                                                                   self.args.dataset_tokenize_batch_size,
                                                                   self._call_bytes())))
         # a LongText is alone in its run and encoded by _long_samples: None (the encoder's helper waits meanwhile)
-        docs_of = [None if isinstance(window.docs[b0], LongText) else window.docs[b0:b1] for b0, b1 in runs]
+        docs_of = [None if isinstance(window.docs[b0], LongText) else window.docs[b0:b1] for b0,
+                   b1 in runs]
         for (b0, b1), docs, encoded in zip(runs, docs_of, self.encoder.encode_ahead(docs_of)):
             # tokens of each document already trained on: resuming inside it, or another reader's (elastic)
             skips = [max(window.skips[j], tok0 if j == doc0 else 0) for j in range(b0, b1)]
@@ -234,8 +236,8 @@ class Reader:
                 continue
             skip = max(0, tok0 - base)
             ref = Part((window, j), base + skip, last)
-            yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes], [ref],
-                                                window.origins[j:j + 1]), stats, raw)
+            yield from self._blocks(packer.feed(ids[skip:], np.array([n - skip]), [doc.nbytes],
+                                                [ref], window.origins[j:j + 1]), stats, raw)
             base += n
 
     def _padded(self, ids, lens, window, b0, stats):

@@ -24,9 +24,10 @@ from typing import NamedTuple
 
 STATE_VERSION = 3
 READABLE_VERSIONS = (2, 3)
-COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_truncated", "tokenize_seconds")
-POSITION_INTS = ("epoch", "window", "doc", "token", "samples_in_epoch", "slot", "n_slots", "workers", "rank",
-                 "world_size")
+COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_truncated",
+            "tokenize_seconds")
+POSITION_INTS = ("epoch", "window", "doc", "token", "samples_in_epoch", "slot", "n_slots",
+                 "workers", "rank", "world_size")
 
 
 class Sample(NamedTuple):
@@ -110,24 +111,27 @@ class ReaderState:
 
     def to_json(self) -> dict:
         w, p = self.who, self.phase
-        return {"version": STATE_VERSION, "settings": w.settings, "rank": w.rank, "world_size": w.world_size,
-                "workers": w.workers, "slot": w.slot, "n_slots": w.n_slots, "epoch": self.epoch,
-                "window": self.window, "start": list(self.start), "next": list(self.next),
-                "key": None if self.key is None else list(self.key), "doc": self.doc, "token": self.token,
-                "samples_in_epoch": self.samples_in_epoch, "items": p.items, "cap": p.cap,
-                "pending": [list(x) for x in p.pending] or None, "gen": p.gen, "stats": dict(self.stats)}
+        return {"version": STATE_VERSION, "settings": w.settings, "rank": w.rank,
+                "world_size": w.world_size, "workers": w.workers, "slot": w.slot,
+                "n_slots": w.n_slots, "epoch": self.epoch, "window": self.window,
+                "start": list(self.start), "next": list(self.next),
+                "key": None if self.key is None else list(self.key), "doc": self.doc,
+                "token": self.token, "samples_in_epoch": self.samples_in_epoch, "items": p.items,
+                "cap": p.cap, "pending": [list(x) for x in p.pending] or None, "gen": p.gen,
+                "stats": dict(self.stats)}
 
     @classmethod
     def from_json(cls, d: dict) -> ReaderState:
         """A saved reader state (format 2 or 3); see `position_problem` for checking one first."""
         def loads(v):   # format 2 held phases as JSON text
             return json.loads(v) if isinstance(v, str) else v
-        who = Identity(d["settings"], d["rank"], d["world_size"], d["workers"], d["slot"], d["n_slots"])
+        who = Identity(d["settings"], d["rank"], d["world_size"], d["workers"], d["slot"],
+                       d["n_slots"])
         pending = tuple((e, loads(items), cap) for e, items, cap in loads(d.get("pending")) or ())
         phase = Phase(loads(d.get("items")), d.get("cap"), pending, d.get("gen", 0))
         return cls(who, d["epoch"], d["window"], tuple(d["start"]), tuple(d["next"]),
-                   None if d.get("key") is None else tuple(d["key"]), d["doc"], d["token"], d["samples_in_epoch"],
-                   phase, dict(d["stats"]))
+                   None if d.get("key") is None else tuple(d["key"]), d["doc"], d["token"],
+                   d["samples_in_epoch"], phase, dict(d["stats"]))
 
     def moved(self, **position) -> ReaderState:
         return replace(self, **position)

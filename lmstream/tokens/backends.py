@@ -153,7 +153,7 @@ def tiktoken_backend(tokenizer, spec: dict | None = None):
     if len(ranks) != len(model["vocab"]) or merged != sorted(merged) or min(merged, default=0) < 0:
         return None   # merge priority is not the id order: tiktoken's rank rule would differ
     specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["id"] not in ranks.values()}
-    enc = tiktoken.Encoding("lmstream-" + str(getattr(tokenizer, "name_or_path", "bpe")), pat_str=GPT2_PATTERN,
-                            mergeable_ranks=ranks, special_tokens=specials)
+    enc = tiktoken.Encoding("lmstream-" + str(getattr(tokenizer, "name_or_path", "bpe")),
+                            pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
     got = [enc.encode(t, allowed_special="all") for t in CHECK_TEXTS]
     return enc if got == _hf_ids(tokenizer, CHECK_TEXTS) else None

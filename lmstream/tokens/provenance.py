@@ -18,7 +18,8 @@ class FeedOrigins:
     stream), from which every block's segments are made, all at once, when one is first read."""
     __slots__ = ("origins", "ends", "lens", "block_size", "n", "_rows", "_at")
 
-    def __init__(self, origins: np.ndarray, ends: np.ndarray, lens: np.ndarray, block_size: int, n: int):
+    def __init__(self, origins: np.ndarray, ends: np.ndarray, lens: np.ndarray, block_size: int,
+                 n: int):
         self.origins, self.ends, self.lens, self.block_size, self.n = origins, ends, lens, block_size, n
         self._rows = self._at = None
 

@@ -85,8 +85,10 @@ class Encoder:
         content (the train and eval streams, a mixture's sources and copies of a stream share the
         choice and its self-check)."""
         text = backends.tokenizer_json(self.tokenizer)
-        key = None if text is None else (hashlib.sha256(text.encode()).hexdigest(), type(self.tokenizer).__name__,
-                                         repr(sorted(self.tokenizer.special_tokens_map.items())), self.allowed)
+        key = None if text is None else (hashlib.sha256(text.encode()).hexdigest(),
+                                         type(self.tokenizer).__name__,
+                                         repr(sorted(self.tokenizer.special_tokens_map.items())),
+                                         self.allowed)
         if key not in _CHOSEN:
             _CHOSEN[key] = self._choose(text)
         # id_type: the narrowest type every id fits (what workers send, prepare saves), read from
@@ -207,11 +209,13 @@ class Encoder:
             return np.concatenate(arrays), lengths
         if self.fast is not None:   # flat ids straight from Rust: no Python int per token
             ids, offsets = self.fast.encode_batch_flat(texts, add_special_tokens=True)
-            return with_eos(np.frombuffer(ids, np.uint32).view(np.int32), np.frombuffer(offsets, np.uint64), self.eos)
+            return with_eos(np.frombuffer(ids, np.uint32).view(np.int32),
+                            np.frombuffer(offsets, np.uint64), self.eos)
         lists = self.encode_lists(texts)
         offsets = np.zeros(len(lists) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, lists), dtype=np.int64, count=len(lists)), out=offsets[1:])
-        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32, count=int(offsets[-1]))
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=np.int32,
+                           count=int(offsets[-1]))
         return with_eos(flat, offsets, self.eos)
 
     def _encode_long(self, text: str) -> np.ndarray:

@@ -24,8 +24,9 @@ def _prepare_once(args: DataArguments, tokenizer_path: str, block: int, out: str
     from .prepare import prepare
     folder = os.path.join(out, "prepared")
     shutil.rmtree(folder, ignore_errors=True)
-    argv = ["--dataset_name", args.dataset_name, "--tokenizer_name", tokenizer_path, "--dataset_block_size", str(block),
-            "--tokenized_dataset_save_dir", folder, "--output_dir", os.path.join(out, "unused")]
+    argv = ["--dataset_name", args.dataset_name, "--tokenizer_name", tokenizer_path,
+            "--dataset_block_size", str(block), "--tokenized_dataset_save_dir", folder,
+            "--output_dir", os.path.join(out, "unused")]
     if args.dataset_config_name:
         argv += ["--dataset_config_name", args.dataset_config_name]
     model_args, data_args, _, training_args = parse_args(argv)
@@ -43,8 +44,10 @@ def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, o
             "a = DataArguments(**json.loads(sys.argv[1]))\n"
             "runs = [_prepare_once(a, sys.argv[2], int(sys.argv[3]), sys.argv[4]) for _ in range(2)]\n"
             "print(json.dumps(max(runs, key=lambda d: d['tokens_per_second'])))\n")
-    data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
-    env = {k: v for k, v in os.environ.items() if k not in ("FASTOKENS_BPE_THREADS", "LMSTREAM_TOKENIZER_THREADS")}
+    data = json.dumps({"dataset_name": args.dataset_name,
+                       "dataset_config_name": args.dataset_config_name})
+    env = {k: v for k, v in os.environ.items() if k not in ("FASTOKENS_BPE_THREADS",
+                                                            "LMSTREAM_TOKENIZER_THREADS")}
     import tempfile
     with tempfile.TemporaryDirectory(dir=out) as scratch:
         done = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(block), scratch],
@@ -72,7 +75,8 @@ def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str
     best = max(runs["prepare"], key=lambda d: d["tokens_per_second"])
     rate, single, bound = best["tokens_per_second"], max(runs["single"]), max(runs["processes"])
     one = max(runs["one_core"])
-    return {"prepare_tok_s": rate, "prepare_startup_seconds": best["startup_seconds"], "processes": n,
-            "prepare_one_core_tok_s": one, "single_core_tok_s": single, "all_cores_tok_s": bound,
-            "prepare_vs_cores_x_single": rate / (n * single), "prepare_scaling": rate / (n * one),
-            "machine_scaling": bound / (n * single), "prepare_vs_all_cores": rate / bound}
+    return {"prepare_tok_s": rate, "prepare_startup_seconds": best["startup_seconds"],
+            "processes": n, "prepare_one_core_tok_s": one, "single_core_tok_s": single,
+            "all_cores_tok_s": bound, "prepare_vs_cores_x_single": rate / (n * single),
+            "prepare_scaling": rate / (n * one), "machine_scaling": bound / (n * single),
+            "prepare_vs_all_cores": rate / bound}

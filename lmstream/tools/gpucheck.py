@@ -87,13 +87,14 @@ def _run(model, batches, steps: int, warmup: int, device, bf16: bool) -> dict:
         torch.cuda.synchronize()
     dt = time.perf_counter() - t_start
     cores = (_cpu_seconds() - cpu_start) / dt
-    return {"seconds": dt, "data_wait_fraction": wait / dt, "loss": float(loss.detach()), "host_cores_busy": cores}
+    return {"seconds": dt, "data_wait_fraction": wait / dt, "loss": float(loss.detach()),
+            "host_cores_busy": cores}
 
 
 def _loader(data_args, tokenizer, a, device):
     """The streaming loader both measurements use: one process, pinned batches on a GPU host."""
-    return build_loader(build_pipeline(data_args, tokenizer, seed=0, rank=0, world_size=1), a.batch, a.workers,
-                        pin_memory=device.type == "cuda")
+    return build_loader(build_pipeline(data_args, tokenizer, seed=0, rank=0, world_size=1), a.batch,
+                        a.workers, pin_memory=device.type == "cuda")
 
 
 def _pipeline_alone(data_args, tokenizer, a, device) -> dict:
@@ -107,11 +108,13 @@ def _pipeline_alone(data_args, tokenizer, a, device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"tokens_per_second": a.steps * a.batch * a.block / dt, "host_cores_busy": (_cpu_seconds() - cpu0) / dt}
+    return {"tokens_per_second": a.steps * a.batch * a.block / dt,
+            "host_cores_busy": (_cpu_seconds() - cpu0) / dt}
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default=SAMPLE_DATASET)
     ap.add_argument("--config", default=None, help="dataset config name")
     ap.add_argument("--steps", type=int, default=200)
@@ -120,8 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--block", type=int, default=1024)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--model", default=GPT2_SMALL, help="config overrides of GPT-2's config")
-    ap.add_argument("--rounds", type=int, default=1, help="alternate synthetic/pipeline runs this many times")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model (a faster GPU is harder to feed)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="alternate synthetic/pipeline runs this many times")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (a faster GPU is harder to feed)")
     ap.add_argument("--cpu-dry-run", action="store_true", help="tiny model and sizes on the CPU")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     return ap
@@ -164,15 +169,18 @@ def main(argv=None) -> int:
         # the sample's Parquet folder, read directly: the GPU image has no `datasets` to parse a
         # README config
         a.dataset = os.path.join(SAMPLE_DATASET, "data", SAMPLE_CONFIG)
-    data_args = DataArguments(dataset_name=a.dataset, dataset_config_name=config_name, dataset_block_size=a.block)
+    data_args = DataArguments(dataset_name=a.dataset, dataset_config_name=config_name,
+                              dataset_block_size=a.block)
     from ..tokens.tokenize import Encoder
-    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "settings": vars(a),
-               "torch": torch.__version__, "cpus": os.cpu_count(), "tokenizer_backend": Encoder(tokenizer).backend}
+    results = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "settings": vars(a), "torch": torch.__version__, "cpus": os.cpu_count(),
+               "tokenizer_backend": Encoder(tokenizer).backend}
     runs: dict[str, list[dict]] = {"synthetic": [], "pipeline": []}
     # alternate the two, so that clock and thermal drift hit both alike
     for _ in range(a.rounds):
         for name in ("synthetic", "pipeline"):
-            runs[name].append(_measure(name, a, data_args, tokenizer, device, bf16, results["device"]))
+            runs[name].append(_measure(name, a, data_args, tokenizer, device, bf16,
+                                       results["device"]))
     for name, rs in runs.items():    # the best round of each; every round is kept under "rounds"
         results[name] = dict(max(rs, key=lambda r: r["tokens_per_second"]), rounds=rs)
     results["pipeline_over_synthetic"] = results["pipeline"]["tokens_per_second"] / results["synthetic"]["tokens_per_second"]

@@ -39,8 +39,10 @@ def inspect_step(output_dir: str, step: int, ranks=None, text: bool = False) -> 
     by block."""
     out = {"output_dir": output_dir, "step": step, "micro_batches": []}
     for s, rank, micro, ids, prov, ctx in replay(output_dir, step, step, ranks):
-        out.update(checkpoint=ctx["checkpoint"], topology=ctx["topology"], sources=ctx["describe"].names)
-        blocks = [{"input_ids": row.tolist(), "segments": ctx["describe"](p, row, text)} for row, p in zip(ids, prov)]
+        out.update(checkpoint=ctx["checkpoint"], topology=ctx["topology"],
+                   sources=ctx["describe"].names)
+        blocks = [{"input_ids": row.tolist(), "segments": ctx["describe"](p, row, text)} for row,
+                  p in zip(ids, prov)]
         out["micro_batches"].append({"rank": rank, "micro_batch": micro, "blocks": blocks})
     return out
 
@@ -122,10 +124,12 @@ def _replay_segment(output_dir: str, seg: dict, first: int, last: int, ranks):
     plan = pinned_plan(ckpt, args)[0] if ckpt else None
     world, workers, ga = seg["world_size"], seg["workers"], seg["grad_accum"]
     skips = {lo: hi for lo, hi in seg["skip_steps"] if lo > start}
-    topology = {k: seg[k] for k in ("from_step", "world_size", "workers", "batch_size", "grad_accum", "skip_steps")}
+    topology = {k: seg[k] for k in ("from_step", "world_size", "workers", "batch_size",
+                                    "grad_accum", "skip_steps")}
     for rank in range(world) if ranks is None else ranks:
         ds = build_pipeline(args, tokenizer, seed=seg["seed"], rank=rank, world_size=world,
-                            max_positions=seg["max_positions"], max_samples=seg["max_samples"], plan=plan)
+                            max_positions=seg["max_positions"], max_samples=seg["max_samples"],
+                            plan=plan)
         loader = build_loader(ds, seg["batch_size"], workers)
         place_loader(loader, ds, states, rank, world, workers)
         ctx = {"checkpoint": ckpt, "topology": topology, "describe": Describer(ds, tokenizer, args)}
@@ -183,8 +187,9 @@ class Describer:
         out, at = [], 0
         for source, shard, group, row, a, b in prov.tolist():
             plan = self.plans[source]
-            rec = {"source": self.names[source], "file": plan.shards[shard].name or plan.shards[shard].url,
-                   "row_group": group, "row": row, "tokens": [a, b], "block_tokens": [at, at + b - a]}
+            rec = {"source": self.names[source],
+                   "file": plan.shards[shard].name or plan.shards[shard].url, "row_group": group,
+                   "row": row, "tokens": [a, b], "block_tokens": [at, at + b - a]}
             rec.update(self._fields(source, shard, group).get(row, {}))
             if text:
                 rec["text"] = self.tokenizer.decode(ids[at:at + b - a].tolist())
@@ -225,9 +230,11 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("output_dir")
     ap.add_argument("--step", type=int, help="the optimizer step (as the logs number them)")
-    ap.add_argument("--document", help="a document's id or url: the steps that trained on it (needs --steps)")
+    ap.add_argument("--document",
+                    help="a document's id or url: the steps that trained on it (needs --steps)")
     ap.add_argument("--steps", help="A-B: the steps --document searches")
-    ap.add_argument("--rank", type=int, action="append", help="only this rank (repeatable); default all")
+    ap.add_argument("--rank", type=int, action="append",
+                    help="only this rank (repeatable); default all")
     ap.add_argument("--text", action="store_true", help="also print each segment's decoded text")
     ap.add_argument("--json", action="store_true", help="print JSON (with each block's token ids)")
     a = ap.parse_args(argv)

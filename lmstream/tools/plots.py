@@ -53,7 +53,8 @@ def training_curves(output_dir: str, save: bool = True):
         ax.set_ylabel(ylabel)
     if sources:
         for key in sources:
-            axes[len(PANELS)].plot(*zip(*[(h["step"], h[key]) for h in hist if key in h]), marker=".", label=key[4:][-30:])
+            axes[len(PANELS)].plot(*zip(*[(h["step"], h[key]) for h in hist if key in h]),
+                                   marker=".", label=key[4:][-30:])
         axes[len(PANELS)].set_title("share of tokens per source")
         axes[len(PANELS)].set_ylabel("share of this rank's tokens")
         axes[len(PANELS)].legend(fontsize=7)
@@ -78,7 +79,8 @@ def length_histogram(lengths, marks: dict, path: str | None = None):
     ax.set_xscale("log")
     for (label, at), color in zip(marks.items(), ["#c44e52", "#dd8452", "#55a868"]):
         share = 100 * (lengths > at).mean()
-        ax.axvline(at, color=color, linestyle="--", label=f"{label}: {at:,} tokens ({share:.0f}% of documents longer)")
+        ax.axvline(at, color=color, linestyle="--",
+                   label=f"{label}: {at:,} tokens ({share:.0f}% of documents longer)")
     ax.set_xlabel("tokens per document (EOS included, log scale)")
     ax.set_ylabel("documents")
     ax.legend(fontsize=8)
@@ -93,7 +95,8 @@ def bars(values: dict, title: str, xlabel: str, path: str | None = None, fmt: st
     colors = ["#4878a8", "#55a868", "#dd8452", "#c44e52", "#8172b3"][: len(names)][::-1]
     rects = ax.barh(names, nums, color=colors)
     for r, v in zip(rects, nums):
-        ax.annotate(" " + fmt.format(v), (r.get_width(), r.get_y() + r.get_height() / 2), va="center", fontsize=9)
+        ax.annotate(" " + fmt.format(v), (r.get_width(), r.get_y() + r.get_height() / 2),
+                    va="center", fontsize=9)
     ax.set_xlim(0, max(nums) * 1.25 if max(nums) > 0 else 1)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -115,7 +118,8 @@ def loss_overlay(runs: dict, stop_step: int | None = None, path: str | None = No
         pts = sorted(losses(folder).items())
         ax.plot(*zip(*pts), label=label, **style)
     if stop_step:
-        ax.axvline(stop_step + 0.5, color="#c44e52", linestyle=":", label=f"stop and resume after step {stop_step}")
+        ax.axvline(stop_step + 0.5, color="#c44e52", linestyle=":",
+                   label=f"stop and resume after step {stop_step}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (nats / token)")
     ax.grid(alpha=0.3)

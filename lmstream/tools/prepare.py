@@ -51,8 +51,9 @@ def prepare(model_args, data_args, training_args) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("prepared %d blocks, %d tokens in %.1f s after %.1f s of start-up: %.0f tokens/s with %d processes",
              len(ds), tokens, seconds, timings["startup"], tokens / max(seconds, 1e-9), processes)
-    return {"blocks": len(ds), "tokens": tokens, "seconds": seconds, "startup_seconds": timings["startup"],
-            "processes": processes, "tokens_per_second": tokens / max(seconds, 1e-9)}
+    return {"blocks": len(ds), "tokens": tokens, "seconds": seconds,
+            "startup_seconds": timings["startup"], "processes": processes,
+            "tokens_per_second": tokens / max(seconds, 1e-9)}
 
 
 def _made(folder: str) -> str:

@@ -38,13 +38,17 @@ def group_texts(block_size: int):
     return group
 
 
-def reference_loader(files: list[str], text_column: str, tokenizer, block_size: int, batch_size: int, num_workers: int):
+def reference_loader(files: list[str], text_column: str, tokenizer, block_size: int,
+                     batch_size: int, num_workers: int):
     """The reference script's whole streaming pipeline over Parquet `files`: datasets streaming,
     map(tokenize, truncation), map(group_texts), a torch DataLoader."""
     import datasets
     import torch
-    stream = datasets.load_dataset("parquet", data_files={"train": list(files)}, split="train", streaming=True)
+    stream = datasets.load_dataset("parquet", data_files={"train": list(files)}, split="train",
+                                   streaming=True)
     columns = list(stream.features or [text_column])
-    tokenized = stream.map(tokenize_function(tokenizer, block_size, text_column), batched=True, remove_columns=columns)
+    tokenized = stream.map(tokenize_function(tokenizer, block_size, text_column), batched=True,
+                           remove_columns=columns)
     blocks = tokenized.map(group_texts(block_size), batched=True)
-    return torch.utils.data.DataLoader(blocks.with_format("torch"), batch_size=batch_size, num_workers=num_workers)
+    return torch.utils.data.DataLoader(blocks.with_format("torch"), batch_size=batch_size,
+                                       num_workers=num_workers)

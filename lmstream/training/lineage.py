@@ -29,17 +29,18 @@ SKIP_LIST = "lmstream_skip_documents.txt"
 CHECKPOINT_LINEAGE = "lineage.json"
 
 
-def segment(from_step: int, world_size: int, workers: int, batch_size: int, grad_accum: int, seed: int,
-            max_positions: int | None, data_args, max_samples: int | None, tokenizer: str,
-            skip_steps: list | None = None) -> dict:
-    return {"from_step": from_step, "world_size": world_size, "workers": workers, "batch_size": batch_size,
-            "grad_accum": grad_accum, "seed": seed, "max_positions": max_positions,
-            "data_args": dataclasses.asdict(data_args), "max_samples": max_samples, "tokenizer": tokenizer,
+def segment(from_step: int, world_size: int, workers: int, batch_size: int, grad_accum: int,
+            seed: int, max_positions: int | None, data_args, max_samples: int | None,
+            tokenizer: str, skip_steps: list | None = None) -> dict:
+    return {"from_step": from_step, "world_size": world_size, "workers": workers,
+            "batch_size": batch_size, "grad_accum": grad_accum, "seed": seed,
+            "max_positions": max_positions, "data_args": dataclasses.asdict(data_args),
+            "max_samples": max_samples, "tokenizer": tokenizer,
             "skip_steps": [list(r) for r in skip_steps or []], "skipped": []}
 
 
-def for_run(checkpoint: str | None, model_args, data_args, run_args, training_args, world: int, seed: int,
-            max_positions: int | None) -> list[dict]:
+def for_run(checkpoint: str | None, model_args, data_args, run_args, training_args, world: int,
+            seed: int, max_positions: int | None) -> list[dict]:
     """A run's lineage: the checkpoint's, with this start appended (its skips checked against the
     checkpoint)."""
     a, m = training_args, model_args
@@ -47,7 +48,8 @@ def for_run(checkpoint: str | None, model_args, data_args, run_args, training_ar
     from_step = trained_steps(checkpoint) if checkpoint else 0
     skips = pending_skips(old, parse_step_ranges(data_args.dataset_skip_steps), from_step)
     new = segment(from_step, world, a.dataloader_num_workers, a.per_device_train_batch_size,
-                  a.gradient_accumulation_steps, seed, max_positions, data_args, run_args.max_train_samples,
+                  a.gradient_accumulation_steps, seed, max_positions, data_args,
+                  run_args.max_train_samples,
                   m.tokenizer_name or m.model_name_or_path or m.config_name, skips)
     if data_args.dataset_skip_documents:
         new["skip_documents"] = sorted(read_id_list(data_args.dataset_skip_documents))

@@ -18,7 +18,8 @@ ASSETS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets")   # 
 TINY_MODEL = os.path.join(ASSETS, "tiny-gpt2")
 SAMPLE_DATASET = os.path.join(ASSETS, "sample")      # 96 documents
 SAMPLE_CONFIG = "python-docs"                       # its config (data/python-docs/*.parquet)
-_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+            "pytorch_model.bin.index.json")
 
 
 def _dtype(name):

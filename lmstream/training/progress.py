@@ -49,7 +49,8 @@ class TerminalProgress(TrainerCallback):
         if not state.is_world_process_zero or not logs or self.t0 is None:
             return
         if "loss" in logs:
-            tqdm.write(self.line(state.global_step, state.max_steps, logs, time.perf_counter() - self.t0))
+            tqdm.write(self.line(state.global_step, state.max_steps, logs,
+                                 time.perf_counter() - self.t0))
         if "eval_loss" in logs:
             tqdm.write(f"eval  step {state.global_step} | loss {logs['eval_loss']:.4f} | perplexity "
                        f"{logs.get('eval_perplexity', float('nan')):,.2f} | {logs.get('eval_tokens', 0):,} tokens")
@@ -61,7 +62,8 @@ class TerminalProgress(TrainerCallback):
         bar = "#" * done + "." * (self.width - done)
         rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
         eta = (total - step) / rate if rate > 0 else 0.0
-        parts = [f"step {step:>{len(str(total))}}/{total} [{bar}] {frac:4.0%}", f"loss {logs['loss']:.4f}"]
+        parts = [f"step {step:>{len(str(total))}}/{total} [{bar}] {frac:4.0%}",
+                 f"loss {logs['loss']:.4f}"]
         if "learning_rate" in logs:
             parts.append(f"lr {logs['learning_rate']:.2e}")
         if "tokens_per_second" in logs:

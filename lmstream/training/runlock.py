@@ -47,7 +47,8 @@ def output_lock(output_dir: str):
     process)."""
     path = os.path.join(output_dir, LOCK)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -60,7 +61,8 @@ def output_lock(output_dir: str):
                 raise ConfigError(f"output_dir '{output_dir}' is in use by a run on host {held.get('host')} (pid "
                                   f"{held.get('pid')}, started {held.get('started')}): if that run is gone, delete "
                                   f"{path}.") from None
-            log.warning("output_dir %s: taking over the lock of a run that is gone (%s)", output_dir, held)
+            log.warning("output_dir %s: taking over the lock of a run that is gone (%s)",
+                        output_dir, held)
             os.remove(path)
             continue
         with os.fdopen(fd, "w") as f:

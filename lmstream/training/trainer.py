@@ -53,7 +53,8 @@ def collate_blocks(features: list[dict]) -> dict:
     return batch
 
 
-def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, world_size: int, num_workers: int) -> None:
+def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, world_size: int,
+                 num_workers: int) -> None:
     """Put a fresh loader of `dataset` where a checkpoint's data states stood: the exact position
     with the same number of processes and workers, else an elastic resume."""
     if data_states is None:
@@ -77,7 +78,8 @@ class StreamingTrainer(Trainer):
     `_load_rng_state`, `_get_output_dir` and reads `_train_batch_size`, as the Trainer's own code
     does."""
 
-    def __init__(self, *args, data_states: list[dict] | None = None, lineage: list[dict] | None = None, **kwargs):
+    def __init__(self, *args, data_states: list[dict] | None = None,
+                 lineage: list[dict] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.data_states = data_states   # every rank's loader state in the checkpoint being resumed
         self.lineage = lineage or []     # lmstream.training.lineage: this run's segment last
@@ -92,12 +94,13 @@ class StreamingTrainer(Trainer):
         if not is_stream(self.train_dataset):
             return super().get_train_dataloader()
         a = self.args
-        self.loader = build_loader(self.train_dataset, self._train_batch_size, a.dataloader_num_workers,
+        self.loader = build_loader(self.train_dataset, self._train_batch_size,
+                                   a.dataloader_num_workers,
                                    pin_memory=a.dataloader_pin_memory and torch.cuda.is_available(),
                                    prefetch_factor=a.dataloader_prefetch_factor or PREFETCH_FACTOR,
                                    persistent_workers=a.dataloader_persistent_workers)
-        place_loader(self.loader, self.train_dataset, self.data_states, a.process_index, a.world_size,
-                     a.dataloader_num_workers)
+        place_loader(self.loader, self.train_dataset, self.data_states, a.process_index,
+                     a.world_size, a.dataloader_num_workers)
         return self.loader
 
     def _run_epoch(self, *args, **kwargs):
@@ -126,7 +129,8 @@ class StreamingTrainer(Trainer):
         return batches
 
     def _save_checkpoint(self, model, trial):
-        folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        folder = os.path.join(self._get_output_dir(trial=trial),
+                              f"checkpoint-{self.state.global_step}")
         marker = os.path.join(folder, COMPLETE)
         if self.args.should_save and os.path.exists(marker):
             os.remove(marker)   # rewriting this step's checkpoint: incomplete until the end
@@ -137,7 +141,7 @@ class StreamingTrainer(Trainer):
             # what the data position refers to, pinned
             if self.args.should_save and plan is not None:
                 save_plan(plan, os.path.join(folder, DATA_STATE_DIR),
-                              cache_dir=os.path.join(self._get_output_dir(trial=trial), ".lmstream"))
+                          cache_dir=os.path.join(self._get_output_dir(trial=trial), ".lmstream"))
         if self.args.world_size > 1 and torch.distributed.is_initialized():
             # every rank's files are on disk before the checkpoint counts
             torch.distributed.barrier()
@@ -165,12 +169,14 @@ class StreamingTrainer(Trainer):
                 docs.update(tuple(r[:4]) for p in self.loader.provenance or [] if p is not None for r in p.tolist())
             # the run's totals, every rank's
             if self.args.world_size > 1 and torch.distributed.is_initialized():
-                counts = torch.tensor([blocks, len(docs), tokens], dtype=torch.int64, device=self.args.device)
+                counts = torch.tensor([blocks, len(docs), tokens], dtype=torch.int64,
+                                      device=self.args.device)
                 torch.distributed.all_reduce(counts)
                 blocks, n_docs, tokens = counts.tolist()
             else:
                 n_docs = len(docs)
-            seg["skipped"].append({"steps": [lo, hi], "blocks": blocks, "documents": n_docs, "tokens": tokens})
+            seg["skipped"].append({"steps": [lo, hi], "blocks": blocks, "documents": n_docs,
+                                   "tokens": tokens})
             log.warning("dataset_skip_steps: skipped the data of steps %d-%d (%d blocks, %d documents, %d tokens over "
                         "all ranks); step %d trains on what step %d did.", lo, hi, blocks, n_docs, tokens, lo, hi + 1)
 
@@ -223,9 +229,11 @@ class StreamingTrainer(Trainer):
             torch.distributed.all_reduce(sums)
         model.train(was_training)
         loss = (sums[0] / sums[1].clamp(min=1)).item()
-        metrics = {f"{metric_key_prefix}_loss": loss, f"{metric_key_prefix}_perplexity": math.exp(min(loss, 50)),
+        metrics = {f"{metric_key_prefix}_loss": loss,
+                   f"{metric_key_prefix}_perplexity": math.exp(min(loss, 50)),
                    f"{metric_key_prefix}_tokens": int(sums[1].item()),
                    f"{metric_key_prefix}_runtime": round(time.perf_counter() - t0, 3)}
         self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control,
+                                                         metrics)
         return metrics
