@@ -1,6 +1,7 @@
 """End-to-end pipeline: losslessness, exact resume across workers and ranks, coverage."""
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -231,3 +232,26 @@ def test_packed_chunks_cut_consecutive_blocks_across_arrays_of_any_length():
         got = [c["input_ids"] for c in _packed_chunks(iter(arrays), block)]
         got = np.concatenate(got) if got else np.empty((0, block), np.int32)
         assert got.shape == want.shape and (got == want).all(), (block, [len(a) for a in arrays])
+
+
+def test_the_counters_type_names_every_counter_the_code_keeps(parquet_dir, tokenizer):
+    """stream.state.Counters is the one list of a reader's counters: every `stats["x"]` the source
+    writes, and every counter a stream reports, is in it."""
+    import re
+    from lmstream.stream.state import COUNTERS, Counters
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lmstream")
+    written = set()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    written |= set(re.findall(r'stats\["([a-z_]+)"\]', f.read()))
+    names = set(Counters.__annotations__)
+    assert written and written <= names and set(COUNTERS) <= names
+    folder, _ = parquet_dir
+    blocks = lmstream.build_pipeline(lmstream.DataArguments(dataset_name=folder, dataset_block_size=32),
+                                     tokenizer, seed=0)
+    it = iter(blocks)
+    for _ in range(20):
+        next(it)
+    assert set(blocks.stats) <= names

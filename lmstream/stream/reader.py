@@ -25,7 +25,7 @@ from ..errors import ConfigError
 from ..corpus.longtext import LongText
 from ..tokens.packing import BlockPacker, Part, pad_document
 from ..corpus.plan import Plan
-from .state import ReaderState, Sample
+from .state import Counters, ReaderState, Sample
 from ..tokens.calls import long_text_runs, tokenizer_batches
 from ..tokens.tokenize import Encoder
 
@@ -56,7 +56,8 @@ class Reader:
     listed: frozenset | None = None
     ids: dict = field(default_factory=dict)   # (shard, row group) -> {row: {"id", "url"}}, read when first needed
 
-    def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list, stats: dict) -> None:
+    def _listed_skips(self, window, b0: int, lens: np.ndarray, skips: list,
+                      stats: Counters) -> None:
         """dataset_skip_documents: a listed document of this tokenizer batch gives no token (its position, and every
         other document's, stays as it was: the filter acts after the window's permutation)."""
         for i in range(len(lens)):
@@ -64,7 +65,7 @@ class Reader:
                 stats["tokens_listed_skipped"] = stats.get("tokens_listed_skipped", 0) + int(lens[i]) - skips[i]
                 skips[i] = int(lens[i])
 
-    def _is_listed(self, window, j: int, stats: dict) -> bool:
+    def _is_listed(self, window, j: int, stats: Counters) -> bool:
         """Whether document j of the window has a listed id or url (counted in docs_listed_skipped)."""
         if self.listed is None:
             self.listed = read_id_list(self.args.dataset_skip_documents)
@@ -114,8 +115,8 @@ class Reader:
                 yield None, state.moved(stats=dict(stats))
                 return
 
-    def _epoch(self, stream: DocumentStream, state: ReaderState, stats: dict, packer: BlockPacker,
-               cap, resumed, raw: bool):
+    def _epoch(self, stream: DocumentStream, state: ReaderState, stats: Counters,
+               packer: BlockPacker, cap, resumed, raw: bool):
         """The samples of the state's epoch (or owed phase) from its position on; returns the last position."""
         last, in_epoch = state, state.samples_in_epoch
         if cap is not None and in_epoch >= cap:
@@ -177,7 +178,8 @@ class Reader:
         alone = info is None or info.num_workers == 1
         return FAST_TOKENIZE_BYTES if alone and self.encoder.backend == "fastokens" else TOKENIZE_BYTES
 
-    def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: dict, raw: bool):
+    def _samples(self, window, doc0: int, tok0: int, packer: BlockPacker, stats: Counters,
+                 raw: bool):
         """The Samples of one window, from document doc0's token tok0 on."""
         runs = list(long_text_runs(window.docs, tokenizer_batches(window.nbytes, doc0,
                                                                   self.args.dataset_tokenize_batch_size,
@@ -205,7 +207,7 @@ class Reader:
             else:
                 yield from self._padded(ids, lens, window, b0, stats)
 
-    def _blocks(self, packed, stats: dict, raw: bool):
+    def _blocks(self, packed, stats: Counters, raw: bool):
         """Samples (labels = input_ids, the provenance of their tokens) from the packer's output, counted."""
         for p in packed:
             stats["tokens"] += len(p.block)
@@ -217,7 +219,8 @@ class Reader:
                 sample = {"input_ids": t, "labels": t.clone(), PROVENANCE: p.provenance}
             yield Sample(sample, p.next_ref, p.next_offset, p.docs_done, p.bytes_done)
 
-    def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: dict, raw: bool):
+    def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: Counters,
+                      raw: bool):
         """A very long document, tokenized and packed part by part (memory bounded by the part size)."""
         doc, base, cut = window.docs[j], 0, 0
         for ids, last in self.encoder.encode_parts(doc):

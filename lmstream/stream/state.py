@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from typing import NamedTuple, TypedDict
 
 STATE_VERSION = 3
 READABLE_VERSIONS = (2, 3)
@@ -28,6 +28,29 @@ COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_trunc
             "tokenize_seconds")
 POSITION_INTS = ("epoch", "window", "doc", "token", "samples_in_epoch", "slot", "n_slots",
                  "workers", "rank", "world_size")
+
+
+class Counters(TypedDict, total=False):
+    """A reader's counters: saved in its state, summed over readers (`merge_stats`) into the run's
+    `data_*` metrics. The first seven (COUNTERS) are in every state; the others once counted."""
+    docs: int
+    bytes: int
+    tokens: int
+    blocks: int
+    tokens_dropped: int          # an epoch's final partial block
+    tokens_truncated: int        # cut off a padded sample (dataset_group_text false)
+    tokenize_seconds: float
+    rows_read: int
+    docs_empty: int
+    docs_null: int
+    docs_heldout: int
+    docs_invalid_utf8: int
+    docs_listed_skipped: int     # --dataset_skip_documents
+    tokens_listed_skipped: int
+    shards_skipped: int          # --dataset_skip_bad_shards
+    retries: int
+    read_seconds: float
+    read_wait_seconds: float
 
 
 class Sample(NamedTuple):
@@ -93,7 +116,7 @@ class ReaderState:
     token: int = 0
     samples_in_epoch: int = 0
     phase: Phase = field(default_factory=Phase)
-    stats: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    stats: Counters = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
     def at_epoch(self, epoch: int, phase: Phase | None = None, stats: dict | None = None) -> ReaderState:
         """This reader at the start of `epoch` (with `phase`; counters kept unless given)."""
