@@ -114,22 +114,23 @@ def _site_dirs() -> list[str]:
     return [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p)]
 
 
-def _isolated_venv(path) -> str:
+def _isolated_venv(path) -> tuple[str, str]:
     """A venv that sees this test run's packages and nothing of the base interpreter: no --system-site-packages
     (that would expose the *base* interpreter's site-packages, which a fresh machine leaves empty), and a .pth
     naming the running environment's site-packages instead. Plain path lines: the checkout's editable finder
-    (a .pth of its own there) is not run, so `lmstream` comes from whatever the venv installs itself."""
+    (a .pth of its own there) is not run, so `lmstream` comes from whatever the venv installs itself.
+    Returns (the venv's python, its own site-packages)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, timeout=600)
     py = os.path.join(str(path), "bin", "python")
     own = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          capture_output=True, text=True, check=True).stdout.strip()
     with open(os.path.join(own, "lmstream-tests-runtime.pth"), "w") as f:
         f.write("".join(d + "\n" for d in _site_dirs()))
-    return py
+    return py, own
 
 
 def test_an_isolated_venv_sees_the_test_run_packages_and_not_the_base_interpreter(tmp_path):
-    py = _isolated_venv(tmp_path / "venv")
+    py, _ = _isolated_venv(tmp_path / "venv")
     probe = "import sys, papermill, transformers; print(sys.base_prefix); print('\\n'.join(sys.path))"
     out = subprocess.run([py, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split("\n")
     base, path = out[0], out[1:]
@@ -147,11 +148,9 @@ def test_the_job_runs_from_an_installed_wheel(tmp_path):
                     str(tmp_path / "dist"), root], check=True, capture_output=True, timeout=600)
     wheel = next((tmp_path / "dist").glob("lmstream-*.whl"))
     venv = tmp_path / "venv"
-    py = _isolated_venv(venv)
+    py, target = _isolated_venv(venv)
     subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q", "--no-deps", str(wheel)],
                    check=True, capture_output=True, timeout=600)   # pip of this run, installing into the venv
-    target = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                            capture_output=True, text=True, check=True).stdout.strip()
     entry = venv / "bin" / "lmstream-train"
     assert entry.read_text().startswith(f"#!{py}")
     where = subprocess.run([py, "-c", "import lmstream.cli as c; print(c.__file__, c.NOTEBOOK)"], cwd=tmp_path,
