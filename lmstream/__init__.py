@@ -1,7 +1,8 @@
 """lmstream: train causal language models on datasets too large to download, by streaming them.
 
     import lmstream
-    args = lmstream.DataArguments(dataset_name="HuggingFaceFW/fineweb", dataset_config_name="CC-MAIN-2024-10")
+    args = lmstream.DataArguments(dataset_name="HuggingFaceFW/fineweb",
+                                  dataset_config_name="CC-MAIN-2024-10")
     blocks = lmstream.build_pipeline(args, tokenizer, seed=0)
 
 Names are imported on first use, so that `import lmstream.cli` (the console entry, its --help) does
@@ -12,19 +13,28 @@ import importlib
 from .config import DataArguments, ModelArguments, RunArguments
 from .errors import ConfigError
 
-_WHERE = {
-    "data_arguments": "training.job", "generate_sample": "training.job", "job_from_parameters": "training.job",
-    "notebook_parameters": "training.job", "run_job": "training.job", "start_run": "training.job",
-    "SAMPLE_DATASET": "training.models", "SAMPLE_CONFIG": "training.models", "TINY_MODEL": "training.models",
-    "load_model_and_tokenizer": "training.models",
-    "StreamingBlocks": "stream.blocks", "plan_dataset": "stream.blocks", "resolve_block_size": "stream.blocks",
-    "build_loader": "stream.loader", "build_pipeline": "stream.pipeline", "merge_stats": "stream.state",
-    "reader_states": "stream.state", "Shard": "corpus.shards", "resolve_shards": "corpus.sources",
-    "build_encoder": "tokens.tokenize", "BlockPacker": "tokens.packing", "Run": "training.run",
-    "read_metrics": "training.run", "last_complete_checkpoint": "training.checkpoints",
-    "StopAfterStep": "training.signals", "parse_args": "arguments", "inspect_step": "tools.inspect",
-    "find_document": "tools.inspect",
+# each module (inside lmstream) and the public names it holds
+_NAMES = {
+    "arguments": ["parse_args"],
+    "corpus.shards": ["Shard"],
+    "corpus.sources": ["plan_dataset", "resolve_shards"],
+    "tokens.tokenize": ["build_encoder"],
+    "tokens.packing": ["BlockPacker", "resolve_block_size"],
+    "stream.state": ["merge_stats", "reader_states"],
+    "stream.blocks": ["StreamingBlocks"],
+    "stream.loader": ["build_loader"],
+    "stream.pipeline": ["build_pipeline"],
+    "training.models": ["SAMPLE_CONFIG", "SAMPLE_DATASET", "TINY_MODEL",
+                        "load_model_and_tokenizer"],
+    "training.checkpoints": ["last_complete_checkpoint"],
+    "training.signals": ["StopAfterStep"],
+    "training.outputs": ["read_metrics"],
+    "training.run": ["Run"],
+    "training.job": ["data_arguments", "generate_sample", "job_from_parameters",
+                     "notebook_parameters", "run_job", "start_run"],
+    "tools.inspect": ["find_document", "inspect_step"],
 }
+_WHERE = {name: module for module, names in _NAMES.items() for name in names}
 
 
 def __getattr__(name):

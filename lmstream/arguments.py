@@ -3,7 +3,8 @@ TrainingArguments), from a command line or from one YAML/JSON file, checked with
 mistake.
 
     model_args, data_args, run_args, training_args = parse_args(["--dataset_name", "HuggingFaceFW/fineweb", ...])
-    argv = mapping_to_argv({"max_steps": 10, "eval_strategy": "no"})     # a mapping (YAML, notebook) as flags
+    # a mapping (YAML, notebook) as flags
+    argv = mapping_to_argv({"max_steps": 10, "eval_strategy": "no"})
 """
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def given(argv: list[str]) -> set[str]:
 def parse_args(argv: list[str] | dict | None = None):
     """(model, data, run, training) arguments from flags, from one YAML/JSON file, or from a mapping
     of argument names to values (None values left out); unknown names fail."""
-    argv = mapping_to_argv(argv) if isinstance(argv, dict) else list(sys.argv[1:] if argv is None else argv)
+    if isinstance(argv, dict):
+        argv = mapping_to_argv(argv)
+    else:
+        argv = list(sys.argv[1:] if argv is None else argv)
     if "--help-all" in argv:
         HfArgumentParser(ARG_CLASSES, prog="python -m lmstream.train").print_help()
         sys.exit(0)
@@ -65,14 +69,16 @@ def parse_args(argv: list[str] | dict | None = None):
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{str(err).strip().splitlines()[0]} (see --help).") from None
     if parsed[-1]:
-        raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m lmstream.train --help`.")
+        raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m "
+                          f"lmstream.train --help`.")
     model_args, data_args, run_args, training_args = parsed[:-1]
     # like the reference: W&B when a key is set, else no remote tracking
     if "report_to" not in given(argv):
         training_args.report_to = []
         if os.environ.get("WANDB_API_KEY"):
             if importlib.util.find_spec("wandb") is None:
-                log.warning("WANDB_API_KEY is set but wandb is not installed (pip install wandb): not reporting to W&B.")
+                log.warning("WANDB_API_KEY is set but wandb is not installed (pip install "
+                            "wandb): not reporting to W&B.")
             else:
                 training_args.report_to = ["wandb"]
     return model_args, data_args, run_args, training_args
@@ -85,12 +91,17 @@ def file_to_argv(path: str) -> list[str]:
         raise ConfigError(f"Arguments file '{path}' does not exist.")
     try:
         with open(path) as f:
-            data = (yaml.load(f, Loader=_Yaml12Loader) if path.endswith((".yaml", ".yml")) else json.load(f)) or {}
+            if path.endswith((".yaml", ".yml")):
+                data = yaml.load(f, Loader=_Yaml12Loader) or {}
+            else:
+                data = json.load(f) or {}
     except (ValueError, yaml.YAMLError) as err:
-        raise ConfigError(f"Arguments file '{path}' is not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}"
+        raise ConfigError(f"Arguments file '{path}' is not valid "
+                          f"{'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}"
                           f" ({str(err).splitlines()[0]}).") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"Arguments file '{path}' must hold a mapping of argument names to values.")
+        raise ConfigError(f"Arguments file '{path}' must hold a mapping of "
+                          f"argument names to values.")
     return mapping_to_argv(data)
 
 
@@ -104,7 +115,8 @@ def _yaml12_loader():
     Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag,
                                           rx in v if tag != "tag:yaml.org,2002:bool"]
                                       for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                                 re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                  list("tTfF"))
     return Loader
 
@@ -114,7 +126,8 @@ _Yaml12Loader = _yaml12_loader()
 
 def _bool_fields() -> set:
     return {f.name for cls in ARG_CLASSES for f in dataclasses.fields(cls)
-            if f.type in (bool, "bool", "Optional[bool]", "bool | None") or f.type == Optional[bool]}
+            if f.type in (bool, "bool", "Optional[bool]", "bool | None")
+            or f.type == Optional[bool]}
 
 
 def mapping_to_argv(data: dict, skip=()) -> list[str]:
@@ -168,5 +181,7 @@ def check_training_numbers(a: TrainingArguments) -> None:
             raise ConfigError(f"{name}={v} must be in [0, 2**32).")
     if a.dataloader_num_workers < 0:
         raise ConfigError(f"dataloader_num_workers={a.dataloader_num_workers} must be 0 or more.")
-    if a.num_train_epochs is not None and (not math.isfinite(a.num_train_epochs) or a.num_train_epochs < 0):
-        raise ConfigError(f"num_train_epochs={a.num_train_epochs} must be a finite number, 0 or more.")
+    if a.num_train_epochs is not None and (not math.isfinite(a.num_train_epochs)
+                                           or a.num_train_epochs < 0):
+        raise ConfigError(f"num_train_epochs={a.num_train_epochs} must be a "
+                          f"finite number, 0 or more.")

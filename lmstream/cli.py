@@ -27,7 +27,8 @@ from .helptext import help_text
 _NOTEBOOK_RULES = {"report_to", "disable_tqdm"}
 # the repository's notebooks/, installed inside the package (lmstream/notebooks links to it in a
 # checkout)
-NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks", "03_training.ipynb")
+NOTEBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "notebooks",
+                        "03_training.ipynb")
 # naming none of these runs the embedded default: the notebook's own defaults (bundled sample, tiny
 # model, CPU)
 _DATA_OR_MODEL = {"dataset_name", "dataset_mixture", "model_name_or_path", "config_name",
@@ -55,7 +56,8 @@ def notebook_parameters_from_flags(argv: list[str], declared: set[str], parsed=N
         raise ConfigError(f"Unknown argument(s) {', '.join(sorted(unknown))}.")
     if named & _DATA_OR_MODEL:
         # the command line's defaults, not the notebook's (which suit a tutorial run on a CPU)
-        params = {k: _plain(getattr(fields[k], k)) for k in declared if k in fields and k not in _NOTEBOOK_RULES}
+        params = {k: _plain(getattr(fields[k], k)) for k in declared if k in fields
+                  and k not in _NOTEBOOK_RULES}
     else:   # the embedded default: what is not named keeps the notebook's default
         params = {}
     params.update({k: _plain(getattr(fields[k], k)) for k in named & declared})
@@ -94,10 +96,13 @@ def preflight(argv: list[str], declared: set[str]) -> dict:
         check_output_dir(training_args, run_args, resolve_checkpoint(training_args))
     for name in ("model_name_or_path", "config_name", "tokenizer_name"):
         path = getattr(model_args, name)
-        if path and (path.startswith((".", "/", "~")) or os.sep in path.strip("/").split("/", 2)[-1]) \
+        if path and (path.startswith((".", "/", "~"))
+                     or os.sep in path.strip("/").split("/", 2)[-1]) \
                 and not os.path.exists(os.path.expanduser(path)):
-            raise ConfigError(f"{name} '{path}' does not exist: check the path (or give a Hub model id).")
-    if data_args.dataset_name and not data_args.dataset_mixture and not data_args.tokenized_dataset_load_dir:
+            raise ConfigError(f"{name} '{path}' does not exist: check the path "
+                              f"(or give a Hub model id).")
+    if (data_args.dataset_name and not data_args.dataset_mixture
+            and not data_args.tokenized_dataset_load_dir):
         resolve_shards(data_args.dataset_name, data_args.dataset_config_name,
                        data_args.dataset_train_split, data_args.retry_policy())
     return params
@@ -209,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     # failed run
     logging.getLogger("tornado").setLevel(logging.CRITICAL)
     try:
-        pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3", progress_bar=False,
-                            stdout_file=JobLines(sys.stdout), stderr_file=sys.stderr, cwd=os.getcwd(),
+        pm.execute_notebook(notebook, report, parameters=params, kernel_name="python3",
+                            progress_bar=False,
+                            stdout_file=JobLines(sys.stdout), stderr_file=sys.stderr,
+                            cwd=os.getcwd(),
                             # no kernel notices (TCP, shutdown interrupts)
                             extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
     except pm.PapermillExecutionError as err:
@@ -220,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         if err.ename in USER_ERRORS:
             print(f"error: {err.evalue}", file=sys.stderr)
             return 2
-        print(f"error: the training notebook failed ({err.ename}: {err.evalue}); the traceback is in {report}",
+        print(f"error: the training notebook failed ({err.ename}: {err.evalue}); the "
+              f"traceback is in {report}",
               file=sys.stderr)
         return 1
     print(f"lmstream: report saved: {report}", flush=True)

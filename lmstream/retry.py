@@ -46,7 +46,8 @@ class Unreadable(ConfigError):
 
 
 def _own_status(e: BaseException) -> int | None:
-    status = getattr(e, "status", None) or getattr(e, "status_code", None) or getattr(e, "code", None)
+    status = (getattr(e, "status", None) or getattr(e, "status_code", None)
+              or getattr(e, "code", None))
     # botocore's ClientError (s3://): a dict; httpx/requests: a response
     response = getattr(e, "response", None)
     if status is None and isinstance(response, dict):
@@ -73,7 +74,8 @@ def retry_after(err: BaseException) -> float | None:
     """Seconds asked by a Retry-After header, if the error carries one."""
     for e in _chain(err):
         headers = getattr(e, "headers", None)
-        if headers is None and getattr(e, "response", None) is not None and not isinstance(e.response, dict):
+        response = getattr(e, "response", None)
+        if headers is None and response is not None and not isinstance(response, dict):
             headers = getattr(e.response, "headers", None)   # HfHubHTTPError, httpx/requests errors
         value = headers.get("Retry-After") if headers is not None else None
         if value is not None:
@@ -106,7 +108,8 @@ def is_transient(err: BaseException) -> bool:
     chain = list(_chain(err))
     if any(type(e).__name__ in _NEVER_TRANSIENT for e in chain):
         return False
-    if any(type(e).__name__ in _TRANSIENT_TYPES or isinstance(e, (ConnectionError, TimeoutError)) for e in chain):
+    if any(type(e).__name__ in _TRANSIENT_TYPES or isinstance(e, (ConnectionError, TimeoutError))
+           for e in chain):
         return True
     if any(_s3_code(e) in _TRANSIENT_S3 for e in chain):
         return True
@@ -116,7 +119,8 @@ def is_transient(err: BaseException) -> bool:
     statuses = [s for s in (_own_status(e) for e in chain) if s is not None]
     if any(s in _TRANSIENT_STATUS for s in statuses):
         return True
-    if statuses or any(isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)) for e in chain):
+    if statuses or any(isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError))
+                       for e in chain):
         return False
     text = " ".join(str(e).lower() for e in chain)
     return any(w in text for w in _TRANSIENT_WORDS) and "magic bytes" not in text
@@ -133,9 +137,10 @@ def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, wh
         raise Unreadable(f"Could not {what} '{url}': {type(err).__name__}: {err}", err) from None
     elapsed = 0.0 if started is None else time.monotonic() - started
     if attempt >= policy.max_attempts or elapsed >= policy.budget:
-        raise Unreadable(f"Gave up on '{url}' after {attempt} attempts in {elapsed:.0f} s ({what}); last error "
-                         f"{type(err).__name__}: {err}. Raise dataset_max_retries / dataset_retry_budget or check "
-                         "the store.", err) from None
+        raise Unreadable(f"Gave up on '{url}' after {attempt} attempts in {elapsed:.0f} s "
+                         f"({what}); last error {type(err).__name__}: {err}. Raise "
+                         "dataset_max_retries / dataset_retry_budget or check the "
+                         "store.", err) from None
     asked = retry_after(err)
     wait = asked if asked is not None else (
         min(policy.max_backoff, policy.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))

@@ -26,7 +26,8 @@ __all__ = ["Run", "Stopped", "main", "train"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO)
     try:
         train(*parse_args(argv))
     except ConfigError as err:

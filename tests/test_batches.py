@@ -95,7 +95,7 @@ def test_in_process_batches_are_the_stream_s_blocks_and_leave_the_stream_as_it_w
 
 def test_ids_travel_as_uint16_when_they_fit_and_reach_the_model_as_int64():
     import numpy as np
-    from lmstream.stream.batches import collate_arrays
+    from lmstream.stream.collate import collate_arrays
     small = [{"input_ids": np.array([0, 5, 65535, 7], dtype=np.int32)} for _ in range(2)]
     batch = collate_arrays(small)
     assert batch.arrays["input_ids"].dtype == np.uint16

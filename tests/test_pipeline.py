@@ -179,7 +179,7 @@ def test_very_long_documents_stream_in_parts_and_resume_exactly(tmp_path, tokeni
 
 
 def test_saved_ids_are_uint16_only_when_every_id_of_the_tokenizer_fits(tokenizer):
-    from lmstream.stream.pipeline import stored_types
+    from lmstream.stream.materialize import stored_types
 
     class Large:   # a Llama-3-sized vocabulary
         def __len__(self):
@@ -195,7 +195,7 @@ def test_materialized_blocks_are_the_streams_blocks(tmp_path, tokenizer, monkeyp
     blocks cut from whole tokenizer batches at once), long documents in parts included."""
     import lmstream.corpus.longtext as LT
     import lmstream.tokens.tokenize as T
-    from lmstream.stream.pipeline import materialize, slots_for
+    from lmstream.stream.materialize import materialize, slots_for
     docs = make_docs(60, seed=5)
     docs[9] = " ".join(docs[:30]) * 3 + " 東京 🤗 tail"
     write_parquet(tmp_path / "pq", docs, shards=3, rows_per_group=7)
@@ -222,7 +222,7 @@ def test_packed_chunks_cut_consecutive_blocks_across_arrays_of_any_length():
     """prepare's blocks from tokenizer batches: every full block of the concatenation, in order, the remainder
     dropped, whatever the arrays' lengths (empty ones, shorter than a block, a block spanning several)."""
     import numpy as np
-    from lmstream.stream.pipeline import _packed_chunks
+    from lmstream.stream.materialize import _packed_chunks
     rng = np.random.default_rng(1)
     for _ in range(300):
         block = int(rng.integers(1, 9))

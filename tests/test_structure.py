@@ -7,8 +7,8 @@
   earlier layers of its wing (function-level imports included), so there is no import cycle; every module has
   a place in WINGS and every place a module;
 * the corpus, tokens and stream wings never import transformers (a plain PyTorch loop can use the stream);
-* no module over 300 lines, no function over 50; lines over 100 characters only fewer than LONG_LINES (the
-  count when the wings were built, coming down to 1 % of the lines: new code keeps to 100);
+* no module over 300 lines, no function over 50; at most 1 % of the lines over 100 characters (a URL,
+  a command in a docstring, a `noqa` that must stay on its line);
 * no private name (`_x`) of one lmstream module used in another; a library's private is touched only inside the
   one adapter class that ADAPTERS names for it;
 * docs/architecture.md's import table is what the source imports.
@@ -24,14 +24,15 @@ ARCHITECTURE = os.path.join(os.path.dirname(PACKAGE), "docs", "architecture.md")
 # The wings, bottom to top; each a list of layers (a module imports modules of earlier layers only).
 WINGS = {
     "": [["errors"], ["retry"], ["config"], ["arguments", "helptext"]],
-    "corpus": [["shards", "longtext", "readahead", "closing"], ["ranges"], ["hub", "plan"], ["sources", "planfile"],
+    "corpus": [["shards", "longtext", "readahead", "closing", "cards"], ["ranges"], ["hub", "plan"], ["sources", "planfile"],
                ["textfiles"], ["documents", "docids"]],
     "tokens": [["backends", "provenance", "calls"], ["tokenize", "packing"]],
-    "stream": [["state", "workers"], ["elastic"], ["reader"], ["batches", "blocks"], ["loader", "mixture"],
-               ["pipeline"]],
-    "training": [["models", "runlock", "signals", "checkpoints", "progress"], ["lineage", "resume"],
+    "stream": [["state", "workers"], ["elastic"], ["reader"], ["collate"], ["batches", "blocks"], ["loader", "mixture"],
+               ["pipeline"], ["materialize"]],
+    "training": [["models", "runlock", "signals", "checkpoints", "progress", "data",
+                  "outputs"], ["lineage", "resume"],
                  ["trainer"], ["run"], ["job"]],
-    "tools": [["plots", "localserve", "reference", "prepare"], ["explore", "bench_pipeline", "inspect"],
+    "tools": [["plots", "localserve", "reference", "prepare", "grouping"], ["explore", "bench_pipeline", "inspect"],
               ["bench_prepare", "gpucheck"], ["bench"]],
     "doors": [["train", "prepare", "inspect", "bench"], ["cli", "__init__"]],
 }
@@ -42,7 +43,6 @@ ADAPTERS = {   # library privates, each touched in one place only
     "stream.loader.BlockLoader": "torchdata StatefulDataLoader and its iterator: no public hook to hand new "
                                  "workers the last positions, nor to publish the workers' final states",
 }
-LONG_LINES = 680   # lines over 100 characters left from the flat package's 120-character style
 ROOT_VOCABULARY = {m for layer in WINGS[""] for m in layer}
 
 
@@ -135,7 +135,8 @@ def test_no_long_modules_functions_or_lines():
             if len(line) > 100:
                 over.append(f"{module}:{i} {len(line)} characters")
     assert long == [], "\n".join(long)
-    assert len(over) <= max(LONG_LINES, lines // 100), f"{len(over)} of {lines} lines over 100 characters"
+    assert len(over) <= lines // 100, (f"{len(over)} of {lines} lines over 100 characters (1 % "
+                                       "allowed):\n" + "\n".join(over))
 
 
 def _classes(tree):

@@ -210,14 +210,14 @@ def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tokens/s with 1 processes" in out and "tokens/s with 2 processes" in out
     one, two = datasets.load_from_disk(str(tmp_path / "one")), datasets.load_from_disk(str(tmp_path / "two"))
-    from lmstream.stream.pipeline import slots_for
+    from lmstream.stream.materialize import slots_for
     assert 0 <= len(one) - len(two) <= slots_for(2) - 1 and len(two) > 100
 
 
 def test_materializing_processes_survive_a_parent_that_used_torch_threads(tmp_path):
     """Processes forked after the parent ran parallel torch ops (as a notebook or the bench has) still finish."""
     code = (f"import torch; torch.ones(4_000_000).mul_(2).sum(); torch.ones(2000, 2000).clone()\n"
-            f"from transformers import AutoTokenizer; from lmstream import DataArguments; from lmstream.stream.pipeline import materialize\n"
+            f"from transformers import AutoTokenizer; from lmstream import DataArguments; from lmstream.stream.materialize import materialize\n"
             f"tok = AutoTokenizer.from_pretrained({TINY_MODEL!r})\n"
             f"args = DataArguments(dataset_name={SAMPLE!r}, dataset_config_name='python-docs', dataset_block_size=64)\n"
             "print(len(materialize(args, tok, 0, processes=2)))\n")

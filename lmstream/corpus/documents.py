@@ -24,17 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import ranges
-
-from . import textfiles
+from . import ranges, textfiles
 from ..config import DataArguments
 from ..errors import ConfigError
 from .longtext import LongText, with_long_texts
 from .plan import Piece, Plan, WindowRest, split_item
 from .closing import close_at_exit
 from .readahead import ReadAhead
-from ..retry import Unreadable, on_fault, with_retries
-from .shards import Shard
+from ..retry import Unreadable, with_retries
 
 log = logging.getLogger("lmstream")
 # counted by _fill
@@ -59,11 +56,13 @@ class Window:
     # (shard, row group, row) of each document, int64 (n, 3): provenance
     origins: np.ndarray | None = None
 
+
 def _holdout_bucket(text) -> float:
     """A stable number in [0, 1) from the document text, identical on every machine."""
     if isinstance(text, LongText):
         return text.blake2b64() / 2**64
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "little") / 2**64
+    digest = hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
 class DocumentStream:
@@ -79,8 +78,9 @@ class DocumentStream:
         self.window_size = args.dataset_shuffle_buffer if self.shuffle else 1024
         # counters of what was read (the packer counts what was emitted)
         self.policy = args.retry_policy()
-        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_null": 0, "docs_heldout": 0, "docs_invalid_utf8": 0, "retries": 0,
-                      "shards_skipped": 0, "read_seconds": 0.0, "read_wait_seconds": 0.0}
+        self.stats = {"rows_read": 0, "docs_empty": 0, "docs_null": 0, "docs_heldout": 0,
+                      "docs_invalid_utf8": 0, "retries": 0, "shards_skipped": 0,
+                      "read_seconds": 0.0, "read_wait_seconds": 0.0}
 
     def restore_counters(self, saved: dict) -> None:
         """Continue the read counters from a saved position's."""
@@ -123,10 +123,12 @@ class DocumentStream:
                 texts, sizes = with_long_texts(ahead.take(k, pieces).column(0).slice(skip))
                 rows = zip(texts, itertools.repeat(False), sizes)
             else:   # compressed streams cannot seek: re-read up to the row
-                rows = ((text, bad, None) for text, bad in self._line_rows(shard, skip))
+                rows = ((text, bad, None) for text, bad in
+                        textfiles.line_rows(shard, skip, self.args, self.policy, self.stats))
             for i, (text, bad, size) in enumerate(rows, skip):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
-                    yield i, OTHER, False, 0, True, None, None   # another slot's row: advance the position only
+                    # another slot's row: advance the position only
+                    yield i, OTHER, False, 0, True, None, None
                     continue
                 yield i, text, bad, 0, True, (piece.shard, piece.row_group, i), size
         except Unreadable as err:
@@ -145,9 +147,11 @@ class DocumentStream:
         t0 = time.perf_counter()
 
         def read():
-            return ranges.read_columns(shard.url, shard.size, self.plan.footers[piece.shard], piece.row_group,
-                                       [self.args.dataset_text_field], self.policy.read_timeout)
-        table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of", self.stats)
+            return ranges.read_columns(shard.url, shard.size, self.plan.footers[piece.shard],
+                                       piece.row_group, [self.args.dataset_text_field],
+                                       self.policy.read_timeout)
+        table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of",
+                             self.stats)
         self.stats["read_seconds"] += time.perf_counter() - t0
         return table
 
@@ -157,40 +161,20 @@ class DocumentStream:
         if isinstance(piece, WindowRest):
             return -1
         meta = self.plan.footers.get(piece.shard)
-        return meta.row_group(piece.row_group).total_byte_size if meta is not None and piece.row_group >= 0 else -1
-
-    def _line_rows(self, shard: Shard, skip: int):
-        """Rows of a line-based file from row `skip`; after a transient fault, re-open and skip what
-        was delivered."""
-        delivered, attempt, started = skip, 0, time.monotonic()
-        while True:
-            attempt += 1
-            try:
-                for row in itertools.islice(self._parse_lines(shard), delivered, None):
-                    delivered += 1
-                    yield row
-                return
-            except ConfigError as err:
-                if not isinstance(err, Unreadable):
-                    raise        # bad content (not JSON, missing field): no retry helps
-                on_fault(err, shard.url, self.policy, attempt, "read", self.stats, started)
-            except Exception as err:  # noqa: BLE001 - on_fault retries transient faults, reports the rest
-                on_fault(err, shard.url, self.policy, attempt, "read", self.stats, started)
-
-    def _parse_lines(self, shard: Shard):
-        raw = textfiles.lines(shard.url, self.policy.read_timeout)
-        if shard.format == "json":
-            return textfiles.json_texts(raw, shard.url, self.args.dataset_text_field)
-        return textfiles.text_samples(raw, self.args.dataset_text_sample_by)
+        if meta is None or piece.row_group < 0:
+            return -1
+        return meta.row_group(piece.row_group).total_byte_size
 
     def _rows(self, pieces: list, start: tuple[int, int]):
         """(position after the row, text, invalid_utf8, token skip, new, origin, bytes) for every
         row from `start` on."""
         p0, r0 = start
-        ahead = ReadAhead(self._read_row_group, self._piece_bytes, self.args.dataset_readahead_bytes)
+        ahead = ReadAhead(self._read_row_group, self._piece_bytes,
+                          self.args.dataset_readahead_bytes)
         try:
             for pi in range(p0, len(pieces)):
-                for i, *row in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi, pieces):
+                for i, *row in self._piece_rows(pieces[pi], r0 if pi == p0 else 0, ahead, pi,
+                                                pieces):
                     yield ((pi, i + 1), *row)
             yield (len(pieces), 0), StopIteration, False, 0, True, None, None
         finally:
@@ -220,12 +204,16 @@ class DocumentStream:
                 stats["docs_null"] += new
                 continue
             if not isinstance(text, (str, LongText)):
-                raise ConfigError(f"Column '{self.args.dataset_text_field}' holds {type(text).__name__} values, not "
-                                  "text: set dataset_text_field to a string column.")
-            if text.is_blank() if isinstance(text, LongText) else not text or text.isspace():   # no copy
+                raise ConfigError(f"Column '{self.args.dataset_text_field}' holds "
+                                  f"{type(text).__name__} values, not text: set dataset_text_field "
+                                  "to a string column.")
+            # no copy of a long text
+            blank = text.is_blank() if isinstance(text, LongText) else not text or text.isspace()
+            if blank:
                 stats["docs_empty"] += new
                 continue
-            if frac > 0 and split != "all" and (_holdout_bucket(text) < frac) != (split == "holdout"):
+            if (frac > 0 and split != "all"
+                    and (_holdout_bucket(text) < frac) != (split == "holdout")):
                 stats["docs_heldout"] += new and split == "train"
                 continue
             docs.append(text)
@@ -241,7 +229,8 @@ class DocumentStream:
         if key is None or len(docs) < 2:
             return docs, skips, origins, sizes
         perm = np.random.default_rng(list(key)).permutation(len(docs)).tolist()
-        return [docs[k] for k in perm], [skips[k] for k in perm], origins[perm], [sizes[k] for k in perm]
+        return [docs[k] for k in perm], [skips[k]
+                                         for k in perm], origins[perm], [sizes[k] for k in perm]
 
     def _rest_docs(self, rest: WindowRest):
         """The documents of another reader's window from `rest.doc` on, their token skips and
@@ -291,8 +280,8 @@ def utf8_size(doc) -> int:
     return len(doc) if doc.isascii() else len(doc.encode("utf-8"))
 
 
-def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0, split: str = "train",
-                   shuffle: bool = True):
+def iter_documents(plan: Plan, args: DataArguments, epoch: int = 0, seed: int = 0,
+                   split: str = "train", shuffle: bool = True):
     """The documents of one epoch as one reader reads them (shuffled if `shuffle` and
     args.dataset_shuffle)."""
     stream = DocumentStream(plan, args, seed, 0, 1, split=split, shuffle=shuffle)

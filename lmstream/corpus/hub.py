@@ -13,9 +13,7 @@ to dataset_max_retry_wait); 401/403/404 fail at once with one sentence.
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
-import os
 import re
 import urllib.parse
 
@@ -23,6 +21,7 @@ from ..errors import ConfigError
 from . import ranges
 from .ranges import RemoteError, client, endpoint
 from ..retry import RetryPolicy, Unreadable, is_transient, with_retries
+from .cards import config_patterns, matching_files, readme_configs
 from .shards import Shard, shard_format
 
 log = logging.getLogger("lmstream")
@@ -38,9 +37,16 @@ def _get(url: str, method: str = "GET", follow: bool = True):
     headers = {"Authorization": f"Bearer {ranges.token()}"} if ranges.token() else {}
     r = client().request(method, url, headers=headers, follow_redirects=follow, timeout=60.0)
     if r.status_code >= 400:
-        raise RemoteError(f"HTTP {r.status_code} for {url} ({r.headers.get('X-Error-Message') or r.text[:200]})",
+        raise RemoteError(f"HTTP {r.status_code} for {url} "
+                          f"({r.headers.get('X-Error-Message') or r.text[:200]})",
                           r.status_code, r.headers)
     return r
+
+
+def _entry_not_found(err: OSError) -> bool:
+    """The Hub answered that the repository has no such file."""
+    return (getattr(err, "status", None) == 404
+            and err.headers.get("X-Error-Code") == "EntryNotFound")
 
 
 def _hub_error(err: BaseException, repo: str) -> ConfigError | None:
@@ -49,13 +55,14 @@ def _hub_error(err: BaseException, repo: str) -> ConfigError | None:
     status = getattr(cause, "status", None)
     code = (getattr(cause, "headers", None) or {}).get("X-Error-Code")
     if status in (401, 403):
-        return ConfigError(f"Dataset '{repo}' is gated or private on the Hub ({endpoint()}): accept its terms on its "
-                           "page and set HF_TOKEN (or run `hf auth login`) with a token that has access.")
+        return ConfigError(f"Dataset '{repo}' is gated or private on the Hub ({endpoint()}): "
+                           "accept its terms on its page and set HF_TOKEN (or run `hf auth login`) "
+                           "with a token that has access.")
     if status == 404 and code == "RevisionNotFound":
         return ConfigError(f"Dataset '{repo}' has no such revision on the Hub: check the revision.")
     if status == 404:
-        return ConfigError(f"Dataset '{repo}' does not exist on the Hub ({endpoint()}): check dataset_name "
-                           "(or pass a local directory, file, glob or URL).")
+        return ConfigError(f"Dataset '{repo}' does not exist on the Hub ({endpoint()}): check "
+                           "dataset_name (or pass a local directory, file, glob or URL).")
     return None
 
 
@@ -68,12 +75,12 @@ def call(fn, repo: str, what: str, policy: RetryPolicy):
         if known is not None:
             raise known from None
         if err.cause is not None and is_transient(err.cause):
-            raise ConfigError(f"The Hub kept failing while trying to {what} dataset '{repo}' ({err.cause}): "
-                              "the service may be down or rate-limiting; retry later or raise "
-                              "dataset_retry_budget.") from None
-        raise ConfigError(f"Could not reach dataset '{repo}' on the Hugging Face Hub ({type(err.cause).__name__}: "
-                          f"{err.cause}); if you are offline, pass a local directory, file, glob or URL as "
-                          "dataset_name.") from None
+            raise ConfigError(f"The Hub kept failing while trying to {what} dataset '{repo}' "
+                              f"({err.cause}): the service may be down or rate-limiting; retry "
+                              "later or raise dataset_retry_budget.") from None
+        raise ConfigError(f"Could not reach dataset '{repo}' on the Hugging Face Hub "
+                          f"({type(err.cause).__name__}: {err.cause}); if you are offline, pass a "
+                          "local directory, file, glob or URL as dataset_name.") from None
 
 
 def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
@@ -81,14 +88,15 @@ def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
     API call."""
     from huggingface_hub import constants
     if constants.HF_HUB_OFFLINE:
-        raise ConfigError(f"Could not reach dataset '{repo}' on the Hugging Face Hub (HF_HUB_OFFLINE is set): pass a "
-                          "local directory, file, glob or URL as dataset_name, or unset HF_HUB_OFFLINE.")
+        raise ConfigError(f"Could not reach dataset '{repo}' on the Hugging Face Hub "
+                          "(HF_HUB_OFFLINE is set): pass a local directory, file, glob or URL as "
+                          "dataset_name, or unset HF_HUB_OFFLINE.")
 
     def head():
         try:
             r = _get(resolve_url(repo, "main", "README.md"), "HEAD", follow=False)
         except OSError as err:
-            if getattr(err, "status", None) == 404 and err.headers.get("X-Error-Code") == "EntryNotFound":
+            if _entry_not_found(err):
                 return err.headers.get("X-Repo-Commit"), False
             raise
         return r.headers.get("X-Repo-Commit"), True
@@ -96,14 +104,15 @@ def _readme(repo: str, policy: RetryPolicy) -> tuple[str, str | None]:
     if not has_readme:
         return sha, None
     if not sha:
-        raise ConfigError(f"The Hub did not name the commit of dataset '{repo}' (no X-Repo-Commit header): check "
-                          "HF_ENDPOINT.")
+        raise ConfigError(f"The Hub did not name the commit of dataset '{repo}' (no X-Repo-Commit "
+                          "header): check HF_ENDPOINT.")
     text = call(lambda: _get(resolve_url(repo, sha, "README.md")).text, repo,
                 "download README.md of", policy)
     return sha, text
 
 
-def _list_folder(repo: str, sha: str, folder: str, recursive: bool, policy: RetryPolicy) -> list[dict]:
+def _list_folder(repo: str, sha: str, folder: str, recursive: bool,
+                 policy: RetryPolicy) -> list[dict]:
     """Entries of one folder at `sha` (the tree API, page by page via the Link header; each page
     retried alone)."""
     url = (f"{endpoint()}/api/datasets/{repo}/tree/{sha}/{urllib.parse.quote(folder, safe='')}"
@@ -114,7 +123,7 @@ def _list_folder(repo: str, sha: str, folder: str, recursive: bool, policy: Retr
             try:
                 return _get(url)
             except OSError as err:
-                if getattr(err, "status", None) == 404 and err.headers.get("X-Error-Code") == "EntryNotFound":
+                if _entry_not_found(err):
                     return None
                 raise
         r = call(page, repo, "list the files of", policy)
@@ -125,67 +134,6 @@ def _list_folder(repo: str, sha: str, folder: str, recursive: bool, policy: Retr
     return out
 
 
-def readme_configs(text: str) -> list[dict] | None:
-    """The `configs:` list of a dataset card's YAML header, or None."""
-    import yaml
-    m = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.S)
-    if not m:
-        return None
-    try:
-        meta = yaml.safe_load(m.group(1)) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"The dataset card's YAML header is invalid ({str(err).splitlines()[0]}): fix README.md.") from None
-    configs = meta.get("configs") if isinstance(meta, dict) else None
-    return configs if isinstance(configs, list) and configs else None
-
-
-def config_patterns(configs: list[dict], config: str | None, split: str, name: str) -> list[str]:
-    """The data_files patterns of `config`'s `split`, as `datasets` reads a card's `configs:`."""
-    names = [c.get("config_name", "default") for c in configs]
-    if config is None:
-        chosen = [c for c in configs if c.get("default")] or [c for c in configs if c.get("config_name", "default") == "default"]
-        if not chosen and len(configs) == 1:
-            chosen = configs
-        if not chosen:
-            raise ConfigError(f"Dataset '{name}' has several configs ({', '.join(names)}): pass dataset_config_name.")
-    else:
-        chosen = [c for c in configs if c.get("config_name", "default") == config]
-        if not chosen:
-            raise ConfigError(f"dataset_config_name '{config}' is not a config of dataset '{name}': its configs are "
-                              f"{', '.join(names)}.")
-    files = chosen[0].get("data_files")
-    if isinstance(files, (str, list)) and not (isinstance(files, list) and files and isinstance(files[0], dict)):
-        files = [{"split": "train", "path": files}]
-    if isinstance(files, dict):
-        files = [{"split": k, "path": v} for k, v in files.items()]
-    splits = {f.get("split", "train"): f.get("path") for f in files or []}
-    if split not in splits:
-        raise ConfigError(f"Dataset '{name}' (config {config}) has no split '{split}'; its splits are {sorted(splits)}: "
-                          "set dataset_train_split/dataset_test_split accordingly.")
-    paths = splits[split]
-    return [paths] if isinstance(paths, str) else list(paths)
-
-
-def pattern_regex(pattern: str) -> re.Pattern:
-    """A data_files glob as a regex: `*` and `?` stay within a folder, `**` crosses folders."""
-    out, i = "", 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out, i = out + "(?:.*/)?", i + 3
-        elif pattern.startswith("**", i):
-            out, i = out + ".*", i + 2
-        elif pattern[i] == "*":
-            out, i = out + "[^/]*", i + 1
-        elif pattern[i] == "?":
-            out, i = out + "[^/]", i + 1
-        elif pattern[i] == "[":
-            j = pattern.find("]", i)
-            out, i = (out + fnmatch.translate(pattern[i:j + 1])[4:-3], j + 1) if j > 0 else (out + r"\[", i + 1)
-        else:
-            out, i = out + re.escape(pattern[i]), i + 1
-    return re.compile(out + r"\Z")
-
-
 def _folder_of(pattern: str) -> tuple[str, bool]:
     """(folder to list, recursive?) for a pattern: the part before its first wildcard."""
     head = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
@@ -194,26 +142,14 @@ def _folder_of(pattern: str) -> tuple[str, bool]:
     return folder, "/" in rest or "**" in rest
 
 
-def matching_files(listing, patterns: list[str]) -> list:
-    """Entries of a listing whose path matches any pattern, in pattern order, each once, sorted
-    within a pattern."""
-    seen, out = set(), []
-    for p in patterns:
-        rx = pattern_regex(p.lstrip("/"))
-        for e in sorted((e for e in listing if rx.match(e.path)), key=lambda e: e.path):
-            if e.path not in seen:
-                seen.add(e.path)
-                out.append(e)
-    return out
-
-
 class _Entry:
     def __init__(self, d: dict):
         self.path, self.size = d["path"], d.get("size")
         self.etag = (d.get("lfs") or {}).get("oid") or d.get("oid")
 
 
-def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard] | None:
+def resolve_hub(repo: str, config: str | None, split: str,
+                policy: RetryPolicy) -> list[Shard] | None:
     """Shards of a Hub dataset pinned to its current commit; None when its card declares no
     configs."""
     sha, text = _readme(repo, policy)
@@ -223,12 +159,14 @@ def resolve_hub(repo: str, config: str | None, split: str, policy: RetryPolicy) 
     patterns = config_patterns(configs, config, split, repo)
     listing = {}
     for folder, recursive in sorted({_folder_of(p.lstrip("/")) for p in patterns}):
-        listing.update((e["path"], _Entry(e)) for e in _list_folder(repo, sha, folder, recursive, policy)
+        listing.update((e["path"], _Entry(e))
+                       for e in _list_folder(repo, sha, folder, recursive, policy)
                        if e.get("type") == "file")
     files = [e for e in matching_files(list(listing.values()), patterns) if shard_format(e.path)]
     if not files:
-        raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' matches {patterns} (config "
-                          f"{config}, split {split}): check dataset_config_name and the dataset card.")
+        raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' matches "
+                          f"{patterns} (config {config}, split {split}): check dataset_config_name "
+                          "and the dataset card.")
     log.info("dataset %s: %d file(s) of config %s, split %s, pinned to commit %s", repo, len(files),
              config, split, sha)
     return [Shard(resolve_url(repo, sha, e.path), shard_format(e.path), size=e.size, etag=e.etag,
@@ -241,17 +179,20 @@ def resolve_hf_url(url: str, policy: RetryPolicy) -> list[Shard]:
     the workers."""
     m = re.match(r"^hf://datasets/([^/@]+/[^/@]+)(?:@([^/]+))?/(.+)$", url)
     if not m:
-        raise ConfigError(f"'{url}' is not a Hub dataset URL: write hf://datasets/<namespace>/<name>[@<revision>]/<path>.")
+        raise ConfigError(f"'{url}' is not a Hub dataset URL: write "
+                          f"hf://datasets/<namespace>/<name>[@<revision>]/<path>.")
     repo, rev, pattern = m.group(1), urllib.parse.unquote(m.group(2) or "main"), m.group(3)
+    revision = f"{endpoint()}/api/datasets/{repo}/revision/{urllib.parse.quote(rev, safe='')}"
     sha = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else call(
-        lambda: _get(f"{endpoint()}/api/datasets/{repo}/revision/{urllib.parse.quote(rev, safe='')}").json()["sha"],
-        repo, "resolve", policy)
-    folder, recursive = _folder_of(pattern if re.search(r"[*?\[]", pattern) else pattern.rsplit("/", 1)[0] + "/*")
-    listing = [_Entry(e) for e in _list_folder(repo, sha, folder, recursive, policy) if e.get("type") == "file"]
+        lambda: _get(revision).json()["sha"], repo, "resolve", policy)
+    folder, recursive = _folder_of(pattern if re.search(r"[*?\[]", pattern)
+                                   else pattern.rsplit("/", 1)[0] + "/*")
+    listing = [_Entry(e) for e in _list_folder(repo, sha, folder, recursive, policy)
+               if e.get("type") == "file"]
     files = [e for e in matching_files(listing, [pattern]) if shard_format(e.path)]
     if not files:
-        raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' (revision {rev}) matches "
-                          f"'{pattern}': check the URL.")
+        raise ConfigError(f"No Parquet, JSON Lines or text file of dataset '{repo}' (revision "
+                          f"{rev}) matches '{pattern}': check the URL.")
     return [Shard(resolve_url(repo, sha, e.path), shard_format(e.path), size=e.size, etag=e.etag,
                   name=f"{repo}@{sha}/{e.path}") for e in files]
 
@@ -269,12 +210,5 @@ def from_builder_url(url: str) -> Shard:
 
 def is_pinned_hub_url(url: str) -> bool:
     """A Hub file at a commit sha (immutable), as resolve_hub and from_builder_url make them."""
-    return url.startswith(endpoint() + "/datasets/") and re.search(r"/resolve/[0-9a-f]{40}/", url) is not None
-
-
-def local_readme_configs(folder: str) -> list[dict] | None:
-    path = os.path.join(folder, "README.md")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return readme_configs(f.read())
+    return (url.startswith(endpoint() + "/datasets/")
+            and re.search(r"/resolve/[0-9a-f]{40}/", url) is not None)

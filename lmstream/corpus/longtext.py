@@ -53,7 +53,8 @@ class LongText:
         return self.array[0].as_py()
 
 
-def with_long_texts(column: pa.ChunkedArray | pa.Array, limit: int | None = None) -> tuple[list, list]:
+def with_long_texts(column: pa.ChunkedArray | pa.Array,
+                    limit: int | None = None) -> tuple[list, list]:
     """(Python values of a string column with documents above `limit` bytes as LongText, each
     value's UTF-8 bytes). The sizes come from the column's offsets (no pass over the text); None
     where the column is not text. Only a column holding a LongText makes a pyarrow compute call
@@ -80,5 +81,6 @@ def utf8_sizes(column: pa.Array) -> np.ndarray:
     if not len(column):
         return np.zeros(0, dtype=np.int64)
     dtype = np.int64 if pa.types.is_large_string(column.type) else np.int32
-    offsets = np.frombuffer(column.buffers()[1], dtype)[column.offset:column.offset + len(column) + 1]
+    offsets = np.frombuffer(column.buffers()[1],
+                            dtype)[column.offset:column.offset + len(column) + 1]
     return np.diff(offsets).astype(np.int64)

@@ -2,7 +2,8 @@
 groups, or whole files) and the Parquet footers, read once, in one process, before any reader
 starts.
 
-    plan = plan_pieces(shards, "text", policy)     # footers read in parallel, one request each when remote
+    # footers read in parallel, one request each when remote
+    plan = plan_pieces(shards, "text", policy)
 
 Readers (lmstream.corpus.documents) deal the pieces between them; lmstream.corpus.planfile saves the
 plan with each checkpoint, so that a resume reads neither a listing nor a footer again.
@@ -86,32 +87,36 @@ def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
         tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
         # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched
         # before it
-        meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a, b: bytes(b - a))).metadata
+        meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a,
+                                                b: bytes(b - a))).metadata
         raw = next(iter(tail.values()))
         return meta, raw[len(raw) - int.from_bytes(raw[-8:-4], "little") - 8:], size
     try:
         meta, raw, size = with_retries(read, shard.url, policy, "read the Parquet footer of", stats)
     except Unreadable as err:
         if isinstance(err.cause, FileNotFoundError) and not is_transient(err.cause):
-            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
+            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.",
+                             err.cause) from None
         if getattr(err.cause, "status", None) == 404:
             raise Unreadable(f"Shard '{shard.url}' does not exist (HTTP 404): check dataset_name.",
                              err.cause) from None
         if getattr(err.cause, "status", None) in (401, 403):
             raise Unreadable(f"Shard '{shard.url}' is not readable with these credentials (HTTP "
-                             f"{err.cause.status}): for a gated Hub dataset set HF_TOKEN.", err.cause) from None
+                             f"{err.cause.status}): for a gated Hub dataset set HF_TOKEN.",
+                             err.cause) from None
         if err.cause is not None and not is_transient(err.cause):
             raise Unreadable(f"Shard '{shard.url}' is not a valid Parquet file "
                              f"({type(err.cause).__name__}: {err.cause}).", err.cause) from None
         raise
     schema = meta.schema.to_arrow_schema()
     if check_field and text_field not in schema.names:
-        raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: {', '.join(schema.names)}): "
-                          "set dataset_text_field to one of them.")
+        raise ConfigError(f"Shard '{shard.url}' has no column '{text_field}' (columns: "
+                          f"{', '.join(schema.names)}): set dataset_text_field to one of them.")
     kind = schema.field(text_field).type if check_field else None
-    if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
-        raise ConfigError(f"Column '{text_field}' of shard '{shard.url}' holds {kind}, not text: set "
-                          "dataset_text_field to a string column.")
+    if kind is not None and not (pa.types.is_string(kind) or pa.types.is_large_string(kind)
+                                 or pa.types.is_null(kind)):
+        raise ConfigError(f"Column '{text_field}' of shard '{shard.url}' holds {kind}, not text: "
+                          "set dataset_text_field to a string column.")
     return meta, raw, replace(shard, size=size)
 
 
@@ -149,7 +154,8 @@ def _digest(shard: Shard, policy: RetryPolicy):
         return ranges.content_digest(shard, policy)
     except Unreadable as err:
         if getattr(err.cause, "status", None) == 404 or isinstance(err.cause, FileNotFoundError):
-            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.", err.cause) from None
+            raise Unreadable(f"Shard '{shard.url}' does not exist: check dataset_name.",
+                             err.cause) from None
         raise
 
 
@@ -161,7 +167,8 @@ def assemble_plan(kept: list, skipped: list, stats: dict) -> Plan:
             meta, raw, shard = info
             plan.footers[i], plan.raw_footers[i] = meta, raw
             plan.digests[i] = hashlib.blake2b(raw, digest_size=16).hexdigest()
-            plan.pieces += [Piece(i, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+            plan.pieces += [Piece(i, g, meta.row_group(g).num_rows)
+                            for g in range(meta.num_row_groups)]
         else:
             plan.digests[i], shard = info
             plan.pieces.append(Piece(i, -1, None))

@@ -2,9 +2,11 @@
 its fingerprint, a check that the data has not changed since, and one plan shared by every rank.
 
     plan = shared_plan(lambda: plan_dataset(args))        # rank 0 plans, the others receive it
-    save(plan, "out/checkpoint-100/lmstream_data")         # plan.json.gz (hard-linked between checkpoints)
+    # plan.json.gz (hard-linked between checkpoints)
+    save(plan, "out/checkpoint-100/lmstream_data")
     plan = load("out/checkpoint-100/lmstream_data")        # no listing, no footer read
-    changed(plan, policy)                                  # [(file, what changed)]: [] when it is the same data
+    # [(file, what changed)]: [] when it is the same data
+    changed(plan, policy)
 
 The fingerprint is content, not names: each file's size and digest (the Parquet footer's bytes, the
 Hub's LFS sha256, an HTTP/S3 ETag, or sampled bytes), under its name within the dataset (Hub:
@@ -54,8 +56,10 @@ def to_dict(plan: Plan) -> dict:
 
 def from_dict(d: dict, where: str = "the saved plan") -> Plan:
     import pyarrow.parquet as pq
-    if not isinstance(d, dict) or d.get("version") != PLAN_VERSION or not isinstance(d.get("shards"), list):
-        raise ConfigError(f"{where} is not an lmstream plan of version {PLAN_VERSION}: delete it to plan anew.")
+    if (not isinstance(d, dict) or d.get("version") != PLAN_VERSION
+            or not isinstance(d.get("shards"), list)):
+        raise ConfigError(f"{where} is not an lmstream plan of version {PLAN_VERSION}: "
+                          f"delete it to plan anew.")
     kept = []
     for e in d["shards"]:
         shard = Shard(e["url"], e["format"], e.get("size"), e.get("etag"), e.get("name"))
@@ -72,7 +76,8 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
     plan = assemble_plan(kept, list(d.get("skipped") or []), {"retries": 0})
     plan.source = dict(d.get("source") or {})
     if fingerprint(plan) != d.get("fingerprint"):
-        raise ConfigError(f"{where} is corrupt (its fingerprint does not match its content): delete it to plan anew.")
+        raise ConfigError(f"{where} is corrupt (its fingerprint does not match its content): "
+                          f"delete it to plan anew.")
     return plan
 
 
@@ -118,7 +123,8 @@ def load(folder: str) -> Plan | None:
         with gzip.open(path) as f:
             d = json.load(f)
     except (OSError, ValueError, EOFError) as err:
-        raise ConfigError(f"The data plan '{path}' is unreadable ({err}): delete it to plan anew from the data.") from None
+        raise ConfigError(f"The data plan '{path}' is unreadable ({err}): delete it to "
+                          f"plan anew from the data.") from None
     return from_dict(d, f"The data plan '{path}'")
 
 

@@ -84,9 +84,11 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
         raise RemoteError(f"HTTP {r.status_code} for {url}", r.status_code, r.headers)
     body = r.content
     m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
-    total = int(m.group(3)) if m and m.group(3) != "*" else (len(body) if r.status_code == 200 else None)
+    total = int(m.group(3)) if m and m.group(3) != "*" else (len(body) if r.status_code == 200
+                                                             else None)
     if size is not None and total is not None and total != size:
-        raise ChangedFile(f"'{url}' now has {total} bytes, the plan recorded {size}", 409, r.headers)
+        raise ChangedFile(f"'{url}' now has {total} bytes, the plan recorded {size}", 409,
+                          r.headers)
     if r.status_code == 200:   # the server ignored Range: keep the asked part
         lo = start if start >= 0 else max(0, len(body) + start)
         body = body[lo:end if end is not None else None]
@@ -100,7 +102,8 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
     return body, total
 
 
-def fetch(url: str, start: int, end: int, size: int | None = None, timeout: float | None = None) -> bytes:
+def fetch(url: str, start: int, end: int, size: int | None = None,
+          timeout: float | None = None) -> bytes:
     """Bytes [start, end) of a local path or URL."""
     if not is_remote(url):
         with open(url, "rb") as f:
@@ -116,7 +119,8 @@ def fetch(url: str, start: int, end: int, size: int | None = None, timeout: floa
     return data
 
 
-def fetch_tail(url: str, nbytes: int, size: int | None = None, timeout: float | None = None) -> tuple[bytes, int]:
+def fetch_tail(url: str, nbytes: int, size: int | None = None,
+               timeout: float | None = None) -> tuple[bytes, int]:
     """The last `nbytes` of a file (fewer if it is smaller) and the file's size, in one request
     where possible."""
     if not is_remote(url):
@@ -150,7 +154,7 @@ class SparseFile(io.RawIOBase):
         return self.pos
 
     def seek(self, offset, whence=0):
-        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        self.pos = offset + (0, self.pos, self.size)[whence]
         return self.pos
 
     def read(self, n=-1):
@@ -201,7 +205,8 @@ def footer_bytes(url: str, size: int | None, timeout: float | None, first: int =
     need = int.from_bytes(tail[-8:-4], "little") + 8
     if need > len(tail):
         if need > total:
-            raise ValueError(f"'{url}' has a corrupt Parquet footer (length {need} > file size {total})")
+            raise ValueError(f"'{url}' has a corrupt Parquet footer (length "
+                             f"{need} > file size {total})")
         tail = fetch(url, total - need, total - len(tail), total, timeout) + tail
     return {total - len(tail): tail}, total
 
@@ -214,7 +219,8 @@ def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int,
     for c in columns:
         col = rg.column(c)
         start = col.data_page_offset
-        if col.has_dictionary_page and col.dictionary_page_offset is not None and 0 < col.dictionary_page_offset < start:
+        dictionary = col.dictionary_page_offset if col.has_dictionary_page else None
+        if dictionary is not None and 0 < dictionary < start:
             start = col.dictionary_page_offset
         out.append((start, start + col.total_compressed_size))
     return out
@@ -276,5 +282,6 @@ def content_digest(shard, policy):
         size = int(info.get("size") or 0)
         etag = info.get("ETag") or info.get("etag")
         got = replace(shard, size=size, etag=str(etag).strip('"') if etag else None)
-        return (f"etag:{got.etag}" if got.etag else _sampled_digest(shard.url, size, policy.read_timeout)), got
+        return (f"etag:{got.etag}" if got.etag
+                else _sampled_digest(shard.url, size, policy.read_timeout)), got
     return with_retries(digest, shard.url, policy, "fingerprint")

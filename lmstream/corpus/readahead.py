@@ -2,7 +2,8 @@
 memory budget, so a slow store costs latency once instead of on every row group.
 
     ahead = ReadAhead(read_fn, sizes, budget_bytes=256 << 20)
-    table = ahead.take(k, pieces)     # row group k, fetched earlier if possible; schedules the next ones
+    # row group k, fetched earlier if possible; schedules the next ones
+    table = ahead.take(k, pieces)
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ class ReadAhead:
             if size < 0 or (self.inflight and self.used + size > self.budget):
                 break   # not a piece that can be read ahead, or over the budget
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lmstream-readahead")
+                self.pool = ThreadPoolExecutor(self.threads,
+                                               thread_name_prefix="lmstream-readahead")
             self.inflight[j], self.sizes[j] = self.pool.submit(self.read, pieces[j]), size
             self.used += size
             j += 1

@@ -13,9 +13,11 @@ import glob as _glob
 import os
 import re
 
-from . import hub
+from . import cards, hub
+from ..config import DataArguments
 from ..errors import ConfigError
 from ..retry import RetryPolicy, is_transient
+from .plan import Plan, plan_pieces
 from .shards import Shard, shard_format
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -46,7 +48,8 @@ def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy
             return datasets.load_dataset_builder(name, config)
         except ValueError as err:   # unknown config: datasets lists the available ones
             if local or not is_transient(err):
-                raise ConfigError(f"dataset_config_name '{config}' is not a config of dataset '{name}': {err}") from None
+                raise ConfigError(f"dataset_config_name '{config}' is not a config of "
+                                  f"dataset '{name}': {err}") from None
             raise
     if local:
         try:
@@ -59,29 +62,32 @@ def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy
         builder = hub.call(build, name, "resolve", policy)
     files = builder.config.data_files or {}
     if split not in files:
-        raise ConfigError(f"Dataset '{name}' (config {config}) has no split '{split}'; its splits are "
-                          f"{sorted(files)}: set dataset_train_split/dataset_test_split accordingly.")
+        raise ConfigError(f"Dataset '{name}' (config {config}) has no split '{split}'; its splits "
+                          f"are {sorted(files)}: set dataset_train_split/dataset_test_split "
+                          "accordingly.")
     _shards_from_files(list(files[split]), name)   # the format check
     return [hub.from_builder_url(str(f)) for f in files[split] if shard_format(str(f))]
 
 
-def _local_repository(folder: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
+def _local_repository(folder: str, config: str | None, split: str,
+                      policy: RetryPolicy) -> list[Shard]:
     """A local dataset repository: its card's `configs:` read as the Hub's are (datasets when it has
     none)."""
-    configs = hub.local_readme_configs(folder)
+    configs = cards.local_readme_configs(folder)
     if configs is None:
         return _from_builder(folder, config, split, policy)
-    patterns = hub.config_patterns(configs, config, split, folder)
+    patterns = cards.config_patterns(configs, config, split, folder)
 
     class _Entry:
         def __init__(self, path):
             self.path = path
     listing = [_Entry(os.path.relpath(os.path.join(r, f), folder).replace(os.sep, "/"))
                for r, _, fs in os.walk(folder) for f in fs]
-    files = [os.path.join(folder, e.path) for e in hub.matching_files(listing, patterns)]
+    files = [os.path.join(folder, e.path) for e in cards.matching_files(listing, patterns)]
     if not files:
-        raise ConfigError(f"No file of the dataset repository '{folder}' matches {patterns} (config {config}, "
-                          f"split {split}): check dataset_config_name and its README.md.")
+        raise ConfigError(f"No file of the dataset repository '{folder}' matches {patterns} "
+                          f"(config {config}, split {split}): check dataset_config_name and its "
+                          "README.md.")
     return _shards_from_files(files, folder)
 
 
@@ -89,15 +95,17 @@ def _no_splits(entry: str, split: str) -> None:
     """Plain files, folders, globs and URLs have one split, "train": asking for another is refused,
     never answered with the training files."""
     if split != "train":
-        raise ConfigError(f"'{entry}' is a plain file, folder, glob or URL, which has no split '{split}' (only its "
-                          "documents, as split 'train'): to evaluate, hold documents out with "
-                          "--dataset_holdout_fraction 0.01, or use a dataset repository with that split.")
+        raise ConfigError(f"'{entry}' is a plain file, folder, glob or URL, which has no split "
+                          f"'{split}' (only its documents, as split 'train'): to evaluate, hold "
+                          "documents out with --dataset_holdout_fraction 0.01, or use a dataset "
+                          "repository with that split.")
 
 
 def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy) -> list[Shard]:
-    repository = (os.path.isdir(entry) and (os.path.isfile(os.path.join(entry, "README.md")) or config)) or (
-        # local or a hub id
-        not entry.startswith(_REMOTE) and not os.path.exists(entry) and not _is_glob(entry))
+    local_repository = os.path.isdir(entry) and (
+        os.path.isfile(os.path.join(entry, "README.md")) or config)
+    hub_id = not entry.startswith(_REMOTE) and not os.path.exists(entry) and not _is_glob(entry)
+    repository = local_repository or hub_id
     if not repository:
         _no_splits(entry, split)
     # pinned to a commit, read by URL: workers make no API call
@@ -113,12 +121,14 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
                 raise ConfigError(f"No file matches dataset_name '{entry}': check the pattern.")
             return _shards_from_files(files, entry)
         if not shard_format(entry):
-            raise ConfigError(f"Cannot tell the format of '{entry}': name it .parquet, .jsonl[.gz|.zst] or .txt.")
+            raise ConfigError(f"Cannot tell the format of '{entry}': name it .parquet, "
+                              f".jsonl[.gz|.zst] or .txt.")
         return [Shard(entry, shard_format(entry))]
     if os.path.isdir(entry):
         if os.path.isfile(os.path.join(entry, "README.md")) or config:
             return _local_repository(entry, config, split, policy)
-        files = sorted(f for f in _glob.glob(os.path.join(entry, "**", "*"), recursive=True) if os.path.isfile(f))
+        files = sorted(f for f in _glob.glob(os.path.join(entry, "**", "*"), recursive=True)
+                       if os.path.isfile(f))
         return _shards_from_files(files, entry)
     if _is_glob(entry):
         files = sorted(f for f in _glob.glob(entry, recursive=True) if os.path.isfile(f))
@@ -130,7 +140,8 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
     if not _HUB_ID.match(entry):
         raise ConfigError(f"No file or directory '{entry}' (dataset_name): check the path.")
     # a hub id
-    return hub.resolve_hub(entry, config, split, policy) or _from_builder(entry, config, split, policy)
+    return (hub.resolve_hub(entry, config, split, policy)
+            or _from_builder(entry, config, split, policy))
 
 
 def resolve_shards(dataset_name: str | None, config: str | None = None, split: str = "train",
@@ -157,6 +168,23 @@ def open_binary(url: str, block_size: int = 8 << 20, timeout: float | None = Non
     options = {}
     if url.startswith(("http://", "https://")) and timeout:
         import aiohttp
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)}
+        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        options["client_kwargs"] = {"timeout": client_timeout}
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs.open(path, "rb", block_size=block_size)
+
+
+def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
+    """Resolve `dataset_name` and list the pieces of the split (default dataset_train_split)."""
+    policy = args.retry_policy()
+    shards = resolve_shards(args.dataset_name, args.dataset_config_name,
+                            split or args.dataset_train_split, policy)
+    plan = plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards)
+    plan.source = plan_source(args, split)
+    return plan
+
+
+def plan_source(args: DataArguments, split: str | None = None) -> dict:
+    """What a plan was made from: a saved plan serves a resume only when these are the same."""
+    return {"dataset_name": args.dataset_name, "config": args.dataset_config_name,
+            "split": split or args.dataset_train_split, "text_field": args.dataset_text_field}

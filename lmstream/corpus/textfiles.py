@@ -6,9 +6,14 @@ text.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import time
 
+from ..config import DataArguments
 from ..errors import ConfigError
+from ..retry import RetryPolicy, Unreadable, on_fault
+from .shards import Shard
 from .sources import open_binary
 
 
@@ -43,15 +48,16 @@ def json_texts(lines, url: str, field: str):
         try:
             row = json.loads(text)
         except ValueError as err:
-            raise ConfigError(f"Line {n} of '{url}' is not valid JSON ({err}): fix or remove the shard.") from None
+            raise ConfigError(f"Line {n} of '{url}' is not valid JSON ({err}): "
+                              f"fix or remove the shard.") from None
         if not isinstance(row, dict) or field not in row:
             cols = ", ".join(row) if isinstance(row, dict) else type(row).__name__
             raise ConfigError(f"Line {n} of '{url}' has no field '{field}' (fields: {cols}): "
                               "set dataset_text_field to one of them.")
         value = row[field]
         if value is not None and not isinstance(value, str):
-            raise ConfigError(f"Line {n} of '{url}': field '{field}' holds {type(value).__name__}, not text: set "
-                              "dataset_text_field to a string field.")
+            raise ConfigError(f"Line {n} of '{url}': field '{field}' holds {type(value).__name__}, "
+                              "not text: set dataset_text_field to a string field.")
         yield value, bad
 
 
@@ -70,3 +76,31 @@ def text_samples(lines, sample_by: str):
         buf.append(line)
     if buf:
         yield decode(b"".join(buf))
+
+
+def line_rows(shard: Shard, skip: int, args: DataArguments, policy: RetryPolicy, stats: dict):
+    """(text, invalid_utf8) of each row of a JSON Lines or text shard from row `skip` on; after a
+    transient fault the file is opened again and what was delivered skipped (compressed streams
+    cannot seek)."""
+    delivered, attempt, started = skip, 0, time.monotonic()
+    while True:
+        attempt += 1
+        try:
+            for row in itertools.islice(_parsed(shard, args, policy), delivered, None):
+                delivered += 1
+                yield row
+            return
+        except ConfigError as err:
+            if not isinstance(err, Unreadable):
+                raise        # bad content (not JSON, missing field): no retry helps
+            on_fault(err, shard.url, policy, attempt, "read", stats, started)
+        # on_fault retries transient faults, reports the rest
+        except Exception as err:  # noqa: BLE001
+            on_fault(err, shard.url, policy, attempt, "read", stats, started)
+
+
+def _parsed(shard: Shard, args: DataArguments, policy: RetryPolicy):
+    raw = lines(shard.url, policy.read_timeout)
+    if shard.format == "json":
+        return json_texts(raw, shard.url, args.dataset_text_field)
+    return text_samples(raw, args.dataset_text_sample_by)

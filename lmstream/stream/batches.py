@@ -1,30 +1,33 @@
-"""What travels from a DataLoader worker to the training process: batches as NumPy arrays, sent in groups.
+"""What travels from a DataLoader worker to the training process: batches as NumPy arrays, sent in
+groups.
 
-    loader = StatefulDataLoader(Grouped(stream, batch_size=8, group=32), batch_size=None, num_workers=2, ...)
-    for group in loader:                      # BatchGroup: up to 32 consecutive batches of one worker
+    loader = StatefulDataLoader(Grouped(stream, batch_size=8, group=32), batch_size=None,
+                                num_workers=2, ...)
+    # BatchGroup: up to 32 consecutive batches of one worker
+    for group in loader:
         for batch, state in zip(group.batches, group.states): ...
 
-A message between processes costs about a quarter of a millisecond on a small machine, as much as packing a batch
-of 8 x 1024 tokens: a worker therefore sends its batches in groups of about GROUP_TOKENS tokens, each batch with
-the worker's stream state after it. `Handout` gives
-the batches out one per worker in turn (the order of one batch a message, whatever the group size), and a
-checkpoint taken inside a group records every worker's exact position (lmstream.stream.loader.BlockLoader.state_dict).
-In one process (`Arrays`, `collate_tensors`) packed blocks stay int32 arrays until their batch is stacked.
+A message between processes costs about a quarter of a millisecond on a small machine, as much as
+packing a batch of 8 x 1024 tokens: a worker therefore sends its batches in groups of about
+GROUP_TOKENS tokens, each batch with the worker's stream state after it. `Handout` gives the batches
+out one per worker in turn (the order of one batch a message, whatever the group size), and a
+checkpoint taken inside a group records every worker's exact position
+(lmstream.stream.loader.BlockLoader.state_dict). How samples become a batch:
+lmstream.stream.collate.
 """
 from __future__ import annotations
 
 import collections
 
-import numpy as np
 import torch
 
-from ..tokens.provenance import BatchProvenance
-from .reader import PROVENANCE   # a sample's segments: not a tensor, kept beside the batch
+from .collate import arrays, collate_arrays
 
 GROUP_TOKENS = 1 << 18   # tokens per message from a worker (0.5 MB of uint16 ids, 1 MB of int32)
 MAX_GROUP = 32           # batches per message at most (each carries its stream state, about 2.5 KB)
 GROUP_KEY = "group_pos"  # in a worker's saved state: batches of its current group already made
-SIZE_KEY = "group_size"  # and batches per group: a resumed run keeps the grouping (the order) it started with
+# and batches per group: a resumed run keeps the grouping (the order) it started with
+SIZE_KEY = "group_size"
 
 
 def group_size(batch_size: int, block_size: int | None) -> int:
@@ -32,127 +35,33 @@ def group_size(batch_size: int, block_size: int | None) -> int:
     return max(1, min(MAX_GROUP, GROUP_TOKENS // max(1, batch_size * (block_size or 1024))))
 
 
-class ArrayBatch:
-    """A batch as NumPy arrays on its way from a worker: pickled by value through the worker's queue.
-
-    torch would move tensors through shared memory, a file-descriptor hand-over per tensor: twice the consumer's
-    cost of unpickling arrays. Ids travel as uint16 where the vocabulary fits (collate_arrays), else int32; labels
-    equal to input_ids (packed blocks) are not sent. The pin-memory thread calls `pin_memory`, else `tensors`."""
-
-    def __init__(self, arrays: dict, labels_are_inputs: bool = False, packed: tuple | None = None):
-        self.arrays, self.labels_are_inputs = arrays, labels_are_inputs
-        self.packed = packed   # the samples' provenance, BatchProvenance.pack's (rows, starts): plain, cheap to send
-
-    @property
-    def provenance(self):
-        """Each sample's segments (lmstream.tokens.provenance), or None."""
-        return BatchProvenance(*self.packed) if self.packed is not None else None
-
-    def tensors(self) -> dict:
-        out = {k: torch.from_numpy(v.astype(np.int64)) for k, v in self.arrays.items()}
-        if self.labels_are_inputs:
-            out["labels"] = out["input_ids"].clone()
-        return out
-
-    def pin_memory(self, device=None) -> "PinnedBatch":
-        return PinnedBatch({k: t.pin_memory() for k, t in self.tensors().items()}, self.provenance)
-
-
-class PinnedBatch(dict):
-    """A batch's tensors (pinned by the loader's pin-memory thread, or collated in process), with its provenance
-    beside them: a dict to everything else (the Trainer, accelerate's skip_first_batches)."""
-
-    def __init__(self, tensors=(), provenance: list | None = None):
-        super().__init__(tensors)
-        self.provenance = provenance
-
-
-def arrays(stream):
-    """The stream's samples with packed blocks as bare int32 arrays (a stream with `iterate`), else as they are."""
-    return stream.iterate(raw=True) if hasattr(stream, "iterate") else iter(stream)
-
-
-class Arrays(torch.utils.data.IterableDataset):
-    """A stream whose packed blocks come as bare int32 arrays (for collate_tensors in one process: one conversion
-    to int64 per batch, not per block); its state, length and epochs are the stream's."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def __iter__(self):
-        return arrays(self.stream)
-
-    def state_dict(self) -> dict:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-
-    def __len__(self) -> int:
-        return len(self.stream)
-
-
-def raw_blocks(samples: list[dict]) -> bool:
-    """Packed blocks as bare int32 arrays (Reader.samples(raw=True)): no labels, input_ids a NumPy array."""
-    return "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray)
-
-
-def collate_tensors(samples: list[dict]) -> PinnedBatch:
-    """In process (no workers): the samples' tensors stacked (packed int32 blocks as one int64 tensor, labels a copy
-    of it), their provenance beside them."""
-    provenance = [s.get(PROVENANCE) for s in samples]
-    if raw_blocks(samples):
-        ids = np.empty((len(samples), len(samples[0]["input_ids"])), dtype=np.int64)
-        for row, s in zip(ids, samples):   # one converting copy per block (stack then astype would be two)
-            row[:] = s["input_ids"]
-        ids = torch.from_numpy(ids)
-        return PinnedBatch({"input_ids": ids, "labels": ids.clone()}, provenance)
-    return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != PROVENANCE}, provenance)
-
-
-def collate_arrays(samples: list[dict], id_type=None) -> ArrayBatch:
-    """Stack the samples' tensors into int32 arrays (in the worker); labels only when they differ from input_ids.
-    Packed blocks go straight into `id_type` (the stream's, lmstream.tokens.tokenize.id_type), else `narrow`. The samples'
-    provenance travels beside them as one array and offsets (BatchProvenance.pack)."""
-    if raw_blocks(samples):
-        ids = [s["input_ids"] for s in samples]
-        ids = np.array(ids, dtype=id_type) if id_type is not None else narrow(np.stack(ids))
-        return ArrayBatch({"input_ids": ids}, True, BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
-    arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0] if k != PROVENANCE}
-    same = "labels" in arrays and "input_ids" in arrays and np.array_equal(arrays["labels"], arrays["input_ids"])
-    if same:
-        del arrays["labels"]
-    return ArrayBatch(arrays, same, BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
-
-
-def narrow(ids: np.ndarray) -> np.ndarray:
-    """Token ids as uint16 when all fit (a stream of unknown vocabulary): half the bytes through the pipe."""
-    return ids.astype(np.uint16) if ids.size and 0 <= ids.min() and ids.max() < 1 << 16 else ids
-
-
 class BatchGroup:
-    """Consecutive batches of one worker in one message, each with that worker's stream state after it, and the
-    state before the first."""
+    """Consecutive batches of one worker in one message, each with that worker's stream state after
+    it, and the state before the first."""
 
     def __init__(self, worker: int, batches: list, states: list, start: dict):
         self.worker, self.batches, self.states, self.start = worker, batches, states, start
 
-    def pin_memory(self, device=None) -> "BatchGroup":   # the loader's pin-memory thread: every batch
-        return BatchGroup(self.worker, [b.pin_memory(device) for b in self.batches], self.states, self.start)
+    def pin_memory(self, device=None) -> "BatchGroup":
+        # the loader's pin-memory thread: every batch
+        return BatchGroup(self.worker, [b.pin_memory(device) for b in self.batches], self.states,
+                          self.start)
 
 
 class Handout:
-    """The batches of the groups a loader's workers send, handed out one batch per worker in turn: the order of a
-    loader whose workers each send one batch at a time (torchdata's round robin, a worker whose stream ended left
-    out), whatever the group size.
+    """The batches of the groups a loader's workers send, handed out one batch per worker in turn:
+    the order of a loader whose workers each send one batch at a time (torchdata's round robin, a
+    worker whose stream ended left out), whatever the group size.
 
-    torchdata yields the groups in that same round robin, so a worker it passes over has ended. `where()` gives
-    each worker's position after its last batch handed out, and the worker whose batch is next: what a checkpoint
-    must hold (the groups pulled ahead are not trained on yet)."""
+    torchdata yields the groups in that same round robin, so a worker it passes over has ended.
+    `where()` gives each worker's position after its last batch handed out, and the worker whose
+    batch is next: what a checkpoint must hold (the groups pulled ahead are not trained on yet)."""
 
     def __init__(self, groups, workers: int, on_end=None):
-        self.groups, self.n, self.on_end = groups, workers, on_end   # on_end(): called once every stream ended
-        self.queues = {w: collections.deque() for w in range(workers)}   # per worker: [group, batches handed]
+        # on_end(): called once every stream ended
+        self.groups, self.n, self.on_end = groups, workers, on_end
+        self.queues = {w: collections.deque()
+                       for w in range(workers)}   # per worker: [group, batches handed]
         self.handed: dict = {}   # worker -> its stream state after its last batch handed out
         self.ended: set = set()
         self.turn = None         # the worker whose batch is next (None: before the first group)
@@ -184,7 +93,8 @@ class Handout:
                     raise StopIteration
 
     def _pull(self) -> bool:
-        """One group from torchdata into its worker's queue; False once every worker's stream has ended."""
+        """One group from torchdata into its worker's queue; False once every worker's stream has
+        ended."""
         if self.exhausted:
             return False
         try:
@@ -220,14 +130,16 @@ class Handout:
         return [g for g, k in self.queues[w] if k < len(g.batches)]
 
     def where(self) -> tuple[dict, int | None]:
-        """({worker: its position} for the workers whose state in torchdata's snapshot is past what was handed out,
-        the worker whose batch is next). A worker's group states are made with each batch: torchdata's, made after
-        a worker sent its group, is past the batches not handed out yet, and may be past the end of its stream."""
+        """({worker: its position} for the workers whose state in torchdata's snapshot is past what
+        was handed out, the worker whose batch is next). A worker's group states are made with each
+        batch: torchdata's, made after a worker sent its group, is past the batches not handed out
+        yet, and may be past the end of its stream."""
         out = {}
         for w in range(self.n):
             pending = self._pending(w)
             if w in self.ended and not pending:
-                continue   # torchdata holds its final state (the epoch's end, the dropped remainder)
+                # torchdata holds its final state (the epoch's end, the dropped remainder)
+                continue
             if w in self.handed:
                 out[w] = self.handed[w]
             elif pending:
@@ -236,13 +148,15 @@ class Handout:
 
 
 class Grouped(torch.utils.data.IterableDataset):
-    """A stream's samples as BatchGroups of up to `group` batches of `batch_size` (collate_arrays, in the worker).
+    """A stream's samples as BatchGroups of up to `group` batches of `batch_size` (collate_arrays,
+    in the worker).
 
-    A group ends where the worker's count of batches reaches a multiple of `group`, a count its saved state keeps
-    (GROUP_KEY): a run resumed inside a group first finishes that group, so the batches come in the order of the
-    uninterrupted run. An iterator's first messages are parts of groups, of 1, 2, 4, ... batches: the first batch
-    comes as soon as it is made, and a loader read for a few batches only (inspect, a notebook) has its workers make
-    few more. Everything else (state, epochs, sizes) is the stream's."""
+    A group ends where the worker's count of batches reaches a multiple of `group`, a count its
+    saved state keeps (GROUP_KEY): a run resumed inside a group first finishes that group, so the
+    batches come in the order of the uninterrupted run. An iterator's first messages are parts of
+    groups, of 1, 2, 4, ... batches: the first batch comes as soon as it is made, and a loader read
+    for a few batches only (inspect, a notebook) has its workers make few more. Everything else
+    (state, epochs, sizes) is the stream's."""
 
     def __init__(self, stream, batch_size: int, group: int):
         self.stream, self.batch_size, self.group = stream, batch_size, group
@@ -255,7 +169,9 @@ class Grouped(torch.utils.data.IterableDataset):
 
     def _groups(self, worker: int):
         batches, states, samples, start = [], [], [], self.state_dict()
-        limit = 1   # an iterator's first messages hold 1, 2, 4, ... batches: its first batch comes without a group's wait
+        # an iterator's first messages hold 1, 2, 4, ... batches: its first batch comes without a
+        # group's wait
+        limit = 1
         id_type = getattr(self.stream, "id_type", None)
         for sample in arrays(self.stream):
             samples.append(sample)
@@ -282,11 +198,13 @@ class Grouped(torch.utils.data.IterableDataset):
     @staticmethod
     def suits(dataset) -> bool:
         """Only a resumable stream is grouped (its position is what each batch carries)."""
-        return isinstance(dataset, torch.utils.data.IterableDataset) and hasattr(dataset, "state_dict")
+        return (isinstance(dataset, torch.utils.data.IterableDataset)
+                and hasattr(dataset, "state_dict"))
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        self.group = saved_group(state) or 1   # saved before groups existed: one batch a message, as then
+        # saved before groups existed: one batch a message, as then
+        self.group = saved_group(state) or 1
         self.pos = state.pop(GROUP_KEY, 0) % self.group
         state.pop(SIZE_KEY, None)
         self.stream.load_state_dict(state)
@@ -296,5 +214,6 @@ class Grouped(torch.utils.data.IterableDataset):
 
 
 def saved_group(state: dict) -> int | None:
-    """The batches per group a worker's saved state was made with (None: saved before groups existed)."""
+    """The batches per group a worker's saved state was made with (None: saved before groups
+    existed)."""
     return state.get(SIZE_KEY)

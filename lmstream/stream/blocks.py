@@ -1,13 +1,19 @@
-"""The stream of one rank: documents -> tokens -> blocks as a torch IterableDataset with exact, O(1) resume.
+"""The stream of one rank: documents -> tokens -> blocks as a torch IterableDataset with exact, O(1)
+resume.
 
-    blocks = build_stream(args, tokenizer, seed=0)       # lmstream.build_pipeline chooses this or a mixture
+    # lmstream.build_pipeline chooses this or a mixture
+    blocks = build_stream(args, tokenizer, seed=0)
     for b in blocks: b["input_ids"], b["labels"]
-    state = blocks.state_dict(); fresh = build_stream(args, tokenizer, seed=0); fresh.load_state_dict(state)
+    state = blocks.state_dict()
+    fresh = build_stream(args, tokenizer, seed=0)
+    fresh.load_state_dict(state)     # continues where `blocks` stood
 
-StreamingBlocks holds the topology (which reader this process or DataLoader worker is), the reader's state
-(lmstream.stream.state: a position, not a replay log) and the epoch caps; lmstream.stream.reader runs the loop. With DataLoader
-workers use `lmstream.stream.loader.build_loader`: each worker is a reader with its own state, and the loader's
-state_dict holds them all. `resume_elastic` continues a checkpoint saved with another topology (lmstream.stream.elastic).
+StreamingBlocks holds the topology (which reader this process or DataLoader worker is), the reader's
+state (lmstream.stream.state: a position, not a replay log) and the epoch caps;
+lmstream.stream.reader runs the loop. With DataLoader workers use
+`lmstream.stream.loader.build_loader`: each worker is a reader with its own state, and the loader's
+state_dict holds them all. `resume_elastic` continues a checkpoint saved with another topology
+(lmstream.stream.elastic).
 """
 from __future__ import annotations
 
@@ -19,40 +25,29 @@ import torch
 from ..config import DataArguments
 from .elastic import redistribute
 from ..errors import ConfigError
-from ..corpus.plan import Plan, plan_pieces
+from ..corpus.plan import Plan
 from ..corpus.planfile import fingerprint
 from .reader import Reader
-from ..corpus.sources import resolve_shards
+from ..corpus.sources import plan_dataset
 from .state import READABLE_VERSIONS, Identity, ReaderState, reader_states, share
-from ..tokens.tokenize import Encoder, build_encoder
-
-
-def resolve_block_size(args: DataArguments, tokenizer, max_positions: int | None = None) -> int:
-    """dataset_block_size, or min(1024, tokenizer.model_max_length, model positions); checked."""
-    limit = max_positions or None
-    if args.dataset_block_size is None:
-        size = min(1024, getattr(tokenizer, "model_max_length", 1024) or 1024, limit or 1024)
-    else:
-        size = args.dataset_block_size
-    if limit and size > limit:
-        raise ConfigError(f"dataset_block_size={size} is larger than the model's {limit} positions: "
-                          f"use dataset_block_size <= {limit}.")
-    return size
+from ..tokens.packing import resolve_block_size
+from ..tokens.tokenize import Encoder, encoder_for
 
 
 class StreamingBlocks(torch.utils.data.IterableDataset):
     """Blocks (or padded documents) of one rank, resumable via state_dict/load_state_dict."""
 
-    def __init__(self, plan: Plan, args: DataArguments, encoder: Encoder, block_size: int, seed: int,
-                 rank: int, world_size: int, split: str = "train", max_samples: int | None = None):
+    def __init__(self, plan: Plan, args: DataArguments, encoder: Encoder, block_size: int,
+                 seed: int, rank: int, world_size: int, split: str = "train",
+                 max_samples: int | None = None):
         self.plan, self.args, self.encoder = plan, args, encoder
         self.block_size, self.seed, self.rank, self.world_size = block_size, seed, rank, world_size
         # "train", "holdout" (held-out docs of train) or "all" (an eval split)
         self.split = split
         self.training = split == "train"
         self.max_samples = max_samples      # samples per epoch over all ranks and workers
-        # a sized stream (max_samples) ends with each epoch: the next iter() (or loader.set_epoch) starts
-        # the next one, so that a Trainer's epochs are the stream's epochs
+        # a sized stream (max_samples) ends with each epoch: the next iter() (or loader.set_epoch)
+        # starts the next one, so that a Trainer's epochs are the stream's epochs
         self.cycle = self.training and args.dataset_cycle and max_samples is None
         self.start_epoch = 0                # a fresh stream starts at this epoch (set_epoch)
         # ... and at least at this one (a resume on changed data)
@@ -61,28 +56,33 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         # what a worker's batches carry ids as (lmstream.stream.batches)
         self.id_type = encoder.id_type
         self.settings = self._settings()
-        self.reader = Reader(plan, args, encoder, block_size, self.max_len, seed, split, self.cycle, self.cap,
-                             max_samples)
-        self._state: ReaderState | None = None      # position after the last sample yielded (or loaded)
-        self._starts: dict[int, ReaderState] = {}   # slot -> initial state (elastic resume, or a new iterator)
+        self.reader = Reader(plan, args, encoder, block_size, self.max_len, seed, split, self.cycle,
+                             self.cap, max_samples)
+        # position after the last sample yielded (or loaded)
+        self._state: ReaderState | None = None
+        # slot -> initial state (elastic resume, or a new iterator)
+        self._starts: dict[int, ReaderState] = {}
 
     def __repr__(self) -> str:
-        size = f"{self.max_samples:,} samples per epoch" if self.max_samples else "unbounded (cycles epochs)" \
-            if self.cycle else "one epoch"
-        return (f"StreamingBlocks(split {self.split!r}, rank {self.rank} of {self.world_size}, {len(self.plan.shards)} "
-                f"shard(s) / {len(self.plan.pieces)} piece(s), blocks of {self.block_size} tokens, tokenized by "
-                f"{self.encoder.backend}, {size})")
+        if self.max_samples:
+            size = f"{self.max_samples:,} samples per epoch"
+        else:
+            size = "unbounded (cycles epochs)" if self.cycle else "one epoch"
+        return (f"StreamingBlocks(split {self.split!r}, rank {self.rank} of {self.world_size}, "
+                f"{len(self.plan.shards)} shard(s) / {len(self.plan.pieces)} piece(s), blocks of "
+                f"{self.block_size} tokens, tokenized by {self.encoder.backend}, {size})")
 
     def _settings(self) -> dict:
         names = [os.path.basename(s.url) for s in self.plan.shards]
         a = self.args
-        return {"shards": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16], "num_shards": len(names),
-                "data": fingerprint(self.plan),
-                "text_field": a.dataset_text_field, "split": self.split, "block_size": self.block_size,
-                "group_text": a.dataset_group_text, "max_len": self.max_len, "seed": self.seed,
-                "shuffle": a.dataset_shuffle, "shuffle_buffer": a.dataset_shuffle_buffer,
-                "holdout": a.dataset_holdout_fraction, "sample_by": a.dataset_text_sample_by,
-                "max_samples": self.max_samples, "vocab_size": self.encoder.vocab_size, "eos": self.encoder.eos,
+        return {"shards": hashlib.sha1("\n".join(names).encode()).hexdigest()[:16],
+                "num_shards": len(names), "data": fingerprint(self.plan),
+                "text_field": a.dataset_text_field, "split": self.split,
+                "block_size": self.block_size, "group_text": a.dataset_group_text,
+                "max_len": self.max_len, "seed": self.seed, "shuffle": a.dataset_shuffle,
+                "shuffle_buffer": a.dataset_shuffle_buffer, "holdout": a.dataset_holdout_fraction,
+                "sample_by": a.dataset_text_sample_by, "max_samples": self.max_samples,
+                "vocab_size": self.encoder.vocab_size, "eos": self.encoder.eos,
                 "tokenizer": self.encoder.fingerprint}
 
     # -- topology -------------------------------------------------------------------------------
@@ -93,55 +93,66 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         return self._identity(self.rank * workers + wid, workers)
 
     def _identity(self, slot: int, workers: int) -> Identity:
-        return Identity(self.settings, self.rank, self.world_size, workers, slot, self.world_size * workers)
+        return Identity(self.settings, self.rank, self.world_size, workers, slot,
+                        self.world_size * workers)
 
     def _initial(self, who: Identity) -> ReaderState:
         start = self._starts.get(who.slot)
-        return start if start is not None and start.who.n_slots == who.n_slots else ReaderState(who=who)
+        if start is not None and start.who.n_slots == who.n_slots:
+            return start
+        return ReaderState(who=who)
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Where this rank's (or this worker's) stream stands, JSON-serializable."""
-        if self._state is None:   # not started: the initial position (not kept: set_epoch may still move it)
+        # not started: the initial position (not kept: set_epoch may still move it)
+        if self._state is None:
             return self._initial(self.identity()).to_json()
         return self._state.to_json()
 
     def _check_saved(self, state: dict) -> None:
         """Refuse a reader state of another format version or other data settings."""
         if state.get("version") not in READABLE_VERSIONS:
-            raise ConfigError(f"The data state has version {state.get('version')}, this lmstream reads "
-                              f"{' and '.join(map(str, READABLE_VERSIONS))}.")
-        # "data" and "tokenizer" (content fingerprints) are absent from states saved by earlier lmstream versions
+            raise ConfigError(f"The data state has version {state.get('version')}, this lmstream "
+                              f"reads {' and '.join(map(str, READABLE_VERSIONS))}.")
+        # "data" and "tokenizer" (content fingerprints) are absent from states saved by earlier
+        # lmstream versions
         diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]
                 and not (k in ("data", "tokenizer") and k not in state["settings"])]
         if diff == ["tokenizer"]:
-            raise ConfigError("The data position was saved with another tokenizer (same vocabulary size and EOS, other "
-                              f"ids: fingerprint {state['settings']['tokenizer']} then, {self.settings['tokenizer']} "
-                              "now): resume with the tokenizer the run was trained with (tokenizer_name / the "
-                              "checkpoint's tokenizer files), or start a new run.")
+            raise ConfigError("The data position was saved with another tokenizer (same vocabulary "
+                              "size and EOS, other ids: fingerprint "
+                              f"{state['settings']['tokenizer']} then, "
+                              f"{self.settings['tokenizer']} now): resume with the tokenizer the "
+                              "run was trained with (tokenizer_name / the checkpoint's tokenizer "
+                              "files), or start a new run.")
         if diff == ["data"]:
-            raise ConfigError("The data changed since this data position was saved (same files, other content: "
-                              f"fingerprint {state['settings']['data']} then, {self.settings['data']} now): resume on "
-                              "the data it was trained on, or pass --dataset_accept_changed_data true to start the "
-                              "epoch again on the new data.")
+            raise ConfigError("The data changed since this data position was saved (same files, "
+                              f"other content: fingerprint {state['settings']['data']} then, "
+                              f"{self.settings['data']} now): resume on the data it was trained "
+                              "on, or pass --dataset_accept_changed_data true to start the epoch "
+                              "again on the new data.")
         if diff:
             saved = {k: state["settings"].get(k) for k in diff}
             now = {k: self.settings[k] for k in diff}
-            raise ConfigError(f"The data state was saved with other data settings ({saved} then, {now} now): "
-                              "resume with the same dataset arguments, seed and tokenizer, or start a new run.")
+            raise ConfigError(f"The data state was saved with other data settings ({saved} then, "
+                              f"{now} now): resume with the same dataset arguments, seed and "
+                              "tokenizer, or start a new run.")
 
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly after the last sample of the run that saved `state`."""
         self._check_saved(state)
         if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
-            raise ConfigError(f"The data state belongs to rank {state['rank']} of {state['world_size']}, not rank "
-                              f"{self.rank} of {self.world_size}: load it with the same number of processes, or pass "
-                              "every rank's state to resume_elastic (the training job does).")
+            raise ConfigError(f"The data state belongs to rank {state['rank']} of "
+                              f"{state['world_size']}, not rank {self.rank} of {self.world_size}: "
+                              "load it with the same number of processes, or pass every rank's "
+                              "state to resume_elastic (the training job does).")
         self._state = ReaderState.from_json(state)
 
     def resume_elastic(self, loader_states: list, num_workers: int) -> None:
-        """Continue from the loader states of every rank of a run with another number of processes or
-        workers: within the current epoch no document twice, none skipped (see lmstream.stream.elastic)."""
+        """Continue from the loader states of every rank of a run with another number of processes
+        or workers: within the current epoch no document twice, none skipped (see
+        lmstream.stream.elastic)."""
         old = reader_states(loader_states)
         if not old:
             raise ConfigError("The checkpoint holds no lmstream data position to resume from.")
@@ -152,16 +163,18 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         def regular_cap(st: ReaderState):
             return self.regular_cap(st.who.slot, st.who.n_slots, st.who.world_size)
 
-        starts = redistribute([ReaderState.from_json(st) for st in old], self.reader.documents, self.plan,
-                              self.world_size * workers, regular_cap)
+        starts = redistribute([ReaderState.from_json(st) for st in old], self.reader.documents,
+                              self.plan, self.world_size * workers, regular_cap)
         mine = range(self.rank * workers, (self.rank + 1) * workers)
         self._starts = {s: ReaderState(who=self._identity(s, workers), epoch=starts[s][0],
                                        phase=starts[s][1], stats=starts[s][2]) for s in mine}
         self._state = None
 
     def carry_over(self, loader_state: dict) -> None:
-        """New worker processes start where the readers of `loader_state` (the last iterator's) stood."""
-        self._starts.update({st["slot"]: ReaderState.from_json(st) for st in reader_states(loader_state)})
+        """New worker processes start where the readers of `loader_state` (the last iterator's)
+        stood."""
+        self._starts.update({st["slot"]: ReaderState.from_json(st)
+                             for st in reader_states(loader_state)})
 
     @property
     def stats(self) -> dict:
@@ -173,7 +186,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         return self.iterate()
 
     def iterate(self, raw: bool = False):
-        """The samples from the stream's position on; `raw`: packed blocks as bare int32 arrays (Reader.samples)."""
+        """The samples from the stream's position on; `raw`: packed blocks as bare int32 arrays
+        (Reader.samples)."""
         who = self.identity()
         state = self._state
         if state is None and who.slot in self._starts:
@@ -181,19 +195,22 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         fresh = state is None
         if state is None or state.who.n_slots != who.n_slots or state.who.slot != who.slot:
             if state is not None and state.started:
-                raise ConfigError(f"The data state was saved with {state.who.workers} DataLoader worker(s) per rank, "
-                                  f"this run has {who.workers}: use dataloader_num_workers={state.who.workers}, or "
-                                  "resume_elastic (the training job does).")
+                raise ConfigError(f"The data state was saved with {state.who.workers} DataLoader "
+                                  f"worker(s) per rank, this run has {who.workers}: use "
+                                  f"dataloader_num_workers={state.who.workers}, or resume_elastic "
+                                  "(the training job does).")
             state = self._initial(who)
-        # set_epoch picks the epoch a *fresh* stream starts at; a stream with a position (loaded, carried
-        # over from the last iterator, or owed after an elastic resume) goes on from it: nothing is skipped
+        # set_epoch picks the epoch a *fresh* stream starts at; a stream with a position (loaded,
+        # carried over from the last iterator, or owed after an elastic resume) goes on from it:
+        # nothing is skipped
         first = max(self.start_epoch, self.min_epoch)
         while fresh and state.epoch < first:
             state = state.advanced(first)
         while (cap := self.cap(state)) is not None and state.samples_in_epoch >= cap:
             if cap == 0 and not state.phase.owed:
                 return   # fewer samples per epoch than readers: this one has none, in any epoch
-            state = state.advanced()   # the epoch's last sample was here (its end not yet published)
+            # the epoch's last sample was here (its end not yet published)
+            state = state.advanced()
         for sample, state in self.reader.samples(state, raw):
             self._state = state
             if sample is not None:
@@ -201,13 +218,15 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
 
     # -- epoch sizes ------------------------------------------------------------------------------
     def cap(self, state: ReaderState) -> int | None:
-        """Samples in the state's epoch: its own cap in a phase owed after an elastic resume, else the regular one."""
+        """Samples in the state's epoch: its own cap in a phase owed after an elastic resume, else
+        the regular one."""
         if state.phase.owed:
             return state.phase.cap
         return self.regular_cap(state.who.slot, state.who.n_slots, state.who.world_size)
 
     def regular_cap(self, slot: int, n_slots: int, world_size: int) -> int | None:
-        """Samples of a reader's epoch: max_samples split between ranks, then between the rank's workers.
+        """Samples of a reader's epoch: max_samples split between ranks, then between the rank's
+        workers.
 
         For training every rank gets max_samples // world_size (equal epochs on every rank: no rank
         waits for a step the others never take); evaluation spreads them all."""
@@ -219,7 +238,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         return share(self.max_samples // world_size, workers, slot % workers)
 
     def __len__(self) -> int:
-        """Samples per epoch of this rank, for a sized stream (max_samples, training); else TypeError."""
+        """Samples per epoch of this rank, for a sized stream (max_samples, training); else
+        TypeError."""
         if self.max_samples is None or not self.training:
             raise TypeError("a stream without max_train_samples has no length")
         return self.max_samples // self.world_size
@@ -229,53 +249,30 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         if self.max_samples is None or not self.training:
             return None
         workers = max(1, num_workers)
-        return [self.regular_cap(self.rank * workers + w, self.world_size * workers, self.world_size)
+        return [self.regular_cap(self.rank * workers + w, self.world_size * workers,
+                                 self.world_size)
                 for w in range(workers)]
 
 
-def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
-    """Resolve `dataset_name` and list the pieces of the split (default dataset_train_split)."""
-    policy = args.retry_policy()
-    shards = resolve_shards(args.dataset_name, args.dataset_config_name, split or args.dataset_train_split, policy)
-    plan = plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards)
-    plan.source = plan_source(args, split)
-    return plan
-
-
-def plan_source(args: DataArguments, split: str | None = None) -> dict:
-    """What a plan was made from: a saved plan serves a resume only when these are the same."""
-    return {"dataset_name": args.dataset_name, "config": args.dataset_config_name,
-            "split": split or args.dataset_train_split, "text_field": args.dataset_text_field}
-
-
-def encoder_for(args: DataArguments, tokenizer) -> Encoder:
-    """The encoder dataset_tokenizer_backend asks for; a named backend that can't reproduce the tokenizer is refused."""
-    if args.dataset_tokenizer_backend == "auto":
-        return build_encoder(tokenizer)
-    enc = build_encoder(tokenizer, allowed=(args.dataset_tokenizer_backend,))
-    if enc.backend != args.dataset_tokenizer_backend:
-        raise ConfigError(f"dataset_tokenizer_backend={args.dataset_tokenizer_backend} does not reproduce tokenizer "
-                          f"'{tokenizer.name_or_path}' id for id (or is not installed): use auto (it falls back) or hf.")
-    return enc
-
-
 def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
-                   world_size: int | None = None, split: str = "train", max_positions: int | None = None,
-                   max_samples: int | None = None, plan: Plan | None = None, encoder=None) -> StreamingBlocks:
-    """The streaming dataset of blocks of one source for `rank` of `world_size` (default: RANK/WORLD_SIZE env);
-    `lmstream.build_pipeline` (lmstream.stream.pipeline) also builds mixtures.
+                 world_size: int | None = None, split: str = "train",
+                 max_positions: int | None = None, max_samples: int | None = None,
+                 plan: Plan | None = None, encoder=None) -> StreamingBlocks:
+    """The streaming dataset of blocks of one source for `rank` of `world_size` (default:
+    RANK/WORLD_SIZE env); `lmstream.build_pipeline` (lmstream.stream.pipeline) also builds mixtures.
 
     Args:
         args: the dataset arguments (dataset_name, dataset_block_size, ...).
         tokenizer: a Hugging Face tokenizer with an eos_token.
         seed: fixes shard order and shuffle windows; same seed, same order, on any machine.
-        split: "train", or "eval": the test split if the dataset has one, else the held-out documents.
+        split: "train", or "eval": the test split if the dataset has one, else the held-out
+        documents.
         max_positions: the model's positions, to check the block size against.
         max_samples: samples per epoch over all ranks (max_train_samples / max_eval_samples).
-        plan: the training split's shards and pieces, already resolved (shared by the train pipeline and the
-            held-out evaluation; an evaluation on the test split plans that split itself).
-        encoder: the Encoder `encoder_for(args, tokenizer)` gives, when already at hand (it reads the tokenizer's
-            JSON: tens of milliseconds for GPT-2's, more for larger vocabularies).
+        plan: the training split's shards and pieces, already resolved (shared by the train pipeline
+        and the held-out evaluation; an evaluation on the test split plans that split itself).
+        encoder: the Encoder `encoder_for(args, tokenizer)` gives, when already at hand (it reads
+        the tokenizer's JSON: tens of milliseconds for GPT-2's, more for larger vocabularies).
     """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
@@ -292,9 +289,11 @@ def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None
     elif split != "train":
         raise ConfigError(f"split must be 'train' or 'eval', not {split!r}.")
     elif max_samples is not None and max_samples < world_size:
-        raise ConfigError(f"max_train_samples={max_samples} leaves some of the {world_size} processes without a "
-                          f"block per epoch: use max_train_samples >= {world_size}.")
+        raise ConfigError(f"max_train_samples={max_samples} leaves some of the {world_size} "
+                          "processes without a block per epoch: use max_train_samples >= "
+                          f"{world_size}.")
     if plan is None:
         plan = plan_dataset(args)
     encoder = encoder or encoder_for(args, tokenizer)
-    return StreamingBlocks(plan, args, encoder, block_size, seed, rank, world_size, mode, max_samples)
+    return StreamingBlocks(plan, args, encoder, block_size, seed, rank, world_size, mode,
+                           max_samples)

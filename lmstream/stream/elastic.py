@@ -1,6 +1,7 @@
 """Elastic resume: a checkpoint written by W ranks x K workers continues on W' ranks x K' workers.
 
-    starts = redistribute(old_reader_states, stream_of, plan, n_slots=W' * K', regular_cap)   # new slot -> start
+    # new slot -> start
+    starts = redistribute(old_reader_states, stream_of, plan, n_slots=W' * K', regular_cap)
 
 Every reader's state is a position in its own list of *items* for its epoch (Parquet row groups,
 whole files, or the rest of another reader's window). Turned into "what is left", per old reader:
@@ -98,7 +99,8 @@ def _phases(old: list[ReaderState], streams: list, plan, n_slots: int, regular_c
     return phases
 
 
-def redistribute(old: list[ReaderState], stream_of, plan, n_slots: int, regular_cap) -> dict[int, tuple]:
+def redistribute(old: list[ReaderState], stream_of, plan, n_slots: int,
+                 regular_cap) -> dict[int, tuple]:
     """(epoch, Phase, counters) of the new readers 0..n_slots-1 from the old readers' states.
 
     stream_of(slot, n_slots) -> DocumentStream of an old reader; regular_cap(state) -> its sample
@@ -106,9 +108,11 @@ def redistribute(old: list[ReaderState], stream_of, plan, n_slots: int, regular_
     readers' identities.
     """
     n_old = old[0].who.n_slots
-    if sorted(st.who.slot for st in old) != list(range(n_old)) or any(st.who.n_slots != n_old for st in old):
-        raise ConfigError(f"The checkpoint's data states do not cover its {n_old} readers exactly once "
-                          "(a rank's file is missing or from another run): resume from a complete checkpoint.")
+    if (sorted(st.who.slot for st in old) != list(range(n_old))
+            or any(st.who.n_slots != n_old for st in old)):
+        raise ConfigError(f"The checkpoint's data states do not cover its {n_old} readers exactly "
+                          "once (a rank's file is missing or from another run): resume from a "
+                          "complete checkpoint.")
     phases = _phases(old, [stream_of(st.who.slot, n_old) for st in old], plan, n_slots, regular_cap)
     gen = max(st.phase.gen for st in old) + 1
     totals = sum_counters(st.stats for st in old)

@@ -20,8 +20,8 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..tokens import backends
-from .batches import (ArrayBatch, Arrays, Grouped, Handout, collate_arrays, collate_tensors,
-                      group_size, saved_group)
+from .batches import Grouped, Handout, group_size, saved_group
+from .collate import ArrayBatch, Arrays, collate_arrays, collate_tensors
 from ..errors import ConfigError
 from .state import find_dicts, reader_states
 from .workers import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
@@ -110,7 +110,8 @@ class BlockLoader(StatefulDataLoader):
             self.stream.carry_over(self.state_dict())
         if self.num_workers > 0:
             settle()    # before the workers fork: no tokenizer call under way on another thread
-            FORKED_BY[0] = os.getpid() if threading.current_thread() is threading.main_thread() else None
+            main = threading.current_thread() is threading.main_thread()
+            FORKED_BY[0] = os.getpid() if main else None
         it = super().__iter__()
         handout = None
         if self.num_workers > 0 and isinstance(self.dataset, Grouped):
@@ -124,7 +125,8 @@ class BlockLoader(StatefulDataLoader):
         """Resume at `state`; a loader whose workers send groups keeps the grouping the state was
         saved with."""
         if isinstance(self.dataset, Grouped):
-            sizes = [saved_group(d) for d in find_dicts(state, lambda d: saved_group(d) is not None)]
+            sizes = [saved_group(d)
+                     for d in find_dicts(state, lambda d: saved_group(d) is not None)]
             # data states without a group size: one batch a message
             if sizes or reader_states(state):
                 self.dataset.group = max(sizes, default=1)
@@ -163,7 +165,8 @@ class BlockLoader(StatefulDataLoader):
     def __len__(self) -> int:
         """Batches per epoch of a sized stream (max_train_samples): each worker's samples in
         batches."""
-        sizes = self.stream.epoch_samples(self.num_workers) if hasattr(self.stream, "epoch_samples") else None
+        epoch_samples = getattr(self.stream, "epoch_samples", None)
+        sizes = epoch_samples(self.num_workers) if epoch_samples is not None else None
         if sizes is None:
             raise TypeError("a stream without max_train_samples has no length")
         return sum(-(-n // self.micro_batch) for n in sizes)

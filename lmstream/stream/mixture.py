@@ -74,8 +74,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                 sample = next(iters[k])
             # only a source with on_exhausted=stop (or dataset_cycle false) ends
             except StopIteration:
-                log.warning("dataset_mixture: source %s is exhausted after %d blocks; the mixture stops "
-                            "(on_exhausted=stop)", self.names[k], self._counts[k])
+                log.warning("dataset_mixture: source %s is exhausted after %d blocks; the mixture "
+                            "stops (on_exhausted=stop)", self.names[k], self._counts[k])
                 return
             self._n += 1
             self._counts[k] += 1
@@ -102,13 +102,15 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         saved = state.get("settings", {}).get("mixture")
         sources = state.get("sources", [])
         same_content = len(sources) == len(self.streams) and all(
-            "data" in st.get("settings", {}) and all(st["settings"].get(k) == s.settings[k] for k in ("data", "shards"))
+            "data" in st.get("settings", {}) and all(st["settings"].get(k) == s.settings[k]
+                                                     for k in ("data", "shards"))
             for st, s in zip(sources, self.streams))
         if len(sources) != len(self.streams) or (saved != self.names and not same_content):
-            raise ConfigError(f"The data state was saved for another dataset_mixture ({saved}): resume with the same "
-                              "sources.")
+            raise ConfigError(f"The data state was saved for another dataset_mixture ({saved}): "
+                              "resume with the same sources.")
         if not np.allclose(state["settings"]["cum"], self.cum):
-            raise ConfigError("The data state was saved with other dataset_mixture weights: resume with the same weights.")
+            raise ConfigError("The data state was saved with other dataset_mixture weights: "
+                              "resume with the same weights.")
 
     def load_state_dict(self, state: dict) -> None:
         self._check(state)
@@ -124,8 +126,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         split between readers."""
         mixes = _mixture_states(loader_states)
         if not mixes:
-            raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with the arguments "
-                              "of the run that saved it.")
+            raise ConfigError("The checkpoint holds no dataset_mixture data position: resume with "
+                              "the arguments of the run that saved it.")
         for m in mixes:
             self._check(m)
         for i, stream in enumerate(self.streams):
@@ -178,7 +180,8 @@ def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_si
     """MixtureBlocks for training (ChainBlocks for evaluation) over the sources of
     dataset_mixture."""
     if max_samples is not None and split == "train":
-        raise ConfigError("max_train_samples is not supported with dataset_mixture: bound the run with max_steps.")
+        raise ConfigError("max_train_samples is not supported with dataset_mixture: bound "
+                          "the run with max_steps.")
     sources = parse_mixture(args.dataset_mixture)
     streams = [build_stream(source_arguments(args, src), tokenizer, seed=seed, rank=rank,
                             world_size=world_size, split=split, max_positions=max_positions,
@@ -187,6 +190,7 @@ def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_si
     if split != "train":
         return ChainBlocks(streams)
     names = [src["name"] + (f":{src['config']}" if src["config"] else "") for src in sources]
-    log.info("dataset_mixture: %s", ", ".join(f"{n} weight {src['weight']} ({src['on_exhausted']} when exhausted)"
+    log.info("dataset_mixture: %s",
+             ", ".join(f"{n} weight {src['weight']} ({src['on_exhausted']} when exhausted)"
                                               for n, src in zip(names, sources)))
     return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed)

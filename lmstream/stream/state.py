@@ -22,6 +22,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple, TypedDict
 
+from ..errors import ConfigError
+
 STATE_VERSION = 3
 READABLE_VERSIONS = (2, 3)
 COUNTERS = ("docs", "bytes", "tokens", "blocks", "tokens_dropped", "tokens_truncated",
@@ -118,7 +120,8 @@ class ReaderState:
     phase: Phase = field(default_factory=Phase)
     stats: Counters = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
 
-    def at_epoch(self, epoch: int, phase: Phase | None = None, stats: dict | None = None) -> ReaderState:
+    def at_epoch(self, epoch: int, phase: Phase | None = None,
+                 stats: dict | None = None) -> ReaderState:
         """This reader at the start of `epoch` (with `phase`; counters kept unless given)."""
         return ReaderState(who=self.who, epoch=epoch, phase=phase or Phase(gen=self.phase.gen),
                            stats=dict(self.stats if stats is None else stats))
@@ -162,17 +165,20 @@ class ReaderState:
 
 def position_problem(state) -> str | None:
     """What is wrong with a saved reader state's shape and ranges (None: nothing)."""
-    if not isinstance(state, dict) or not isinstance(state.get("settings"), dict) or not isinstance(state.get("stats"), dict):
+    if not (isinstance(state, dict) and isinstance(state.get("settings"), dict)
+            and isinstance(state.get("stats"), dict)):
         return "not a reader state (settings or counters missing)"
     if state.get("version") not in READABLE_VERSIONS:
-        return f"format {state.get('version')!r}, this lmstream reads {', '.join(map(str, READABLE_VERSIONS))}"
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        return f"format {state.get('version')!r}, this lmstream reads {readable}"
     for k in POSITION_INTS:
         v = state.get(k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             return f"{k}={v!r}, not a count"
     for k in ("start", "next"):
         v = state.get(k)
-        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and x >= 0 for x in v)):
+        if not (isinstance(v, list) and len(v) == 2
+                and all(isinstance(x, int) and x >= 0 for x in v)):
             return f"{k}={v!r}, not a (piece, row) position"
     if state["slot"] >= state["n_slots"] or state["n_slots"] % max(1, state["world_size"]):
         return f"reader {state['slot']} of {state['n_slots']} for {state['world_size']} process(es)"
@@ -217,7 +223,8 @@ def sum_counters(counters) -> dict:
 def merge_stats(loader_state) -> dict:
     """Sum the counters of every stream (reader, or mixture of readers) found in a loader state."""
     return sum_counters(st["stats"] for st in find_dicts(
-        loader_state, lambda d: d.get("version") in READABLE_VERSIONS and "settings" in d and "stats" in d))
+        loader_state, lambda d: d.get("version") in READABLE_VERSIONS and "settings" in d
+                                                         and "stats" in d))
 
 
 def stream_epoch(loader_state) -> int:
@@ -230,3 +237,14 @@ def share(total: int, parts: int, i: int) -> int:
     """Part i of `total` split into `parts` as evenly as integers allow (the first ones get the
     remainder)."""
     return total // parts + (i < total % parts)
+
+
+def check_start(start, pieces: list) -> None:
+    """A saved window start must lie within the reader's pieces (else the rest of the epoch would be
+    skipped)."""
+    p, row = start
+    rows = getattr(pieces[p], "num_rows", None) if p < len(pieces) else None
+    if p > len(pieces) or (p == len(pieces) and row > 0) or (rows is not None and row > rows):
+        raise ConfigError(f"The data position is corrupt: window start (piece {p}, row {row}) lies "
+                          f"outside the reader's {len(pieces)} pieces: resume from another "
+                          "checkpoint.")

@@ -3,7 +3,8 @@ tokenizer.json it reproduces, all cores, flat NumPy output) and tiktoken (GPT-2-
 BPE). Each is used only after a self-check against the HF tokenizer on text that exercises Unicode,
 whitespace runs, digits, code and specials.
 
-    fast = fastokens_backend(tokenizer)       # None: not installed, or not identical on the check texts
+    # None: not installed, or not identical on the check texts
+    fast = fastokens_backend(tokenizer)
     enc = tiktoken_backend(tokenizer)         # None: not a GPT-2-style BPE, or not identical
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ log = logging.getLogger("lmstream")
 # GPT-2's pre-tokenizer split (the regex of the ByteLevel pre-tokenizer)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 CHECK_TEXTS = (
-    "Hello world! It's 2026: naïve café, 東京, emoji 🤗 and <|endoftext|> inside.\n\n\tdef f(x):  return x**2  "
-    "'ll 've 're   spaces   \r\n",
+    "Hello world! It's 2026: naïve café, 東京, emoji 🤗 and <|endoftext|> inside.\n\n\tdef f(x):  "
+    "return x**2  'll 've 're   spaces   \r\n",
     "", " ", "\n", "   leading and trailing   ", "a\tb\u00a0c\u2003d\u200be", "x" * 3000,
     "Numbers 1234567890 3.14159 1,000,000 0x1F 2026-11-27 12:00:00 +44 20 7946 0958",
     "CamelCaseWord snake_case_name kebab-case URL https://example.org/a?b=c&d=e#f",
@@ -58,7 +59,8 @@ def tokenizer_threads(workers: int = 1) -> int:
     and its DataLoader workers, so that processes x workers x threads never exceeds the cores."""
     if os.environ.get("LMSTREAM_TOKENIZER_THREADS"):
         return max(1, int(os.environ["LMSTREAM_TOKENIZER_THREADS"]))
-    return max(1, _cores() // (max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))) * max(1, workers)))
+    local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, _cores() // (local_world * max(1, workers)))
 
 
 def reader_threads(workers: int = 1) -> int:
@@ -112,7 +114,8 @@ def decode_flat(ids: bytes, offsets: bytes) -> list[list[int]]:
 
 def _bytes_decoder() -> dict[str, int]:
     """Inverse of the byte-level BPE's byte -> printable-character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+          *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -127,7 +130,8 @@ def is_gpt2_style(spec: dict) -> bool:
     """A byte-level BPE with GPT-2's pre-tokenizer and no normalizer: its text can be cut where
     GPT-2 splits."""
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    return (model.get("type") == "BPE" and not spec.get("normalizer") and pre.get("type") == "ByteLevel"
+    return (model.get("type") == "BPE" and not spec.get("normalizer")
+            and pre.get("type") == "ByteLevel"
             and pre.get("use_regex", True) and not pre.get("add_prefix_space"))
 
 
@@ -152,7 +156,8 @@ def tiktoken_backend(tokenizer, spec: dict | None = None):
     merged = [model["vocab"].get(a + b, -1) for a, b in merges]
     if len(ranks) != len(model["vocab"]) or merged != sorted(merged) or min(merged, default=0) < 0:
         return None   # merge priority is not the id order: tiktoken's rank rule would differ
-    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", []) if t["id"] not in ranks.values()}
+    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])
+                if t["id"] not in ranks.values()}
     enc = tiktoken.Encoding("lmstream-" + str(getattr(tokenizer, "name_or_path", "bpe")),
                             pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
     got = [enc.encode(t, allowed_special="all") for t in CHECK_TEXTS]

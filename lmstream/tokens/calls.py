@@ -1,5 +1,6 @@
-"""Which documents go into one tokenizer call: ranges bounded in documents and bytes, so that the first
-block comes out quickly even when documents are long, and a very long document (LongText) alone."""
+"""Which documents go into one tokenizer call: ranges bounded in documents and bytes, so that the
+first block comes out quickly even when documents are long, and a very long document (LongText)
+alone."""
 from __future__ import annotations
 
 from ..corpus.longtext import LongText
@@ -11,7 +12,8 @@ def tokenizer_batches(nbytes: list[int], start: int, max_docs: int, max_bytes: i
     b0 = start
     while b0 < len(nbytes):
         b1, size = b0, 0
-        while b1 < len(nbytes) and b1 - b0 < max_docs and (b1 == b0 or size + nbytes[b1] <= max_bytes):
+        while b1 < len(nbytes) and b1 - b0 < max_docs and (b1 == b0
+                                                           or size + nbytes[b1] <= max_bytes):
             size += nbytes[b1]
             b1 += 1
         yield b0, b1

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import DataArguments
+from ..errors import ConfigError
 from .provenance import FeedOrigins, Provenance
 
 
@@ -61,20 +63,12 @@ class BlockPacker:
         # (shard, row group, row, doc token of its first in buf)
         self.origins = np.empty((0, 4), dtype=np.int64)
 
-    def feed(self, ids: np.ndarray, lengths: np.ndarray, nbytes, refs: list, origins: np.ndarray | None = None):
+    def feed(self, ids: np.ndarray, lengths: np.ndarray, nbytes, refs: list,
+             origins: np.ndarray | None = None):
         """Add entries; return the blocks completed, each a `Packed`. `refs[i]`: a document's ref
         (window, index), or a `Part` of one. `origins`: each entry's (shard, row group, row), int64
         (n, 3); without it provenance is None."""
-        refs = [r if isinstance(r, Part) else Part(r, 0, True) for r in refs]
-        if origins is not None and self.track_provenance:
-            new = np.empty((len(refs), 4), dtype=np.int64)
-            new[:, :3] = origins
-            new[:, 3] = [r[1] for r in refs]
-            self.origins = np.concatenate([self.origins, new]) if len(self.origins) else new
-        self.buf = np.concatenate([self.buf, ids]) if len(self.buf) else ids
-        self.lens = np.concatenate([self.lens, lengths])
-        self.nbytes = np.concatenate([self.nbytes, np.asarray(nbytes, dtype=np.int64)])
-        self.refs.extend(refs)
+        self._append(ids, lengths, nbytes, refs, origins)
         L = self.block_size
         n = len(self.buf) // L
         if n == 0:
@@ -111,6 +105,18 @@ class BlockPacker:
         self.nbytes, self.refs = self.nbytes[k:], self.refs[k:]
         self.buf = self.buf[used:].copy()
         return out
+
+    def _append(self, ids, lengths, nbytes, refs: list, origins) -> None:
+        refs = [r if isinstance(r, Part) else Part(r, 0, True) for r in refs]
+        if origins is not None and self.track_provenance:
+            new = np.empty((len(refs), 4), dtype=np.int64)
+            new[:, :3] = origins
+            new[:, 3] = [r[1] for r in refs]
+            self.origins = np.concatenate([self.origins, new]) if len(self.origins) else new
+        self.buf = np.concatenate([self.buf, ids]) if len(self.buf) else ids
+        self.lens = np.concatenate([self.lens, lengths])
+        self.nbytes = np.concatenate([self.nbytes, np.asarray(nbytes, dtype=np.int64)])
+        self.refs.extend(refs)
 
     def _block_provenance(self, ends: np.ndarray, n: int) -> list:
         """Each block's Provenance (its rows made on demand from the feed's entries), or None
@@ -155,3 +161,33 @@ def pad_document(ids: np.ndarray, max_len: int, pad_id: int):
     mask = np.zeros(max_len, dtype=np.int64)
     mask[:n] = 1
     return input_ids, labels, mask, len(ids) - n
+
+
+def resolve_block_size(args: DataArguments, tokenizer, max_positions: int | None = None) -> int:
+    """dataset_block_size, or min(1024, tokenizer.model_max_length, model positions); checked."""
+    limit = max_positions or None
+    if args.dataset_block_size is None:
+        size = min(1024, getattr(tokenizer, "model_max_length", 1024) or 1024, limit or 1024)
+    else:
+        size = args.dataset_block_size
+    if limit and size > limit:
+        raise ConfigError(f"dataset_block_size={size} is larger than the model's {limit} "
+                          f"positions: use dataset_block_size <= {limit}.")
+    return size
+
+
+def cut_heads(ids: np.ndarray, lens: np.ndarray, skips: list[int], refs: list):
+    """Drop the first skips[i] tokens of document i; its ref becomes Part(ref, skipped,
+    last=True)."""
+    keep, lens = np.ones(len(ids), dtype=bool), lens.copy()
+    starts = np.cumsum(lens) - lens
+    for i, k in enumerate(skips):
+        if k > lens[i]:
+            raise ConfigError(f"The data position is corrupt: token {k} of a document of "
+                              f"{int(lens[i])} tokens (EOS included): resume from another "
+                              "checkpoint.")
+        if k:
+            keep[starts[i]:starts[i] + k] = False
+            lens[i] -= k
+            refs[i] = Part(refs[i], k, True)
+    return ids[keep], lens

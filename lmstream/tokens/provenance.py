@@ -1,7 +1,8 @@
 """Provenance: which documents a block is made of, as int64 rows (source, shard, row group, row,
 first token, end token), token offsets within the document (its EOS is its last token).
 
-    prov = sample["provenance"]          # a Provenance (lmstream.tokens.packing makes them), or an array
+    # a Provenance (lmstream.tokens.packing makes them), or an array
+    prov = sample["provenance"]
     prov.tolist()                        # [[source, shard, row_group, row, first, end], ...]
 
 A block's Provenance holds its feed's entries (origins and where they end in the feed's tokens) and
@@ -20,7 +21,8 @@ class FeedOrigins:
 
     def __init__(self, origins: np.ndarray, ends: np.ndarray, lens: np.ndarray, block_size: int,
                  n: int):
-        self.origins, self.ends, self.lens, self.block_size, self.n = origins, ends, lens, block_size, n
+        self.origins, self.ends, self.lens = origins, ends, lens
+        self.block_size, self.n = block_size, n
         self._rows = self._at = None
 
     def __getstate__(self):
@@ -142,13 +144,15 @@ class BatchProvenance:
         if first is None or any(p is None for p in provenances):
             return None
         if isinstance(first, Provenance) and not first.source and all(
-                isinstance(p, Provenance) and p.feed is first.feed and p.index == first.index + k and not p.source
+                isinstance(p, Provenance) and p.feed is first.feed and p.index == first.index + k
+                and not p.source
                 for k, p in enumerate(provenances)):
             feed, i0 = first.feed, first.index
             feed.block(i0)   # makes the feed's rows
             at = feed.at[i0:i0 + len(provenances) + 1]
             return feed.rows[at[0]:at[-1]], [a - at[0] for a in at]
-        parts = [p.rows if isinstance(p, Provenance) else np.asarray(p, dtype=np.int64) for p in provenances]
+        parts = [p.rows if isinstance(p, Provenance) else np.asarray(p, dtype=np.int64)
+                 for p in provenances]
         return np.concatenate(parts), np.cumsum([0] + [len(p) for p in parts]).tolist()
 
     def __getstate__(self):

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from . import backends
+from ..config import DataArguments
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ def _safe_cut(text: str, at: int, window: int = 1 << 16) -> int:
         import regex
         _SAFE_CUT = regex.compile(r"(?<=[^\s]) (?=\p{L})")
     m = _SAFE_CUT.search(text, at, min(len(text), at + window))
-    return m.start() if m else (len(text) if at + window >= len(text) else _safe_cut(text, at + window, window))
+    return m.start() if m else (len(text) if at + window >= len(text)
+                                else _safe_cut(text, at + window, window))
 
 
 def tokenizer_fingerprint(tokenizer, spec: dict | None = None) -> str:
@@ -62,7 +64,8 @@ def tokenizer_fingerprint(tokenizer, spec: dict | None = None) -> str:
     else:   # a slow tokenizer: its vocabulary and special tokens
         spec = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])}
     spec["special"] = {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True,
+                                     ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 class Encoder:
@@ -93,7 +96,8 @@ class Encoder:
             _CHOSEN[key] = self._choose(text)
         # id_type: the narrowest type every id fits (what workers send, prepare saves), read from
         # the vocabulary once
-        self.fast, self.tiktoken, self.backend, self.cuttable, self.fingerprint, self.id_type = _CHOSEN[key]
+        (self.fast, self.tiktoken, self.backend, self.cuttable, self.fingerprint,
+         self.id_type) = _CHOSEN[key]
         if key is None:
             _CHOSEN.pop(key)   # a slow tokenizer: nothing to key it by, chosen again each time
 
@@ -101,7 +105,9 @@ class Encoder:
         """(fastokens, tiktoken, backend name, cuttable, fingerprint, id type), the tokenizer's JSON
         parsed once."""
         spec = json.loads(text) if text is not None else None
-        fast = backends.fastokens_backend(self.tokenizer, text) if "fastokens" in self.allowed else None
+        fast = None
+        if "fastokens" in self.allowed:
+            fast = backends.fastokens_backend(self.tokenizer, text)
         tik = None
         if fast is None and "tiktoken" in self.allowed:
             tik = backends.tiktoken_backend(self.tokenizer, spec or {})
@@ -109,7 +115,8 @@ class Encoder:
         # a GPT-2-style text can be cut where its pre-tokenizer splits anyway (long documents, in
         # pieces)
         cuttable = backend != "hf" and spec is not None and backends.is_gpt2_style(spec)
-        return fast, tik, backend, cuttable, tokenizer_fingerprint(self.tokenizer, spec), id_type(self.tokenizer)
+        fingerprint = tokenizer_fingerprint(self.tokenizer, spec)
+        return fast, tik, backend, cuttable, fingerprint, id_type(self.tokenizer)
 
     # the Rust objects don't pickle: rebuilt (and checked again) in the worker
     def __getstate__(self):
@@ -152,7 +159,8 @@ class Encoder:
         """This process's encoding thread, shared by its encoders (a forked process makes its own:
         threads do not survive a fork)."""
         if not _HELPER or _HELPER[0] != os.getpid():
-            _HELPER[:] = [os.getpid(), concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstream-tok")]
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstream-tok")
+            _HELPER[:] = [os.getpid(), pool]
         return _HELPER[1]
 
     def __setstate__(self, state):
@@ -166,7 +174,8 @@ class Encoder:
     def encode_lists(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text as lists (no EOS added): for checks and small inputs."""
         if self.fast is not None:
-            return backends.decode_flat(*self.fast.encode_batch_flat(list(texts), add_special_tokens=True))
+            flat = self.fast.encode_batch_flat(list(texts), add_special_tokens=True)
+            return backends.decode_flat(*flat)
         if self.tiktoken is not None:
             # one call per text: encode_batch's thread pool costs ~15% with one thread
             enc = self.tiktoken
@@ -195,7 +204,8 @@ class Encoder:
             ids = np.array(self.encode_lists([span[:cut]])[0], dtype=np.int32)
             pos += cut
             if pos >= n:
-                ids = ids if len(ids) and ids[-1] == self.eos else np.append(ids, np.int32(self.eos))
+                if not (len(ids) and ids[-1] == self.eos):
+                    ids = np.append(ids, np.int32(self.eos))
             yield ids, pos >= n
         if n == 0:
             yield np.array([self.eos], dtype=np.int32), True
@@ -204,7 +214,8 @@ class Encoder:
         """Flat int32 ids of all documents (EOS after each) and the tokens per document."""
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         if self.cuttable and any(len(t) > CHUNK_CHARS for t in texts):
-            arrays = [self._encode_long(t) if len(t) > CHUNK_CHARS else self.encode([t])[0] for t in texts]
+            arrays = [self._encode_long(t) if len(t) > CHUNK_CHARS else self.encode([t])[0]
+                      for t in texts]
             lengths = np.array([len(a) for a in arrays], dtype=np.int64)
             return np.concatenate(arrays), lengths
         if self.fast is not None:   # flat ids straight from Rust: no Python int per token
@@ -229,7 +240,8 @@ def id_type(tokenizer) -> type:
     lmstream.tools.prepare saves."""
     if len(tokenizer) > 1 << 16:
         return np.int32
-    ids = list(tokenizer.get_vocab().values()) + list(getattr(tokenizer, "added_tokens_decoder", {}))
+    ids = list(tokenizer.get_vocab().values()) + list(getattr(tokenizer, "added_tokens_decoder",
+                                                              {}))
     return np.uint16 if max(ids, default=0) < 1 << 16 else np.int32
 
 
@@ -263,4 +275,17 @@ def build_encoder(tokenizer, allowed=BACKENDS) -> Encoder:
     HF)."""
     enc = Encoder(tokenizer, allowed)
     log.info("tokenizer backend: %s", enc.backend)
+    return enc
+
+
+def encoder_for(args: DataArguments, tokenizer) -> Encoder:
+    """The encoder dataset_tokenizer_backend asks for; a named backend that can't reproduce the
+    tokenizer is refused."""
+    if args.dataset_tokenizer_backend == "auto":
+        return build_encoder(tokenizer)
+    enc = build_encoder(tokenizer, allowed=(args.dataset_tokenizer_backend,))
+    if enc.backend != args.dataset_tokenizer_backend:
+        raise ConfigError(f"dataset_tokenizer_backend={args.dataset_tokenizer_backend} does not "
+                          f"reproduce tokenizer '{tokenizer.name_or_path}' id for id (or is not "
+                          "installed): use auto (it falls back) or hf.")
     return enc

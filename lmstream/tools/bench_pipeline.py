@@ -18,7 +18,7 @@ from ..config import DataArguments
 from ..stream.pipeline import build_pipeline
 from .reference import reference_loader
 from ..stream.loader import build_loader
-from ..stream.blocks import plan_dataset
+from ..corpus.sources import plan_dataset
 from ..tokens.tokenize import build_encoder, forget_backends
 
 
@@ -32,7 +32,8 @@ def repeated(args: DataArguments, passes: int) -> DataArguments:
     if passes <= 1:
         return args
     shards = ",".join(s.url for s in plan_dataset(args).shards)
-    return dataclasses.replace(args, dataset_name=",".join([shards] * passes), dataset_config_name=None)
+    return dataclasses.replace(args, dataset_name=",".join([shards] * passes),
+                               dataset_config_name=None)
 
 
 def _timed(fn):
@@ -105,11 +106,13 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
     own runs are in a fresh process)."""
     out = {}
     batches = [texts[i:i + 256] for i in range(0, len(texts), 256)]
-    n, hf_s = _best_of(lambda: sum(len(x) for b in batches for x in tokenizer(b, verbose=False)["input_ids"]), repeats)
+    n, hf_s = _best_of(lambda: sum(len(x) for b in batches
+                                   for x in tokenizer(b, verbose=False)["input_ids"]), repeats)
     out["hf"] = n / hf_s
     tk = backends.tiktoken_backend(tokenizer)
     if tk is not None:
-        n, t = _best_of(lambda: sum(len(tk.encode(x, allowed_special="all")) for x in texts), repeats)
+        n, t = _best_of(lambda: sum(len(tk.encode(x, allowed_special="all")) for x in texts),
+                        repeats)
         out["tiktoken"] = n / t
     if "FASTOKENS_BPE_THREADS" not in os.environ:
         backends.limit_threads(backends.tokenizer_threads())
@@ -119,38 +122,43 @@ def _backends_alone(texts: list[str], tokenizer, repeats: int) -> dict:
         rates = []
         for _ in range(repeats):
             tok = type(fast).from_json_str(backends.tokenizer_json(tokenizer))
-            n, t = _timed(lambda: len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4)
+            n, t = _timed(lambda: len(tok.encode_batch_flat(texts, add_special_tokens=True)[0])
+                          // 4)
             rates.append(n / t)
         out["fastokens"] = max(rates)
     return out
 
 
-def in_process_measures(args: DataArguments, tokenizer_path: str, batch: int, repeats: int, names: list,
-                        workers: int, passes: int) -> dict:
+def in_process_measures(args: DataArguments, tokenizer_path: str, batch: int, repeats: int,
+                        names: list, workers: int, passes: int) -> dict:
     """lmstream in one process, measured in a fresh process with lmstream's own fastokens threads
     (this one's are all the cores, for the bounds; a process's are fixed at its first call):
     {"rates": {backend: (best tokens/s, least start-up seconds)}, "provenance": _provenance_cost,
     "sustained": _sustained with `workers`, `passes`}."""
     code = "import sys; from lmstream.tools.bench_pipeline import _in_process_child; _in_process_child(*sys.argv[1:])"
     env = {k: v for k, v in os.environ.items() if k != "FASTOKENS_BPE_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(args)), tokenizer_path, str(batch),
-                          str(repeats), ",".join(names), str(workers), str(passes)], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(dataclasses.asdict(args)),
+                          tokenizer_path, str(batch), str(repeats), ",".join(names), str(workers),
+                          str(passes)], capture_output=True, text=True,
                          env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: str, names: str, workers: str,
-                      passes: str) -> None:
+def _in_process_child(args_json: str, tokenizer_path: str, batch: str, repeats: str, names: str,
+                      workers: str, passes: str) -> None:
     from transformers import AutoTokenizer
-    args, tokenizer = DataArguments(**json.loads(args_json)), AutoTokenizer.from_pretrained(tokenizer_path)
+    args = DataArguments(**json.loads(args_json))
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     # its runs: as many as fastokens alone gets (3 x repeats, best taken)
     chosen = build_encoder(tokenizer).backend
-    rates = {n: _epoch_rate(dataclasses.replace(args, dataset_tokenizer_backend=n), tokenizer, int(batch), 0,
+    rates = {n: _epoch_rate(dataclasses.replace(args, dataset_tokenizer_backend=n), tokenizer,
+                            int(batch), 0,
                             int(repeats) * (3 if n == chosen else 1)) for n in names.split(",")}
     default = dataclasses.replace(args, dataset_tokenizer_backend=chosen)
-    print(json.dumps({"rates": rates, "provenance": _provenance_cost(default, tokenizer, int(repeats)),
-                      "sustained": _sustained(default, tokenizer, int(batch), int(workers), int(repeats),
-                                              int(passes))}))
+    print(json.dumps({"rates": rates,
+                      "provenance": _provenance_cost(default, tokenizer, int(repeats)),
+                      "sustained": _sustained(default, tokenizer, int(batch), int(workers),
+                                              int(repeats), int(passes))}))
 
 
 def _sustained(args, tokenizer, batch: int, workers: int, repeats: int, passes: int) -> dict:
@@ -188,7 +196,8 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     before = fastokens_rate(args, path, threads, repeats) if "fastokens" in alone else None
     fresh = in_process_measures(args, path, batch, repeats, list(alone), workers, passes)
     if before is not None:
-        alone["fastokens"] = max(alone["fastokens"], before, fastokens_rate(args, path, threads, repeats))
+        alone["fastokens"] = max(alone["fastokens"], before,
+                                 fastokens_rate(args, path, threads, repeats))
     per_backend = {k: rate for k, (rate, _) in fresh["rates"].items()}
     startup = {k: seconds for k, (_, seconds) in fresh["rates"].items()}
     default = build_encoder(tokenizer).backend
@@ -201,16 +210,21 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     r = {"corpus_tokens": corpus_tokens, "documents": len(texts), "backend": default,
          **{f"{k}_alone_tok_s": v for k, v in alone.items()},
          **{f"lmstream_{k}_tok_s": v for k, v in per_backend.items()},
-         "hf_tokenizer_tok_s": alone["hf"], "tiktoken_tok_s": alone.get("tiktoken"), "fastest_alone_tok_s": fastest,
-         "lmstream_in_process_tok_s": per_backend[default], "workers": workers,
-         **{f"startup_{k}_seconds": v for k, v in startup.items()},
+         "hf_tokenizer_tok_s": alone["hf"], "tiktoken_tok_s": alone.get("tiktoken"),
+         "fastest_alone_tok_s": fastest, "lmstream_in_process_tok_s": per_backend[default],
+         "workers": workers, **{f"startup_{k}_seconds": v for k, v in startup.items()},
          "lmstream_tok_s": lm_rate, "lmstream_kept": lm_tokens / corpus_tokens,
          "reference_tok_s": ref_tokens / ref_s, "reference_kept": ref_tokens / corpus_tokens,
-         "reference_corpus_tok_s": corpus_tokens / ref_s, "lmstream_corpus_tok_s": corpus_tokens / lm_s,
-         "sustained_passes": passes, "sustained_in_process_tok_s": sustained["in_process_tok_s"],
-         "sustained_workers_tok_s": sustained["workers_tok_s"], "sustained_ratios": sustained["ratios"],
-         "in_process_with_provenance_cpu_tok_s": with_prov, "in_process_without_provenance_cpu_tok_s": without,
-         "provenance_cost": prov_cost}
+         "reference_corpus_tok_s": corpus_tokens / ref_s,
+         "lmstream_corpus_tok_s": corpus_tokens / lm_s, "sustained_passes": passes,
+         "sustained_in_process_tok_s": sustained["in_process_tok_s"],
+         "sustained_workers_tok_s": sustained["workers_tok_s"],
+         "sustained_ratios": sustained["ratios"], "in_process_with_provenance_cpu_tok_s": with_prov,
+         "in_process_without_provenance_cpu_tok_s": without, "provenance_cost": prov_cost}
+    return _with_ratios(r, fastest, sustained["ratio"])
+
+
+def _with_ratios(r: dict, fastest: float, sustained_ratio: float) -> dict:
     r["ratio_vs_hf_bound"] = r["lmstream_tok_s"] / r["hf_tokenizer_tok_s"]
     # tokens delivered to training
     r["ratio_vs_reference"] = r["lmstream_tok_s"] / r["reference_tok_s"]
@@ -218,7 +232,7 @@ def bench_pipeline(args, tokenizer, block: int, batch: int, workers: int, repeat
     r["ratio_vs_reference_corpus"] = r["lmstream_corpus_tok_s"] / r["reference_corpus_tok_s"]
     r["in_process_vs_fastest"] = r["lmstream_in_process_tok_s"] / fastest
     # once started: the median of the rounds' paired ratios
-    r["workers_vs_in_process"] = sustained["ratio"]
+    r["workers_vs_in_process"] = sustained_ratio
     r["workers_vs_in_process_best"] = r["sustained_workers_tok_s"] / r["sustained_in_process_tok_s"]
     # start-up included
     r["workers_vs_in_process_one_pass"] = r["lmstream_tok_s"] / r["lmstream_in_process_tok_s"]
@@ -231,20 +245,24 @@ def fastokens_rate(args: DataArguments, tokenizer_path: str, threads: int, repea
     processes at once, texts in memory: tokens/s of all of them together (their tokens over the
     slowest one's time), the best of `repeats` rounds, each by a fresh tokenizer (built untimed: its
     segment cache would remember the texts)."""
-    code = ("import json, sys, time; from transformers import AutoTokenizer\n"
-            "from lmstream.config import DataArguments; from lmstream.tokens import backends\n"
-            "from lmstream.tools.bench_pipeline import corpus_texts\n"
-            "a = DataArguments(**json.loads(sys.argv[1])); texts = corpus_texts(a)\n"
-            "hf = AutoTokenizer.from_pretrained(sys.argv[2]); fast = backends.fastokens_backend(hf)\n"
-            "for _ in range(int(sys.argv[3])):\n"
-            "    tok = type(fast).from_json_str(backends.tokenizer_json(hf))\n"
-            "    print('ready', flush=True); sys.stdin.readline(); t0 = time.perf_counter()\n"
-            "    n = len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n"
-            "    print(n, time.perf_counter() - t0, flush=True)\n")
-    data = json.dumps({"dataset_name": args.dataset_name, "dataset_config_name": args.dataset_config_name})
-    env = {**os.environ, "FASTOKENS_BPE_THREADS": str(threads), "LMSTREAM_TOKENIZER_THREADS": str(threads)}
-    children = [subprocess.Popen([sys.executable, "-c", code, data, tokenizer_path, str(repeats)], env=env, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(processes)]
+    code = ("import json, sys, time; from transformers import AutoTokenizer\nfrom lmstream.config "
+            "import DataArguments; from lmstream.tokens import backends\nfrom "
+            "lmstream.tools.bench_pipeline import corpus_texts\na = "
+            "DataArguments(**json.loads(sys.argv[1])); texts = corpus_texts(a)\nhf = "
+            "AutoTokenizer.from_pretrained(sys.argv[2]); fast = backends.fastokens_backend(hf)\n"
+            "for _ in range(int(sys.argv[3])):\n    tok = "
+            "type(fast).from_json_str(backends.tokenizer_json(hf))\n    print('ready', "
+            "flush=True); sys.stdin.readline(); t0 = time.perf_counter()\n    n = "
+            "len(tok.encode_batch_flat(texts, add_special_tokens=True)[0]) // 4\n    print(n, "
+            "time.perf_counter() - t0, flush=True)\n")
+    data = json.dumps({"dataset_name": args.dataset_name,
+                       "dataset_config_name": args.dataset_config_name})
+    env = {**os.environ, "FASTOKENS_BPE_THREADS": str(threads),
+           "LMSTREAM_TOKENIZER_THREADS": str(threads)}
+    children = [subprocess.Popen([sys.executable, "-c", code, data, tokenizer_path, str(repeats)],
+                                 env=env, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                for _ in range(processes)]
     rates = []
     try:
         for _ in range(repeats):

@@ -39,10 +39,10 @@ def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, o
     """_prepare_once in a fresh process held to one core (so: one process, one fastokens thread),
     the faster of two runs (a fresh process's first touch of its memory is slow here, and slower for
     two processes at once)."""
-    code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\n"
-            "from lmstream.config import DataArguments; from lmstream.tools.bench_prepare import _prepare_once\n"
-            "a = DataArguments(**json.loads(sys.argv[1]))\n"
-            "runs = [_prepare_once(a, sys.argv[2], int(sys.argv[3]), sys.argv[4]) for _ in range(2)]\n"
+    code = ("import json, os, sys; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})\nfrom "
+            "lmstream.config import DataArguments; from lmstream.tools.bench_prepare import "
+            "_prepare_once\na = DataArguments(**json.loads(sys.argv[1]))\nruns = [_prepare_once(a, "
+            "sys.argv[2], int(sys.argv[3]), sys.argv[4]) for _ in range(2)]\n"
             "print(json.dumps(max(runs, key=lambda d: d['tokens_per_second'])))\n")
     data = json.dumps({"dataset_name": args.dataset_name,
                        "dataset_config_name": args.dataset_config_name})
@@ -50,12 +50,14 @@ def _prepare_on_one_core(args: DataArguments, tokenizer_path: str, block: int, o
                                                             "LMSTREAM_TOKENIZER_THREADS")}
     import tempfile
     with tempfile.TemporaryDirectory(dir=out) as scratch:
-        done = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(block), scratch],
+        done = subprocess.run([sys.executable, "-c", code, data, tokenizer_path, str(block),
+                               scratch],
                               capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str, repeats: int = 3) -> dict:
+def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str,
+                  repeats: int = 3) -> dict:
     """`python -m lmstream.prepare` on all cores (its work, start-up apart) against cores x
     fastokens' one-thread rate, against cores x prepare held to one core (how it scales), and
     against fastokens alone in as many processes at once (the bound for any pipeline of processes,
@@ -68,7 +70,8 @@ def bench_prepare(args: DataArguments, tokenizer_path: str, block: int, out: str
         done = _prepare_once(args, tokenizer_path, block, out)
         n = done["processes"]
         runs["prepare"].append(done)
-        runs["one_core"].append(_prepare_on_one_core(args, tokenizer_path, block, out)["tokens_per_second"])
+        runs["one_core"].append(_prepare_on_one_core(args, tokenizer_path, block,
+                                                     out)["tokens_per_second"])
         # the second round warm, as above
         runs["single"].append(fastokens_rate(args, tokenizer_path, 1, 2))
         runs["processes"].append(fastokens_rate(args, tokenizer_path, 1, 2, processes=n))

@@ -1,8 +1,10 @@
-"""What the tutorial notebooks measure and tabulate: download vs stream, shard splits, reader states, checkpoints,
-packing vs truncation, the cost of resuming by skipping.
+"""What the tutorial notebooks measure and tabulate: download vs stream, shard splits, reader
+states, checkpoints, packing vs truncation, the cost of resuming by skipping.
 
     files = local_copy(args, "runs/streaming-demo", size_mb=200)   # a dataset big enough to time
-    padding_table(lengths)                                        # one padded sample per document: the cost
+    split_table(plan, args, world_size=2, workers=4)              # who reads which row groups
+
+What notebook 02 tabulates about packing is in lmstream.tools.grouping.
 """
 from __future__ import annotations
 
@@ -12,25 +14,26 @@ import os
 import shutil
 import time
 
-import numpy as np
-
 from ..config import DataArguments
 from ..stream.pipeline import build_pipeline
 from ..corpus.documents import DocumentStream, iter_documents
 from ..stream.loader import build_loader
-from ..stream.blocks import plan_dataset
+from ..corpus.sources import plan_dataset
 from ..corpus.plan import Plan
 from ..stream.state import merge_stats, reader_states
 
 DEMO_MARK = ".lmstream-local-copy.json"   # what a local copy holds (rebuilt when the wish changes)
 
 
-def local_copy(args: DataArguments, folder: str, size_mb: int, shards: int = 4, rows_per_group: int = 500) -> list[str]:
-    """Parquet shards of about `size_mb` MB in `folder`, made of the dataset's documents repeated (each copy with
-    its own id), uncompressed so that the size on disk is the size on the wire; kept for the next run."""
+def local_copy(args: DataArguments, folder: str, size_mb: int, shards: int = 4,
+               rows_per_group: int = 500) -> list[str]:
+    """Parquet shards of about `size_mb` MB in `folder`, made of the dataset's documents repeated
+    (each copy with its own id), uncompressed so that the size on disk is the size on the wire; kept
+    for the next run."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    wish = {"source": args.dataset_name, "config": args.dataset_config_name, "size_mb": size_mb, "shards": shards}
+    wish = {"source": args.dataset_name, "config": args.dataset_config_name, "size_mb": size_mb,
+            "shards": shards}
     mark = os.path.join(folder, DEMO_MARK)
     names = [os.path.join(folder, f"part-{i:03d}.parquet") for i in range(shards)]
     if os.path.exists(mark) and all(map(os.path.exists, names)):
@@ -45,16 +48,18 @@ def local_copy(args: DataArguments, folder: str, size_mb: int, shards: int = 4, 
     for i, name in enumerate(names):
         ids = [f"<copy {i}-{c}/doc {j}>" for c in range(copies) for j in range(len(texts))]
         table = pa.table({"text": texts * copies, "id": ids})
-        pq.write_table(table, name, row_group_size=rows_per_group, compression="none", use_dictionary=False)
+        pq.write_table(table, name, row_group_size=rows_per_group, compression="none",
+                       use_dictionary=False)
     with open(mark, "w") as f:
         json.dump(wish, f)
     return names
 
 
 def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "pd.DataFrame":
-    """Seconds to the first document of Parquet files at `urls` (served by `server`, a LocalServer, which counts
-    the bytes it sends) and bytes fetched by then: downloaded first (`datasets`, non-streaming, into a fresh cache
-    under `scratch`, removed after), streamed by `datasets`, and streamed by lmstream up to its first block."""
+    """Seconds to the first document of Parquet files at `urls` (served by `server`, a LocalServer,
+    which counts the bytes it sends) and bytes fetched by then: downloaded first (`datasets`,
+    non-streaming, into a fresh cache under `scratch`, removed after), streamed by `datasets`, and
+    streamed by lmstream up to its first block."""
     import datasets
     import pandas as pd
     rows = []
@@ -62,7 +67,8 @@ def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "p
     def timed(way, fn):
         sent, t0 = server.bytes_sent, time.perf_counter()
         fn()
-        rows.append({"way": way, "seconds to the first document": round(time.perf_counter() - t0, 3),
+        rows.append({"way": way,
+                     "seconds to the first document": round(time.perf_counter() - t0, 3),
                      "MB fetched by then": round((server.bytes_sent - sent) / 1e6, 1)})
     cache = os.path.join(scratch, "download-cache")
     shutil.rmtree(cache, ignore_errors=True)
@@ -74,9 +80,11 @@ def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "p
     datasets.config.HF_HUB_OFFLINE = False
     try:
         timed("download, then read (datasets)",
-              lambda: datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache)[0]["id"])
+              lambda: datasets.load_dataset("parquet", data_files=files, split="train",
+                                            cache_dir=cache)[0]["id"])
         timed("stream (datasets)",
-              lambda: next(iter(datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)))["id"])
+              lambda: next(iter(datasets.load_dataset("parquet", data_files=files, split="train",
+                                                      streaming=True)))["id"])
     finally:
         datasets.config.HF_HUB_OFFLINE = offline
         shutil.rmtree(cache, ignore_errors=True)
@@ -87,9 +95,11 @@ def first_document_times(urls: list[str], tokenizer, server, scratch: str) -> "p
 
 
 def pieces_table(plan: Plan, n: int = 6) -> "pd.DataFrame":
-    """The first `n` pieces of a plan: shard, row group, rows, and the row stride when a piece is shared."""
+    """The first `n` pieces of a plan: shard, row group, rows, and the row stride when a piece is
+    shared."""
     import pandas as pd
-    rows = [{"piece": i, "shard": os.path.basename(plan.shards[p.shard].url), "row group": p.row_group,
+    rows = [{"piece": i, "shard": os.path.basename(plan.shards[p.shard].url),
+             "row group": p.row_group,
              "rows": p.num_rows, "stride": p.stride} for i, p in enumerate(plan.pieces[:n])]
     return pd.DataFrame(rows).set_index("piece")
 
@@ -121,18 +131,22 @@ def checkpoint_table(checkpoint: str) -> "pd.DataFrame":
     return pd.DataFrame(sorted(rows, key=lambda r: r["file"])).set_index("file")
 
 
-_WHAT = {"model.safetensors": "the weights", "optimizer.pt": "AdamW's moments", "scheduler.pt": "learning-rate schedule",
+_WHAT = {"model.safetensors": "the weights", "optimizer.pt": "AdamW's moments",
+         "scheduler.pt": "learning-rate schedule",
          "rng_state.pth": "random generators (dropout)", "trainer_state.json": "step, log history",
          "training_args.bin": "the TrainingArguments", "config.json": "the model's config",
          "rank-R.json": "lmstream: where this rank's readers stand in the stream",
-         "plan.json.gz": "lmstream: the plan the position refers to (shards, row groups, fingerprints)",
+         "plan.json.gz": "lmstream: the plan the position refers to (shards, "
+                         "row groups, fingerprints)",
          "tokenizer.json": "the tokenizer", "tokenizer_config.json": "the tokenizer's settings",
          "generation_config.json": "defaults for generate()",
-         "lmstream_complete.json": "lmstream: written last, so a checkpoint cut short is never resumed"}
+         "lmstream_complete.json": "lmstream: written last, so a checkpoint "
+                                   "cut short is never resumed"}
 
 
 def state_after(args, tokenizer, batch: int, workers: int, k: int) -> dict:
-    """The loader state of a fresh stream after k batches (as a checkpoint at that step would hold it)."""
+    """The loader state of a fresh stream after k batches (as a checkpoint at that step would hold
+    it)."""
     loader = build_loader(build_pipeline(args, tokenizer), batch, workers)
     it = iter(loader)
     for _ in range(k):
@@ -143,8 +157,9 @@ def state_after(args, tokenizer, batch: int, workers: int, k: int) -> dict:
 
 
 def first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
-    """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state ("exact"),
-    the same state on one worker fewer or one more ("elastic"), or the Trainer's skip ("skip")."""
+    """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state
+    ("exact"), the same state on one worker fewer or one more ("elastic"), or the Trainer's skip
+    ("skip")."""
     from accelerate import skip_first_batches
     state = state_after(args, tokenizer, batch, workers, k)
     t0 = time.perf_counter()
@@ -164,42 +179,50 @@ def first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: st
 
 
 def reference_skip(args, tokenizer, batch: int, workers: int, k: int) -> float:
-    """Seconds to the first batch after skipping k batches of the reference script's pipeline, as the Trainer
-    resumes it (accelerate's skip_first_batches: every skipped batch is read, tokenized and grouped)."""
+    """Seconds to the first batch after skipping k batches of the reference script's pipeline, as
+    the Trainer resumes it (accelerate's skip_first_batches: every skipped batch is read, tokenized
+    and grouped)."""
     from accelerate import skip_first_batches
     from .reference import reference_loader
     files = [s.url for s in plan_dataset(args).shards]
     t0 = time.perf_counter()
-    loader = reference_loader(files, args.dataset_text_field, tokenizer, args.dataset_block_size, batch, workers)
+    loader = reference_loader(files, args.dataset_text_field, tokenizer, args.dataset_block_size,
+                              batch, workers)
     next(iter(skip_first_batches(loader, k)))
     return time.perf_counter() - t0
 
 
-def resume_cost_table(args, tokenizer, batch: int, workers: int, points=(10, 100, 400)) -> "pd.DataFrame":
-    """Seconds to the next batch when resuming after k batches, for each k in `points`: the Trainer's default skip
-    (read and tokenize the k batches again, then throw them away) through the reference script's pipeline and
-    through lmstream's, against lmstream's saved position."""
+def resume_cost_table(args, tokenizer, batch: int, workers: int,
+                      points=(10, 100, 400)) -> "pd.DataFrame":
+    """Seconds to the next batch when resuming after k batches, for each k in `points`: the
+    Trainer's default skip (read and tokenize the k batches again, then throw them away) through the
+    reference script's pipeline and through lmstream's, against lmstream's saved position."""
     import pandas as pd
     rows = []
     for k in points:
         ref = reference_skip(args, tokenizer, batch, workers, k)
         skip = first_batch_after(args, tokenizer, batch, workers, k, "skip")
         exact = first_batch_after(args, tokenizer, batch, workers, k, "exact")
-        rows.append({"resume after (batches)": k, "tokens already trained on": k * batch * args.dataset_block_size,
-                     "Trainer skip, reference pipeline (s)": round(ref, 2), "Trainer skip, lmstream pipeline (s)":
-                     round(skip, 2), "lmstream position (s)": round(exact, 2),
+        rows.append({"resume after (batches)": k,
+                     "tokens already trained on": k * batch * args.dataset_block_size,
+                     "Trainer skip, reference pipeline (s)": round(ref, 2),
+                     "Trainer skip, lmstream pipeline (s)": round(skip, 2),
+                     "lmstream position (s)": round(exact, 2),
                      "reference skip / position": round(ref / exact, 1)})
     return pd.DataFrame(rows).set_index("resume after (batches)")
 
 
-def elastic_accounting(args, tokenizer, batch: int, stop_after: int, workers: int = 2) -> "pd.DataFrame":
-    """Token accounting of an elastic resume: one epoch read uninterrupted by `workers` DataLoader workers, against
-    the same epoch stopped after `stop_after` batches and finished by a single reader (in-process), and both against
-    the tokenizer's count of every document of the epoch (EOS included)."""
+def elastic_accounting(args, tokenizer, batch: int, stop_after: int,
+                       workers: int = 2) -> "pd.DataFrame":
+    """Token accounting of an elastic resume: one epoch read uninterrupted by `workers` DataLoader
+    workers, against the same epoch stopped after `stop_after` batches and finished by a single
+    reader (in-process), and both against the tokenizer's count of every document of the epoch (EOS
+    included)."""
     import pandas as pd
     from ..tokens.tokenize import build_encoder
     args = dataclasses.replace(args, dataset_cycle=False)
-    every = int(build_encoder(tokenizer).encode(list(iter_documents(plan_dataset(args), args, shuffle=False)))[1].sum())
+    texts = list(iter_documents(plan_dataset(args), args, shuffle=False))
+    every = int(build_encoder(tokenizer).encode(texts)[1].sum())
     whole = build_loader(build_pipeline(args, tokenizer), batch, workers)
     for _ in whole:
         pass
@@ -210,15 +233,20 @@ def elastic_accounting(args, tokenizer, batch: int, stop_after: int, workers: in
         pass
     w, before, after = merge_stats(whole.state_dict()), merge_stats(saved), rest.stats
     rows = [("all documents, tokenized", None, None, every),
-            (f"uninterrupted ({workers} workers)", w["tokens"], w["tokens_dropped"], w["tokens"] + w["tokens_dropped"]),
+            (f"uninterrupted ({workers} workers)", w["tokens"], w["tokens_dropped"],
+             w["tokens"] + w["tokens_dropped"]),
             (f"first {stop_after} batches ({workers} workers)", before["tokens"], None, None),
-            ("the rest (1 reader, elastic)", after["tokens"] - before["tokens"], after["tokens_dropped"], None),
-            ("first + rest", after["tokens"], after["tokens_dropped"], after["tokens"] + after["tokens_dropped"])]
-    return pd.DataFrame([{"run": r, "tokens trained on": t, "dropped at the epoch's end": d, "tokens in all": a}
+            ("the rest (1 reader, elastic)", after["tokens"] - before["tokens"],
+             after["tokens_dropped"], None),
+            ("first + rest", after["tokens"], after["tokens_dropped"],
+             after["tokens"] + after["tokens_dropped"])]
+    return pd.DataFrame([{"run": r, "tokens trained on": t, "dropped at the epoch's end": d,
+                          "tokens in all": a}
                          for r, t, d, a in rows]).set_index("run").astype("Int64")
 
 
-def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, seed: int = 0, epoch: int = 0):
+def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, seed: int = 0,
+                epoch: int = 0):
     """Which pieces (row groups / files) each rank and worker reads in an epoch."""
     import pandas as pd
     rows = []
@@ -227,62 +255,27 @@ def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, 
         pieces = DocumentStream(plan, args, seed, slot, n_slots).slot_pieces(epoch)
         rows.append({"rank": slot // workers, "worker": slot % workers, "pieces": len(pieces),
                      "rows": sum((p.num_rows or 0) // p.stride for p in pieces),
-                     "first pieces": ", ".join(f"{p.shard}:{p.row_group}" + (f"/{p.offset}%{p.stride}" if p.stride > 1 else "")
-                                               for p in pieces[:4]) + (" ..." if len(pieces) > 4 else "")})
+                     "first pieces": ", ".join(map(_piece_name, pieces[:4]))
+                                     + (" ..." if len(pieces) > 4 else "")})
     return pd.DataFrame(rows)
 
 
-def padding_table(lengths: np.ndarray, sizes=(128, 512, 1024, 2048, 4096, 8192)) -> "pd.DataFrame":
-    """Without grouping (one sample per document, truncated and padded to the block size): per block size, the share
-    of positions that are padding (compute spent on nothing) and the share of tokens cut off (text never seen)."""
-    import pandas as pd
-    lengths = np.asarray(lengths)
-    rows = []
-    for L in sizes:
-        kept = np.minimum(lengths, L)
-        rows.append({"block size": L, "padding (% of positions)": round(100 * float(1 - kept.sum() / (len(lengths) * L)), 1),
-                     "cut off (% of tokens)": round(100 * float(1 - kept.sum() / lengths.sum()), 1)})
-    return pd.DataFrame(rows).set_index("block size")
-
-
-def block_size_table(lengths: np.ndarray, sizes=(64, 128, 256, 512, 1024, 2048)) -> "pd.DataFrame":
-    """Packing, per block size: blocks, tokens left at the end, documents cut across blocks, attention cost per token."""
-    import pandas as pd
-    lengths = np.asarray(lengths)
-    total = int(lengths.sum())
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    rows = []
-    for L in sizes:
-        split = int(np.sum(starts // L != (ends - 1) // L))
-        rows.append({"block size": L, "blocks": total // L, "tokens left at the end": total % L,
-                     "documents cut across blocks (%)": round(100 * split / len(lengths), 1),
-                     "attention cost per token (x)": L / sizes[0]})
-    return pd.DataFrame(rows).set_index("block size")
-
-
-def decode_with_boundaries(block, tokenizer, eos_mark: str = " ⟨EOS⟩\n\n") -> str:
-    """A block decoded, with each end of document made visible."""
-    ids = [int(t) for t in block]
-    parts, cur = [], []
-    for t in ids:
-        if t == tokenizer.eos_token_id:
-            parts.append(tokenizer.decode(cur) + eos_mark)
-            cur = []
-        else:
-            cur.append(t)
-    parts.append(tokenizer.decode(cur))
-    return "".join(parts)
+def _piece_name(p) -> str:
+    """shard:row_group, with /offset%stride for a row group shared between readers."""
+    return f"{p.shard}:{p.row_group}" + (f"/{p.offset}%{p.stride}" if p.stride > 1 else "")
 
 
 def provenance_table(report: dict, width: int = 60) -> "pd.DataFrame":
-    """One row per segment of `lmstream.inspect_step`'s report: where each block's tokens came from."""
+    """One row per segment of `lmstream.inspect_step`'s report: where each block's tokens came
+    from."""
     import pandas as pd
     return pd.DataFrame([{"rank": mb["rank"], "micro-batch": mb["micro_batch"], "block": b,
-                          "block tokens": "%d-%d" % tuple(s["block_tokens"]), "file": os.path.basename(s["file"]),
-                          "row group": s["row_group"], "row": s["row"], "document tokens": "%d-%d" % tuple(s["tokens"]),
+                          "block tokens": "%d-%d" % tuple(s["block_tokens"]),
+                          "file": os.path.basename(s["file"]), "row group": s["row_group"],
+                          "row": s["row"], "document tokens": "%d-%d" % tuple(s["tokens"]),
                           "id": s.get("id", ""), "text": s.get("text", "")[:width]}
-                         for mb in report["micro_batches"] for b, blk in enumerate(mb["blocks"]) for s in blk["segments"]])
+                         for mb in report["micro_batches"] for b, blk in enumerate(mb["blocks"])
+                         for s in blk["segments"]])
 
 
 def human_bytes(n: float) -> str:

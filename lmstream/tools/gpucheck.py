@@ -1,8 +1,10 @@
 """GPU throughput check: the same training loop fed by the streaming pipeline and by synthetic
 tokens.
 
-    python -m lmstream.tools.gpucheck --dataset DIR --config NAME --steps 200     # on a GPU: GPT-2 small, bf16, SDPA
-    python -m lmstream.tools.gpucheck --cpu-dry-run                                # tiny sizes on the CPU
+    # on a GPU: GPT-2 small, bf16, SDPA
+    python -m lmstream.tools.gpucheck --dataset DIR --config NAME --steps 200
+    # tiny sizes on the CPU
+    python -m lmstream.tools.gpucheck --cpu-dry-run
 
 Both runs use a plain PyTorch loop (forward, backward, AdamW step), 8 x 1024 tokens per step and the
 same model; the first `--warmup` steps are not timed. Reported per run: tokens/s, MFU (model FLOPs:
@@ -183,7 +185,8 @@ def main(argv=None) -> int:
                                        results["device"]))
     for name, rs in runs.items():    # the best round of each; every round is kept under "rounds"
         results[name] = dict(max(rs, key=lambda r: r["tokens_per_second"]), rounds=rs)
-    results["pipeline_over_synthetic"] = results["pipeline"]["tokens_per_second"] / results["synthetic"]["tokens_per_second"]
+    rates = {name: results[name]["tokens_per_second"] for name in ("pipeline", "synthetic")}
+    results["pipeline_over_synthetic"] = rates["pipeline"] / rates["synthetic"]
     results["pipeline_alone"] = _pipeline_alone(data_args, tokenizer, a, device)
     print(json.dumps(results, indent=2))
     if a.out:

@@ -24,7 +24,8 @@ import os
 import sys
 
 from ..training import lineage
-from ..training.checkpoints import CHECKPOINT_PREFIX, checkpoint_step, is_complete, read_data_states, trained_steps
+from ..training.checkpoints import (CHECKPOINT_PREFIX, checkpoint_step, is_complete,
+                                    read_data_states, trained_steps)
 from ..config import DataArguments, parse_step_ranges
 from ..stream.pipeline import build_pipeline
 from ..corpus.docids import ID_COLUMNS, id_columns
@@ -62,11 +63,13 @@ def replay(output_dir: str, first: int, last: int, ranks=None):
     """(step, rank, micro-batch, input_ids, provenance per row, context) for steps first..last, as
     trained."""
     if first < 1 or last < first:
-        raise ConfigError(f"Steps {first}-{last}: give steps from 1 on, the first not after the last.")
+        raise ConfigError(f"Steps {first}-{last}: give steps from 1 on, the "
+                          f"first not after the last.")
     segments = lineage.read(os.path.join(output_dir, lineage.RUN_LINEAGE))
     if not segments:
-        raise ConfigError(f"'{output_dir}' holds no {lineage.RUN_LINEAGE}: it is not the output folder of a streamed "
-                          "lmstream run (or one from before lmstream recorded lineages).")
+        raise ConfigError(f"'{output_dir}' holds no {lineage.RUN_LINEAGE}: it is not the output "
+                          "folder of a streamed lmstream run (or one from before lmstream recorded "
+                          "lineages).")
     for i, seg in enumerate(segments):
         end = segments[i + 1]["from_step"] if i + 1 < len(segments) else None
         lo, hi = max(first, seg["from_step"] + 1), last if end is None else min(last, end)
@@ -84,14 +87,15 @@ def _base_checkpoint(output_dir: str, seg: dict, step: int) -> str | None:
         if c is None or not (seg["from_step"] < c < step) or not is_complete(path):
             continue
         theirs = lineage.read(path)
-        if theirs and _same(theirs[-1], seg) and (best is None or c > checkpoint_step(os.path.basename(best))):
+        if theirs and _same(theirs[-1], seg) and (best is None
+                                                  or c > checkpoint_step(os.path.basename(best))):
             best = path
     if best is None and seg["from_step"] > 0:
         best = os.path.join(output_dir, f"{CHECKPOINT_PREFIX}{seg['from_step']}")
         if not os.path.isdir(best):
-            raise ConfigError(f"The data of step {step} cannot be replayed: the run that took it started from "
-                              f"checkpoint-{seg['from_step']}, which is gone from '{output_dir}', and saved no "
-                              "checkpoint before that step.")
+            raise ConfigError(f"The data of step {step} cannot be replayed: the run that took it "
+                              f"started from checkpoint-{seg['from_step']}, which is gone from "
+                              f"'{output_dir}', and saved no checkpoint before that step.")
     return best
 
 
@@ -110,7 +114,8 @@ def _replay_arguments(seg: dict, output_dir: str) -> DataArguments:
 
 def _same(a: dict, b: dict) -> bool:
     strip = ("skipped",)
-    return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items() if k not in strip}
+    return {k: v for k, v in a.items() if k not in strip} == {k: v for k, v in b.items()
+                                                              if k not in strip}
 
 
 def _replay_segment(output_dir: str, seg: dict, first: int, last: int, ranks):
@@ -208,9 +213,9 @@ class Describer:
 # -- the command ----------------------------------------------------------------------------------
 def _print_step(report: dict, out=sys.stdout) -> None:
     t = report["topology"]
-    print(f"step {report['step']} of {report['output_dir']}: {t['world_size']} process(es) x {t['workers']} "
-          f"worker(s), batch {t['batch_size']}, gradient accumulation {t['grad_accum']}; replayed from "
-          f"{report['checkpoint'] or 'the start'}", file=out)
+    print(f"step {report['step']} of {report['output_dir']}: {t['world_size']} process(es) x "
+          f"{t['workers']} worker(s), batch {t['batch_size']}, gradient accumulation "
+          f"{t['grad_accum']}; replayed from {report['checkpoint'] or 'the start'}", file=out)
     for mb in report["micro_batches"]:
         print(f"rank {mb['rank']}, micro-batch {mb['micro_batch']}:", file=out)
         for b, block in enumerate(mb["blocks"]):
@@ -218,8 +223,9 @@ def _print_step(report: dict, out=sys.stdout) -> None:
             for seg in block["segments"]:
                 ident = "  ".join(f"{k}={seg[k]}" for k in ID_COLUMNS if k in seg)
                 source = f"{seg['source']}: " if len(report["sources"]) > 1 else ""
-                print(f"    [{seg['block_tokens'][0]}:{seg['block_tokens'][1]}) {source}{seg['file']} "
-                      f"row group {seg['row_group']} row {seg['row']} tokens {seg['tokens'][0]}-{seg['tokens'][1]}"
+                print(f"    [{seg['block_tokens'][0]}:{seg['block_tokens'][1]}) "
+                      f"{source}{seg['file']} row group {seg['row_group']} row {seg['row']} tokens "
+                      f"{seg['tokens'][0]}-{seg['tokens'][1]}"
                       f"{'  ' + ident if ident else ''}", file=out)
                 if "text" in seg:
                     print("      " + repr(seg["text"][:300]), file=out)
@@ -248,8 +254,9 @@ def main(argv=None) -> int:
                 print(json.dumps(found, indent=1))
             else:
                 for f in found:
-                    print(f"step {f['step']} rank {f['rank']} micro-batch {f['micro_batch']} block {f['block']}: "
-                          f"tokens {f['tokens'][0]}-{f['tokens'][1]} of {f['file']} row {f['row']}")
+                    print(f"step {f['step']} rank {f['rank']} micro-batch {f['micro_batch']} block "
+                          f"{f['block']}: tokens {f['tokens'][0]}-{f['tokens'][1]} of {f['file']} "
+                          f"row {f['row']}")
                 print(f"{len(found)} block segment(s) of '{a.document}' in steps {first}-{last}")
             return 0
         if a.step is None:

@@ -4,7 +4,8 @@ without leaving the machine.
 
     server = serve_folder(folder)
     with server as url:                       # http://127.0.0.1:PORT, until the block ends
-        ...                                   # server.bytes_sent: body bytes written to clients so far
+        # server.bytes_sent: body bytes written to clients so far
+        ...
 """
 from __future__ import annotations
 

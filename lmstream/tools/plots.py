@@ -114,7 +114,8 @@ def loss_overlay(runs: dict, stop_step: int | None = None, path: str | None = No
     `stop_step`."""
     fig, ax = plt.subplots(figsize=(9, 3.8))
     for (label, folder), style in zip(runs.items(), [dict(marker="o", linewidth=3, alpha=0.45),
-                                                      dict(marker="x", linestyle="--", color="black")]):
+                                                      dict(marker="x", linestyle="--",
+                                                           color="black")]):
         pts = sorted(losses(folder).items())
         ax.plot(*zip(*pts), label=label, **style)
     if stop_step:

@@ -15,7 +15,7 @@ import tempfile
 from transformers import AutoConfig, AutoTokenizer
 
 from ..errors import ConfigError
-from ..stream.pipeline import check_save_dir, materialize, save_blocks
+from ..stream.materialize import check_save_dir, materialize, save_blocks
 from ..arguments import parse_args
 
 log = logging.getLogger("lmstream")
@@ -29,13 +29,15 @@ def prepare(model_args, data_args, training_args) -> int:
         raise ConfigError("Pass --tokenized_dataset_save_dir FOLDER: where the blocks are written.")
     source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.config_name
     if source is None:
-        raise ConfigError("Pass model_name_or_path, config_name or tokenizer_name: the tokenizer to use.")
+        raise ConfigError("Pass model_name_or_path, config_name or "
+                          "tokenizer_name: the tokenizer to use.")
     tokenizer = AutoTokenizer.from_pretrained(source)
     config_source = model_args.model_name_or_path or model_args.config_name
     positions = None
     if config_source:
         config = AutoConfig.from_pretrained(config_source)
-        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        positions = (getattr(config, "max_position_embeddings", None)
+                     or getattr(config, "n_positions", None))
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     processes = data_args.dataset_num_proc or len(os.sched_getaffinity(0))
     timings: dict = {}
@@ -49,7 +51,8 @@ def prepare(model_args, data_args, training_args) -> int:
         tokens, seconds = _tokens(ds), timings["work"]
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("prepared %d blocks, %d tokens in %.1f s after %.1f s of start-up: %.0f tokens/s with %d processes",
+    log.info("prepared %d blocks, %d tokens in %.1f s after %.1f s of start-up: %.0f "
+             "tokens/s with %d processes",
              len(ds), tokens, seconds, timings["startup"], tokens / max(seconds, 1e-9), processes)
     return {"blocks": len(ds), "tokens": tokens, "seconds": seconds,
             "startup_seconds": timings["startup"], "processes": processes,
@@ -69,15 +72,17 @@ def _tokens(ds) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        level=logging.INFO)
     try:
         model_args, data_args, _, training_args = parse_args(argv)
         done = prepare(model_args, data_args, training_args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{done['blocks']} blocks ({done['tokens']:,} tokens) written to {data_args.tokenized_dataset_save_dir} in "
-          f"{done['seconds']:.1f} s: {done['tokens_per_second']:,.0f} tokens/s with {done['processes']} processes")
+    print(f"{done['blocks']} blocks ({done['tokens']:,} tokens) written to "
+          f"{data_args.tokenized_dataset_save_dir} in {done['seconds']:.1f} s: "
+          f"{done['tokens_per_second']:,.0f} tokens/s with {done['processes']} processes")
     return 0
 
 

@@ -4,7 +4,8 @@ notebooks show it and the benchmark measures it against lmstream's.
 
     tokenized = stream.map(tokenize_function(tokenizer, 1024), batched=True, remove_columns=columns)
     blocks = tokenized.map(group_texts(1024), batched=True)
-    loader = reference_loader(parquet_files, "text", tokenizer, 1024, batch_size=8, num_workers=8)   # all of it
+    # all of it
+    loader = reference_loader(parquet_files, "text", tokenizer, 1024, batch_size=8, num_workers=8)
 
 Two things lose tokens here: `truncation=True` keeps the first `max_length` tokens of each document,
 and `group_texts` drops what is left of each `map` batch (1,000 documents by default) after its last

@@ -40,7 +40,8 @@ def is_cut_short(checkpoint: str) -> bool:
         return False
     parent = os.path.dirname(os.path.abspath(checkpoint))
     siblings = [os.path.join(parent, n) for n in os.listdir(parent) if n.startswith("checkpoint-")]
-    return os.path.isdir(os.path.join(checkpoint, DATA_STATE_DIR)) or any(is_complete(p) for p in siblings)
+    return (os.path.isdir(os.path.join(checkpoint, DATA_STATE_DIR))
+            or any(is_complete(p) for p in siblings))
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -83,8 +84,8 @@ def read_data_states(checkpoint: str) -> list[dict] | None:
         return None
     ranks = sorted(int(m.group(1)) for m in map(RANK_FILE.fullmatch, os.listdir(folder)) if m)
     if ranks != list(range(len(ranks))) or not ranks:
-        raise ConfigError(f"Checkpoint '{checkpoint}' has data positions of ranks {ranks}, not 0..N-1 (a file is "
-                          "missing): resume from a complete checkpoint.")
+        raise ConfigError(f"Checkpoint '{checkpoint}' has data positions of ranks {ranks}, not "
+                          "0..N-1 (a file is missing): resume from a complete checkpoint.")
     states = []
     for r in ranks:
         path = data_state_path(checkpoint, r)
@@ -92,13 +93,16 @@ def read_data_states(checkpoint: str) -> list[dict] | None:
             with open(path) as f:
                 states.append(json.load(f))
         except (OSError, ValueError) as err:
-            raise ConfigError(f"Checkpoint data position '{path}' is unreadable ({type(err).__name__}: {err}): resume "
-                              "from an earlier checkpoint.") from None
+            raise ConfigError(f"Checkpoint data position '{path}' is unreadable "
+                              f"({type(err).__name__}: {err}): resume from an earlier "
+                              "checkpoint.") from None
         readers = reader_states(states[-1])
-        problems = [p for p in map(position_problem, readers) if p] or ([] if readers else ["no reader state in it"])
+        problems = [p for p in map(position_problem, readers) if p]
+        if not readers:
+            problems = ["no reader state in it"]
         if problems:
-            raise ConfigError(f"Checkpoint data position '{path}' is corrupt ({problems[0]}): resume from an earlier "
-                              "checkpoint.")
+            raise ConfigError(f"Checkpoint data position '{path}' is corrupt ({problems[0]}): "
+                              "resume from an earlier checkpoint.")
     return states
 
 

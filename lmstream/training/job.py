@@ -1,7 +1,9 @@
 """The training notebook as a job: its parameters become the training arguments, validated here.
 
-    job = job_from_parameters(globals())      # in 03_training.ipynb, right after the parameters cell
-    run = start_run(job)                      # then its steps, one cell each (lmstream.training.run)
+    # in 03_training.ipynb, right after the parameters cell
+    job = job_from_parameters(globals())
+    # then its steps, one cell each (lmstream.training.run)
+    run = start_run(job)
 
 papermill only *warns* about parameters the notebook does not declare; `job_from_parameters` rejects
 them, and the module's argument parser checks every value, so a typo fails with one sentence.
@@ -51,7 +53,8 @@ def injected_names(namespace: dict) -> list[str]:
                 and not callable(v) and not isinstance(v, types.ModuleType)]
     cell = next((src for src in reversed(history) if src.lstrip().startswith(INJECTED_MARK)), "")
     tree = ast.parse(cell)
-    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+            if isinstance(t, ast.Name)]
 
 
 def notebook_parameters(namespace: dict, demo: str = None) -> dict:
@@ -70,11 +73,12 @@ def notebook_parameters(namespace: dict, demo: str = None) -> dict:
     params = {k: namespace[k] for k in declared}
     if "output_dir" in params and params["output_dir"] is None:
         params["output_dir"] = demo_output_dir(demo or DEMO_DIR)
-    if "dataset_name" in params and params["dataset_name"] is None and not params.get("dataset_mixture"):
+    unset = {k for k, v in params.items() if v is None}
+    if "dataset_name" in unset and not params.get("dataset_mixture"):
         params["dataset_name"], params["dataset_config_name"] = SAMPLE_DATASET, SAMPLE_CONFIG
-    if "config_name" in params and params.get("model_name_or_path") is None and params["config_name"] is None:
+    if "config_name" in unset and params.get("model_name_or_path") is None:
         params["config_name"] = TINY_MODEL
-    if "tokenizer_name" in params and params["tokenizer_name"] is None and "config_name" not in params:
+    if "tokenizer_name" in unset and "config_name" not in params:
         params["tokenizer_name"] = TINY_MODEL
     return params
 
@@ -90,11 +94,13 @@ def demo_output_dir(folder: str = DEMO_DIR) -> str:
     import shutil
     if os.path.isdir(folder):
         if not os.path.exists(os.path.join(folder, DEMO_MARKER)):
-            raise ConfigError(f"output_dir is not set and '{folder}' holds another run: set output_dir.")
+            raise ConfigError(f"output_dir is not set and '{folder}' holds "
+                              f"another run: set output_dir.")
         shutil.rmtree(folder)
     os.makedirs(folder)
     open(os.path.join(folder, DEMO_MARKER), "w").close()
-    print(f"output_dir not set: this is a demo run in {folder}, replaced the next time (set output_dir to keep a run).")
+    print(f"output_dir not set: this is a demo run in {folder}, replaced the next time (set "
+          f"output_dir to keep a run).")
     return folder
 
 
@@ -109,10 +115,12 @@ def job_from_parameters(namespace: dict) -> Job:
     params = notebook_parameters(namespace)
     extra = params.get("extra_args") or {}
     if not isinstance(extra, dict):
-        raise ConfigError(f"extra_args must be a mapping of argument names to values, not {type(extra).__name__}.")
+        raise ConfigError(f"extra_args must be a mapping of argument names to values, not "
+                          f"{type(extra).__name__}.")
     clash = sorted(set(extra) & set(params))
     if clash:
-        raise ConfigError(f"extra_args repeats notebook parameter(s) {', '.join(clash)}: set them directly.")
+        raise ConfigError(f"extra_args repeats notebook parameter(s) "
+                          f"{', '.join(clash)}: set them directly.")
     n = params.get("num_processes", 1)
     if not isinstance(n, int) or n < 1:
         raise ConfigError(f"num_processes={n!r} must be a positive integer.")

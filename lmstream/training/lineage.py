@@ -62,7 +62,8 @@ def with_listed_documents(checkpoint: str | None, data_args, output_dir: str):
     merged into output_dir/lmstream_skip_documents.txt. Unchanged when nothing is listed."""
     if not data_args.dataset_streaming:
         return data_args
-    listed = {d for seg in (read(checkpoint) if checkpoint else []) for d in seg.get("skip_documents", [])}
+    listed = {d for seg in (read(checkpoint) if checkpoint else [])
+              for d in seg.get("skip_documents", [])}
     if data_args.dataset_skip_documents:
         listed |= read_id_list(data_args.dataset_skip_documents)
     if not listed:
@@ -83,8 +84,8 @@ def read(path: str) -> list[dict]:
         with open(path) as f:
             data = json.load(f)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"The run's lineage '{path}' is unreadable ({err}): it was damaged; delete it to train on "
-                          "(lmstream.tools.inspect needs it).") from None
+        raise ConfigError(f"The run's lineage '{path}' is unreadable ({err}): it was damaged; "
+                          "delete it to train on (lmstream.tools.inspect needs it).") from None
     return data["segments"]
 
 
@@ -104,9 +105,9 @@ def pending_skips(old: list[dict], ranges: list[list[int]], from_step: int) -> l
         if (lo, hi) in done:
             continue
         if lo <= from_step:
-            raise ConfigError(f"dataset_skip_steps {lo}-{hi}: the run resumes at step {from_step}, after step {lo}: "
-                              f"resume from a checkpoint before step {lo} (--resume_from_checkpoint "
-                              f"OUTPUT_DIR/checkpoint-M with M < {lo}).")
+            raise ConfigError(f"dataset_skip_steps {lo}-{hi}: the run resumes at step {from_step}, "
+                              f"after step {lo}: resume from a checkpoint before step {lo} "
+                              f"(--resume_from_checkpoint OUTPUT_DIR/checkpoint-M with M < {lo}).")
         out.append([lo, hi])
     return out
 

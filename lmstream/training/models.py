@@ -30,44 +30,59 @@ def load_model_and_tokenizer(args: ModelArguments):
     """The causal LM and its tokenizer, as ModelArguments describe them."""
     source = args.model_name_or_path or args.config_name
     if source is None:
-        raise ConfigError("Pass model_name_or_path (pretrained weights) or config_name (train from scratch).")
+        raise ConfigError("Pass model_name_or_path (pretrained weights) or "
+                          "config_name (train from scratch).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name or source)
     except (OSError, ValueError) as err:
-        name = "tokenizer_name" if args.tokenizer_name else "model_name_or_path" if args.model_name_or_path else "config_name"
+        name = ("tokenizer_name" if args.tokenizer_name
+                else "model_name_or_path" if args.model_name_or_path else "config_name")
         raise ConfigError(f"{name} '{args.tokenizer_name or source}' has no tokenizer that loads "
-                          f"({str(err).splitlines()[0][:200]}): check the path or Hub id.") from None
+                          f"({str(err).splitlines()[0][:200]}): check the path or Hub "
+                          "id.") from None
     kwargs = {}
     if args.attn_implementation:
         kwargs["attn_implementation"] = args.attn_implementation
     if args.model_name_or_path:
         path = args.model_name_or_path
         if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, w)) for w in _WEIGHTS):
-            raise ConfigError(f"model_name_or_path '{path}' holds no weights: pass it as config_name to train "
-                              "from scratch, or point to a folder with model.safetensors.")
+            raise ConfigError(f"model_name_or_path '{path}' holds no weights: pass it as "
+                              "config_name to train from scratch, or point to a folder with "
+                              "model.safetensors.")
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(args.torch_dtype), **kwargs)
     else:
-        try:
-            config = AutoConfig.from_pretrained(args.config_name)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"config_name '{args.config_name}' has no model config that loads "
-                              f"({str(err).splitlines()[0][:200]}): check the path or Hub id.") from None
-        if args.config_overrides:
-            try:
-                config.update_from_string(args.config_overrides)
-            except (ValueError, TypeError, AttributeError) as err:
-                raise ConfigError(f"config_overrides '{args.config_overrides}' cannot be applied ({err}): write "
-                                  "name=value pairs of the config's fields, e.g. 'n_layer=2,n_embd=64'.") from None
-        try:
-            model = AutoModelForCausalLM.from_config(config, dtype=_dtype(args.torch_dtype) if args.torch_dtype != "auto"
-                                                     else None, **kwargs)
-        except (ValueError, AssertionError, TypeError, RuntimeError) as err:
-            what = f"config_overrides '{args.config_overrides}'" if args.config_overrides else f"config '{args.config_name}'"
-            raise ConfigError(f"{what} gives a model that cannot be built ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else 'inconsistent sizes'}): fix the values.") from None
+        model = _model_from_config(args, kwargs)
     if getattr(model, "loss_type", "") is None:   # GPT2LMHeadModel's name does not say ForCausalLM
         model.loss_type = "ForCausalLM"
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        raise ConfigError(f"The tokenizer has {len(tokenizer)} tokens but the model only {model.get_input_embeddings().weight.shape[0]} "
+        raise ConfigError(f"The tokenizer has {len(tokenizer)} tokens but the model only "
+                          f"{model.get_input_embeddings().weight.shape[0]} "
                           "embeddings: use the model's own tokenizer.")
     return model, tokenizer
+
+
+def _model_from_config(args: ModelArguments, kwargs: dict):
+    """A new model (random weights) from config_name with config_overrides applied."""
+    try:
+        config = AutoConfig.from_pretrained(args.config_name)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"config_name '{args.config_name}' has no model config that loads "
+                          f"({str(err).splitlines()[0][:200]}): check the path or Hub "
+                          "id.") from None
+    if args.config_overrides:
+        try:
+            config.update_from_string(args.config_overrides)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ConfigError(f"config_overrides '{args.config_overrides}' cannot be applied "
+                              f"({err}): write name=value pairs of the config's fields, e.g. "
+                              "'n_layer=2,n_embd=64'.") from None
+    dtype = _dtype(args.torch_dtype) if args.torch_dtype != "auto" else None
+    try:
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    except (ValueError, AssertionError, TypeError, RuntimeError) as err:
+        what = (f"config_overrides '{args.config_overrides}'" if args.config_overrides
+                else f"config '{args.config_name}'")
+        raise ConfigError(f"{what} gives a model that cannot be built ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else 'inconsistent sizes'}): "
+                          "fix the values.") from None
+    return model

@@ -52,8 +52,9 @@ class TerminalProgress(TrainerCallback):
             tqdm.write(self.line(state.global_step, state.max_steps, logs,
                                  time.perf_counter() - self.t0))
         if "eval_loss" in logs:
-            tqdm.write(f"eval  step {state.global_step} | loss {logs['eval_loss']:.4f} | perplexity "
-                       f"{logs.get('eval_perplexity', float('nan')):,.2f} | {logs.get('eval_tokens', 0):,} tokens")
+            tqdm.write(f"eval  step {state.global_step} | loss {logs['eval_loss']:.4f} | "
+                       f"perplexity {logs.get('eval_perplexity', float('nan')):,.2f} | "
+                       f"{logs.get('eval_tokens', 0):,} tokens")
         sys.stdout.flush()   # a log file or a pipe sees each line as it is printed
 
     def line(self, step: int, total: int, logs: dict, elapsed: float) -> str:
@@ -116,14 +117,16 @@ def banner(model, data_args, training_args, plan, block_size: int | None, checkp
         source += f", tokenized by {tokenizer_backend}"
     a = training_args
     workers = max(1, a.dataloader_num_workers)
-    per_step = a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps * (block_size or 0)
+    per_step = (a.per_device_train_batch_size * a.world_size * a.gradient_accumulation_steps
+                * (block_size or 0))
     lines = [f"model {type(model).__name__}, {params / 1e6:,.2f} M parameters",
              f"data  {source}",
              f"run   {a.world_size} process(es) x {workers} reader(s) each"
              f"{'' if a.dataloader_num_workers else ' (in-process)'}, device {a.device.type}"]
     if a.max_steps > 0 and block_size:
-        lines.append(f"plan  {a.max_steps:,} steps x {per_step:,} tokens = {_count(a.max_steps * per_step)} tokens, "
-                     f"checkpoint every {a.save_steps} steps, into {a.output_dir}")
+        lines.append(f"plan  {a.max_steps:,} steps x {per_step:,} tokens = "
+                     f"{_count(a.max_steps * per_step)} tokens, checkpoint every {a.save_steps} "
+                     f"steps, into {a.output_dir}")
     if checkpoint:
         lines.append(f"from  {checkpoint}")
     return lines
@@ -138,19 +141,25 @@ def resume_line(checkpoint: str, states: list[dict]) -> str:
         return f"resumed from {name}"
     st = readers[0]
     done = st.get("stats", {})
-    return (f"resumed from {name}: data epoch {st['epoch']}, window {st['window']}, document {st['doc']}, token "
-            f"{st['token']} (rank 0, reader 0; {done.get('docs', 0):,} documents and {done.get('tokens', 0):,} "
-            "tokens trained on by it so far)")
+    return (f"resumed from {name}: data epoch {st['epoch']}, window {st['window']}, document "
+            f"{st['doc']}, token {st['token']} (rank 0, reader 0; {done.get('docs', 0):,} "
+            f"documents and {done.get('tokens', 0):,} tokens trained on by it so far)")
 
 
 def summary(metrics: dict, output_dir: str, wall: float) -> list[str]:
     """The lines printed after training: final loss, tokens seen, wall time, where the results
     are."""
-    checkpoints = sorted((d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d[11:].isdigit()),
-                         key=lambda d: int(d[11:])) if os.path.isdir(output_dir) else []
+    names = os.listdir(output_dir) if os.path.isdir(output_dir) else []
+    checkpoints = sorted((d for d in names if d.startswith("checkpoint-") and d[11:].isdigit()),
+                         key=lambda d: int(d[11:]))
     lines = [f"done  {metrics.get('global_step', '?')} steps in {_duration(wall)} | final loss "
-             f"{metrics.get('final_loss', float('nan')):.4f} | {_count(metrics.get('tokens_seen', 0))} tokens seen"]
+             f"{metrics.get('final_loss', float('nan')):.4f} | "
+             f"{_count(metrics.get('tokens_seen', 0))} tokens seen"]
     if "eval_loss" in metrics:
-        lines.append(f"eval  loss {metrics['eval_loss']:.4f}, perplexity {metrics.get('eval_perplexity', float('nan')):,.2f}")
-    lines.append(f"saved model and metrics in {output_dir}" + (f"; checkpoints {', '.join(checkpoints)}" if checkpoints else ""))
+        lines.append(f"eval  loss {metrics['eval_loss']:.4f}, perplexity "
+                     f"{metrics.get('eval_perplexity', float('nan')):,.2f}")
+    saved = f"saved model and metrics in {output_dir}"
+    if checkpoints:
+        saved += f"; checkpoints {', '.join(checkpoints)}"
+    lines.append(saved)
     return lines

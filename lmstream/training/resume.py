@@ -1,8 +1,10 @@
 """Where a run starts: a fresh output_dir, or a checkpoint to resume (`--resume_from_checkpoint PATH
 | true`), with the plan it pinned when the data is unchanged.
 
-    checkpoint = resolve_checkpoint(training_args)            # None, or a complete checkpoint-N folder
-    plan, restart = pinned_plan(checkpoint, data_args)         # the saved plan, or (None, epoch) on changed data
+    # None, or a complete checkpoint-N folder
+    checkpoint = resolve_checkpoint(training_args)
+    # the saved plan, or (None, epoch) on changed data
+    plan, restart = pinned_plan(checkpoint, data_args)
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from ..corpus import planfile
 from .checkpoints import DATA_STATE_DIR, is_cut_short, last_complete_checkpoint, read_data_states
 from ..config import DataArguments, RunArguments
 from ..errors import ConfigError
-from ..stream.blocks import plan_source
+from ..corpus.sources import plan_source
 from ..stream.state import stream_epoch
 
 log = logging.getLogger("lmstream")
@@ -29,13 +31,15 @@ def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, r
     # and a lineage alone (a run that saved no checkpoint: nothing to resume) don't make it another
     # run
     ignored = (".lmstream", ".lmstream-demo", "lmstream_lineage.json")
-    held = [f for f in os.listdir(out) if not f.endswith(".ipynb") and f not in ignored] if os.path.isdir(out) else []
+    names = os.listdir(out) if os.path.isdir(out) else []
+    held = [f for f in names if not f.endswith(".ipynb") and f not in ignored]
     if not (training_args.do_train and held):
         return
     if resume or run_args.overwrite_output_dir:
         return
-    raise ConfigError(f"output_dir '{out}' already holds files (another run?): pass --resume_from_checkpoint true to "
-                      "continue it, --overwrite_output_dir true to write over it, or choose an empty output_dir.")
+    raise ConfigError(f"output_dir '{out}' already holds files (another run?): pass "
+                      "--resume_from_checkpoint true to continue it, --overwrite_output_dir true "
+                      "to write over it, or choose an empty output_dir.")
 
 
 def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
@@ -50,9 +54,11 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
                 if not isinstance(json.load(f).get("global_step"), int):
                     raise ValueError("no global_step")
         except FileNotFoundError:
-            raise ConfigError(f"Checkpoint '{folder}' has no trainer_state.json: resume from a complete checkpoint.") from None
+            raise ConfigError(f"Checkpoint '{folder}' has no trainer_state.json: resume "
+                              f"from a complete checkpoint.") from None
         except (OSError, ValueError, AttributeError) as err:
-            raise ConfigError(f"Checkpoint file '{state}' is unreadable ({err}): resume from an earlier checkpoint.") from None
+            raise ConfigError(f"Checkpoint file '{state}' is unreadable ({err}): resume "
+                              f"from an earlier checkpoint.") from None
     return folder
 
 
@@ -63,14 +69,17 @@ def checkpoint_folder(training_args: TrainingArguments) -> str | None:
     if str(resume).lower() in ("true", "last"):
         last = last_complete_checkpoint(training_args.output_dir)
         if last is None:
-            raise ConfigError(f"resume_from_checkpoint=true but output_dir '{training_args.output_dir}' has no "
-                              "checkpoint-* folder: pass a checkpoint path, or drop the flag to start anew.")
+            raise ConfigError("resume_from_checkpoint=true but output_dir "
+                              f"'{training_args.output_dir}' has no checkpoint-* folder: pass a "
+                              "checkpoint path, or drop the flag to start anew.")
         return last
     if not os.path.isdir(resume):
-        raise ConfigError(f"resume_from_checkpoint '{resume}' is not a folder: pass a checkpoint-N folder or true.")
+        raise ConfigError(f"resume_from_checkpoint '{resume}' is not a folder: pass a "
+                          f"checkpoint-N folder or true.")
     if is_cut_short(resume):
-        raise ConfigError(f"Checkpoint '{resume}' is incomplete (its save was interrupted): resume from an earlier "
-                          "checkpoint, or pass --resume_from_checkpoint true to take the newest complete one.")
+        raise ConfigError(f"Checkpoint '{resume}' is incomplete (its save was interrupted): resume "
+                          "from an earlier checkpoint, or pass --resume_from_checkpoint true to "
+                          "take the newest complete one.")
     return resume
 
 
@@ -91,11 +100,40 @@ def pinned_plan(checkpoint: str, data_args: DataArguments):
     changes = planfile.shared_plan_check(lambda: planfile.changed(plan, data_args.retry_policy()))
     if not changes:
         return plan, False
-    what = "; ".join(f"'{f}': {w}" for f, w in changes[:3]) + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
+    what = "; ".join(f"'{f}': {w}" for f, w in changes[:3]) + (f" (and {len(changes) - 3} more)"
+                                                               if len(changes) > 3 else "")
     if not data_args.dataset_accept_changed_data:
-        raise ConfigError(f"The data changed since {checkpoint} was saved ({what}): resume on the data it was trained on, "
-                          "or pass --dataset_accept_changed_data true to start its epoch again on the new data.")
+        raise ConfigError(f"The data changed since {checkpoint} was saved ({what}): resume on the "
+                          "data it was trained on, or pass --dataset_accept_changed_data true to "
+                          "start its epoch again on the new data.")
     epoch = stream_epoch(read_data_states(checkpoint) or [])
-    log.warning("The data changed since %s was saved (%s); --dataset_accept_changed_data: the stream starts epoch %d "
-                "again on the new data.", checkpoint, what, epoch)
+    log.warning("The data changed since %s was saved (%s); --dataset_accept_changed_data: the "
+                "stream starts epoch %d again on the new data.", checkpoint, what, epoch)
     return None, epoch
+
+
+def data_states_to_load(checkpoint: str, training_args: TrainingArguments, stream, restart):
+    """The checkpoint's data states for `stream` to start from; None when there are none, or when
+    the data changed and the user accepted a new epoch (`restart`: that epoch, else False)."""
+    a = training_args
+    if restart is not False:
+        stream.min_epoch = restart
+    states = read_data_states(checkpoint) if restart is False else None
+    if restart is not False or states is not None:   # nothing for the Trainer to skip
+        a.ignore_data_skip = True
+        return states
+    if not a.ignore_data_skip and a.dataloader_num_workers > 0:
+        raise ConfigError(f"Checkpoint {checkpoint} holds no lmstream data position (saved by "
+                          "another script?), and the Trainer's skip of the batches trained on "
+                          "(reading them again) works in one process only: resume with "
+                          "--dataloader_num_workers 0, or --ignore_data_skip true.")
+    if a.ignore_data_skip:
+        then = ("--ignore_data_skip is set: the data stream starts from its beginning (documents "
+                "seen again).")
+    else:
+        then = ("the Trainer will skip the consumed batches by reading and tokenizing them again "
+                "(slow); --ignore_data_skip true starts the data stream from its beginning "
+                "instead.")
+    log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s",
+                checkpoint, then)
+    return None

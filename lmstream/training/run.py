@@ -1,25 +1,26 @@
-"""One training run, step by step: the cells of notebooks/03_training.ipynb call these steps in order, and
-`lmstream.train()` (the command line, torchrun, each process of a launched job) calls the same steps.
+"""One training run, step by step: the cells of notebooks/03_training.ipynb call these steps in
+order, and `lmstream.train()` (the command line, torchrun, each process of a launched job) calls the
+same steps.
 
-    run = Run(model_args, data_args, run_args, training_args)   # checks, the checkpoint to resume, the folder's lock
+    # checks, the checkpoint to resume, the folder's lock
+    run = Run(model_args, data_args, run_args, training_args)
     model, tokenizer = run.load_model()
-    train_ds, eval_ds = run.load_data()                           # placed where the checkpoint stood
+    # placed where the checkpoint stood
+    train_ds, eval_ds = run.load_data()
     trainer = run.build_trainer()
-    metrics = run.fit()                                           # train (and evaluate), save, print the summary
+    # train (and evaluate), save, print the summary
+    metrics = run.fit()
 
-With `launch=N` (N > 1, the notebook's `num_processes`) the run's own process only shows rank 0's model and data;
-`fit()` starts N processes with accelerate's notebook_launcher, each running these steps through `train()`."""
+With `launch=N` (N > 1, the notebook's `num_processes`) the run's own process only shows rank 0's
+model and data; `fit()` starts N processes with accelerate's notebook_launcher, each running these
+steps through `train()`."""
 from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import functools
-import json
 import logging
 import os
-import pathlib
-import shutil
 import time
 
 import transformers
@@ -28,13 +29,14 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..arguments import check_training_numbers
 from . import lineage
-from .checkpoints import read_data_states
-from ..stream.pipeline import build_datasets
+from .data import build_datasets
 from ..errors import ConfigError
 from ..stream.loader import build_loader
 from .models import load_model_and_tokenizer
-from .progress import BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say, summary
-from .resume import check_output_dir, pinned_plan, resolve_checkpoint
+from .outputs import read_metrics, save_final, storage_error
+from .progress import (BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say,
+                       summary)
+from .resume import check_output_dir, data_states_to_load, pinned_plan, resolve_checkpoint
 from .runlock import output_lock
 from .signals import StopAtStepBoundary, Stopped, stop_on_signals
 from .trainer import StreamingTrainer, collate_blocks, is_stream, place_loader
@@ -43,28 +45,18 @@ log = logging.getLogger("lmstream")
 TRAINER_LOG = logging.getLogger("transformers.trainer")
 
 
-def storage_error(err: BaseException, output_dir: str) -> str | None:
-    """One sentence for a full or unwritable disk (None for anything else)."""
-    where = getattr(err, "filename", None) or output_dir
-    code = getattr(err, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err) or "file write failed" in str(err):
-        return (f"No space left on the device while writing '{where}': free space or choose another output_dir "
-                "(files are written whole or not at all; the last complete checkpoint is intact).")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"Cannot write '{where}' ({err.strerror}): choose an output_dir you can write to."
-    return None
-
-
 def step(method):
-    """A step of a run: a full disk becomes one sentence, and a failed step lets go of the output folder's lock
-    (a notebook cell run again after a fix is then not refused by its own kernel)."""
+    """A step of a run: a full disk becomes one sentence, and a failed step lets go of the output
+    folder's lock (a notebook cell run again after a fix is then not refused by its own kernel)."""
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except BaseException as err:
             self.close()
-            sentence = storage_error(err, self.training_args.output_dir) if isinstance(err, (OSError, RuntimeError)) else None
+            sentence = None
+            if isinstance(err, (OSError, RuntimeError)):
+                sentence = storage_error(err, self.training_args.output_dir)
             if sentence is None:
                 raise
             raise ConfigError(sentence) from None
@@ -74,25 +66,29 @@ def step(method):
 class Run:
     """One run of the training job; see the module's docstring for the order of the steps."""
 
-    def __init__(self, model_args, data_args, run_args, training_args, callbacks: list | None = None, launch: int = 1,
-                 argv: list[str] | None = None):
-        self.model_args, self.data_args, self.run_args, self.training_args = model_args, data_args, run_args, training_args
+    def __init__(self, model_args, data_args, run_args, training_args,
+                 callbacks: list | None = None, launch: int = 1, argv: list[str] | None = None):
+        self.model_args, self.data_args = model_args, data_args
+        self.run_args, self.training_args = run_args, training_args
         self.callbacks, self.launch, self.argv = callbacks or [], launch, argv
         self.started = time.perf_counter()
-        self.model = self.tokenizer = self.train_dataset = self.eval_dataset = self.data_states = self.trainer = None
-        self.lineage: list[dict] = []   # lmstream.training.lineage: which topology fed which steps (a stream's only)
+        self.model = self.tokenizer = self.trainer = None
+        self.train_dataset = self.eval_dataset = self.data_states = None
+        # lmstream.training.lineage: which topology fed which steps (a stream's only)
+        self.lineage: list[dict] = []
         self.metrics: dict = {}
         self._locks = contextlib.ExitStack()
         self.checkpoint = self._start()
 
     @step
     def _start(self) -> str | None:
-        """The checks before anything is written, the checkpoint to resume (or None), the output folder's lock."""
+        """The checks before anything is written, the checkpoint to resume (or None), the output
+        folder's lock."""
         a = self.training_args
         check_training_numbers(a)
         if not (a.do_train or a.do_eval):
-            raise ConfigError("Neither do_train nor do_eval is set, so the run would do nothing: pass --do_train "
-                              "true (and --do_eval true to evaluate).")
+            raise ConfigError("Neither do_train nor do_eval is set, so the run would do nothing: "
+                              "pass --do_train true (and --do_eval true to evaluate).")
         checkpoint = resolve_checkpoint(a) if a.do_train else None
         check_output_dir(a, self.run_args, checkpoint)
         if a.do_train and self.launch == 1 and a.process_index == 0:
@@ -100,7 +96,8 @@ class Run:
         return checkpoint
 
     def all_steps(self) -> dict:
-        """Every step in order, the lock let go however it ends; the metrics (what `train()` does)."""
+        """Every step in order, the lock let go however it ends; the metrics (what `train()`
+        does)."""
         with self:
             self.load_model()
             self.load_data()
@@ -119,88 +116,84 @@ class Run:
 
     @property
     def rank_and_world(self) -> tuple[int, int]:
-        if self.launch > 1:   # this process shows rank 0 of the launched ones (and touches no accelerator)
+        # this process shows rank 0 of the launched ones (and touches no accelerator)
+        if self.launch > 1:
             return 0, self.launch
         return self.training_args.process_index, self.training_args.world_size
 
     @step
     def load_model(self):
-        """(model, tokenizer): pretrained, or built from a config with the run's seed (a reproducible init)."""
+        """(model, tokenizer): pretrained, or built from a config with the run's seed (a
+        reproducible init)."""
         set_seed(self.training_args.seed)
         self.model, self.tokenizer = load_model_and_tokenizer(self.model_args)
         return self.model, self.tokenizer
 
     @step
     def load_data(self):
-        """(train, eval) datasets of this rank; resuming, the stream is placed where the checkpoint stood."""
+        """(train, eval) datasets of this rank; resuming, the stream is placed where the checkpoint
+        stood."""
         a, cfg = self.training_args, self.model.config
-        positions = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        positions = (getattr(cfg, "max_position_embeddings", None)
+                     or getattr(cfg, "n_positions", None))
         seed = a.data_seed if a.data_seed is not None else a.seed
         resuming = self.checkpoint and self.data_args.dataset_streaming
         plan, restart = pinned_plan(self.checkpoint, self.data_args) if resuming else (None, False)
         rank, world = self.rank_and_world
-        self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args, a.output_dir)
-        self.train_dataset, self.eval_dataset = build_datasets(self.data_args, self.run_args, self.tokenizer, seed, rank,
-                                                               world, positions, a.do_eval, plan=plan,
-                                                               output_dir=a.output_dir)
+        self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args,
+                                                       a.output_dir)
+        self.train_dataset, self.eval_dataset = build_datasets(self.data_args, self.run_args,
+                                                               self.tokenizer, seed, rank,
+                                                               world, positions, a.do_eval,
+                                                               plan=plan, output_dir=a.output_dir)
         stream = is_stream(self.train_dataset)
         if stream and a.do_train and a.max_steps <= 0 and not self.run_args.max_train_samples:
-            raise ConfigError("max_steps must be set for a streamed dataset (its length is unknown): pass --max_steps N, "
-                              "or --max_train_samples N to give each epoch a known size and train --num_train_epochs.")
+            raise ConfigError("max_steps must be set for a streamed dataset (its length is "
+                              "unknown): pass --max_steps N, or --max_train_samples N to give each "
+                              "epoch a known size and train --num_train_epochs.")
         if self.checkpoint and stream:
-            self.data_states = self._resume_data(restart)
-        self.lineage = lineage.for_run(self.checkpoint, self.model_args, self.data_args, self.run_args, a, world, seed,
-                                       positions) if stream else []
+            self.data_states = data_states_to_load(self.checkpoint, a, self.train_dataset,
+                                                   restart)
+        self.lineage = []
+        if stream:
+            self.lineage = lineage.for_run(self.checkpoint, self.model_args, self.data_args,
+                                           self.run_args, a, world, seed, positions)
         return self.train_dataset, self.eval_dataset
 
-    def _resume_data(self, restart):
-        """The saved data states to load (None: none, or the data changed and the user accepted a new epoch)."""
-        a = self.training_args
-        if restart is not False:   # the data changed and the user accepted a new epoch
-            self.train_dataset.min_epoch = restart
-        states = read_data_states(self.checkpoint) if restart is False else None
-        if restart is not False or states is not None:   # nothing for the Trainer to skip
-            a.ignore_data_skip = True
-            return states
-        if not a.ignore_data_skip and a.dataloader_num_workers > 0:
-            raise ConfigError(f"Checkpoint {self.checkpoint} holds no lmstream data position (saved by another script?), "
-                              "and the Trainer's skip of the batches trained on (reading them again) works in one "
-                              "process only: resume with --dataloader_num_workers 0, or --ignore_data_skip true.")
-        log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s", self.checkpoint,
-                    "--ignore_data_skip is set: the data stream starts from its beginning (documents seen again)."
-                    if a.ignore_data_skip else "the Trainer will skip the consumed batches by reading and tokenizing "
-                    "them again (slow); --ignore_data_skip true starts the data stream from its beginning instead.")
-        return None
-
     def peek_batch(self) -> dict:
-        """The first batch training will take (the resumed position included), from a copy of the stream with the
-        run's workers: the run's own stream does not move."""
+        """The first batch training will take (the resumed position included), from a copy of the
+        stream with the run's workers: the run's own stream does not move."""
         a, ds = self.training_args, copy.deepcopy(self.train_dataset)
         if not is_stream(ds):
-            return collate_blocks([ds[i] for i in range(min(a.per_device_train_batch_size, len(ds)))])
+            return collate_blocks([ds[i]
+                                   for i in range(min(a.per_device_train_batch_size, len(ds)))])
         loader = build_loader(ds, a.per_device_train_batch_size, a.dataloader_num_workers)
         place_loader(loader, ds, self.data_states, *self.rank_and_world, a.dataloader_num_workers)
         return next(iter(loader))
 
     @step
     def build_trainer(self):
-        """The StreamingTrainer (None when the run is launched: each launched process builds its own)."""
+        """The StreamingTrainer (None when the run is launched: each launched process builds its
+        own)."""
         if self.launch > 1:
             return None
-        t = StreamingTrainer(model=self.model, args=self.training_args, train_dataset=self.train_dataset,
-                             eval_dataset=self.eval_dataset, processing_class=self.tokenizer,
-                             data_collator=collate_blocks, data_states=self.data_states, lineage=self.lineage,
+        t = StreamingTrainer(model=self.model, args=self.training_args,
+                             train_dataset=self.train_dataset, eval_dataset=self.eval_dataset,
+                             processing_class=self.tokenizer, data_collator=collate_blocks,
+                             data_states=self.data_states, lineage=self.lineage,
                              callbacks=[TerminalProgress(), *self.callbacks])
         t.remove_callback(PrinterCallback)   # raw log dicts: TerminalProgress prints them readably
         if t.pop_callback(ProgressCallback) is not None:
             t.add_callback(BarOnly())
-        transformers.utils.logging.disable_progress_bar()   # "Writing model shards" at every save: noise
+        # "Writing model shards" at every save: noise
+        transformers.utils.logging.disable_progress_bar()
         self.trainer = t
         return t
 
     @step
     def fit(self) -> dict:
-        """Train (and evaluate) as the arguments say, save the model and metrics, print the summary; the metrics."""
+        """Train (and evaluate) as the arguments say, save the model and metrics, print the summary;
+        the metrics."""
         if self.launch > 1:
             from accelerate import notebook_launcher
             notebook_launcher(train_argv, (self.argv,), num_processes=self.launch)
@@ -219,7 +212,8 @@ class Run:
             TRAINER_LOG.removeFilter(tied)
             self.close()
         if loud:
-            for line in summary(self._final_numbers(), a.output_dir, time.perf_counter() - self.started):
+            for line in summary(self._final_numbers(), a.output_dir,
+                                time.perf_counter() - self.started):
                 say(line)
         return self.metrics
 
@@ -228,8 +222,8 @@ class Run:
         block = getattr(ds, "block_size", None) or self.data_args.dataset_block_size
         streams = getattr(ds, "streams", None) or [ds]   # a mixture's sources share the tokenizer
         backend = getattr(getattr(streams[0], "encoder", None), "backend", None)
-        for line in banner(self.model, self.data_args, self.training_args, getattr(ds, "plan", None), block,
-                           self.checkpoint, backend):
+        for line in banner(self.model, self.data_args, self.training_args,
+                           getattr(ds, "plan", None), block, self.checkpoint, backend):
             say(line)
         if self.data_states:
             say(resume_line(self.checkpoint, self.data_states))
@@ -243,8 +237,9 @@ class Run:
             result = trainer.train(resume_from_checkpoint=self.checkpoint)
         if stopper.at_step is not None:
             where = os.path.join(a.output_dir, f"checkpoint-{stopper.at_step}")
-            raise Stopped(stop.signum, f"stopped by {stop.name} at step {stopper.at_step}: {where} saved; continue "
-                                       "with --resume_from_checkpoint true")
+            raise Stopped(stop.signum,
+                          f"stopped by {stop.name} at step {stopper.at_step}: {where} saved; "
+                          "continue with --resume_from_checkpoint true")
         metrics = {**result.metrics, **{f"data_{k}": v for k, v in trainer.data_stats().items()}}
         save_final(trainer, a.output_dir)
         trainer.save_metrics("train", metrics)
@@ -254,8 +249,12 @@ class Run:
     def _evaluate(self) -> dict:
         """Evaluation metrics: those of an evaluation at the last step, else a new evaluation."""
         t = self.trainer
-        done = [h for h in t.state.log_history if "eval_loss" in h and h.get("step") == t.state.global_step]
-        metrics = {k: v for k, v in done[-1].items() if k.startswith("eval_")} if done else t.evaluate()
+        done = [h for h in t.state.log_history if "eval_loss" in h
+                and h.get("step") == t.state.global_step]
+        if done:
+            metrics = {k: v for k, v in done[-1].items() if k.startswith("eval_")}
+        else:
+            metrics = t.evaluate()
         t.save_metrics("eval", metrics)
         return metrics
 
@@ -264,37 +263,20 @@ class Run:
         losses = [h["loss"] for h in hist if "loss" in h]
         seen = [h["tokens_seen"] for h in hist if "tokens_seen" in h]
         return {**self.metrics, "global_step": self.trainer.state.global_step,
-                "final_loss": losses[-1] if losses else float("nan"), "tokens_seen": seen[-1] if seen else 0}
+                "final_loss": losses[-1] if losses else float("nan"),
+                "tokens_seen": seen[-1] if seen else 0}
 
 
 def train(model_args, data_args, run_args, training_args, callbacks: list | None = None) -> dict:
-    """Train (and evaluate) as the arguments say, every step of a Run in order; return the final metrics.
+    """Train (and evaluate) as the arguments say, every step of a Run in order; return the final
+    metrics.
 
     `callbacks`: extra transformers TrainerCallbacks (instances or classes) added to the Trainer."""
     return Run(model_args, data_args, run_args, training_args, callbacks).all_steps()
 
 
 def train_argv(argv: list[str]) -> dict:
-    """Train in a launched process: it parses the flags itself (TrainingArguments takes its rank and device then)."""
+    """Train in a launched process: it parses the flags itself (TrainingArguments takes its rank and
+    device then)."""
     from ..arguments import parse_args
     return train(*parse_args(argv))
-
-
-def read_metrics(output_dir: str) -> dict:
-    """The metrics a finished run wrote (all_results.json; {} if none)."""
-    path = os.path.join(output_dir, "all_results.json")
-    return json.loads(pathlib.Path(path).read_text()) if os.path.exists(path) else {}
-
-
-def save_final(trainer, output_dir: str) -> None:
-    """The final model, config and tokenizer, each file complete or absent: written into a scratch folder in
-    output_dir, then moved into place file by file (a rename is atomic)."""
-    scratch = os.path.join(output_dir, ".lmstream", f"final-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        trainer.save_model(scratch)
-        if trainer.args.should_save:
-            for name in os.listdir(scratch):
-                os.replace(os.path.join(scratch, name), os.path.join(output_dir, name))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)

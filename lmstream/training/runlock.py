@@ -54,12 +54,15 @@ def output_lock(output_dir: str):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             held = _holder(path)
-            if held and held.get("host") == me["host"] and _alive(int(held.get("pid", -1))) and held["pid"] != me["pid"]:
-                raise ConfigError(f"output_dir '{output_dir}' is in use by another run (pid {held['pid']} on this host, "
-                                  f"started {held.get('started')}): wait for it, or choose another output_dir.") from None
+            if (held and held.get("host") == me["host"] and _alive(int(held.get("pid", -1)))
+                    and held["pid"] != me["pid"]):
+                raise ConfigError(f"output_dir '{output_dir}' is in use by another run (pid "
+                                  f"{held['pid']} on this host, started {held.get('started')}): "
+                                  "wait for it, or choose another output_dir.") from None
             if held and held.get("host") != me["host"]:
-                raise ConfigError(f"output_dir '{output_dir}' is in use by a run on host {held.get('host')} (pid "
-                                  f"{held.get('pid')}, started {held.get('started')}): if that run is gone, delete "
+                raise ConfigError(f"output_dir '{output_dir}' is in use by a run on host "
+                                  f"{held.get('host')} (pid {held.get('pid')}, started "
+                                  f"{held.get('started')}): if that run is gone, delete "
                                   f"{path}.") from None
             log.warning("output_dir %s: taking over the lock of a run that is gone (%s)",
                         output_dir, held)

@@ -41,8 +41,8 @@ def stop_on_signals():
         if stop.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt   # Ctrl-C twice: stop now, without a checkpoint
         stop.signum = signum
-        print(f"lmstream: received {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then "
-              "stopping (Ctrl-C again to stop at once)", flush=True)
+        print(f"lmstream: received {signal.Signals(signum).name}: saving a checkpoint at the end "
+              "of this step, then stopping (Ctrl-C again to stop at once)", flush=True)
     previous = {s: signal.signal(s, handler) for s in SIGNALS}
     try:
         yield stop

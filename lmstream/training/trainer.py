@@ -47,7 +47,8 @@ def collate_blocks(features: list[dict]) -> dict:
     """The Trainer's default collation, with labels = input_ids for blocks stored without them
     (packed blocks saved by lmstream.tools.prepare or materialized for `dataset_streaming
     false`)."""
-    batch = default_data_collator([{k: v for k, v in f.items() if k != "provenance"} for f in features])
+    batch = default_data_collator([{k: v for k, v in f.items() if k != "provenance"}
+                                   for f in features])
     if "labels" not in batch and "input_ids" in batch:
         batch["labels"] = batch["input_ids"].to(torch.int64, copy=True)
     return batch
@@ -63,9 +64,10 @@ def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, wor
     if (world, workers) == now:
         loader.load_state_dict(data_states[rank])
         return
-    log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), this run has %d x %d; "
-                "every document of the current epoch not yet trained on is dealt to the new readers (none twice, "
-                "none skipped; the order differs from an uninterrupted run).", world, workers, *now)
+    log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), "
+                "this run has %d x %d; every document of the current epoch not yet trained on is "
+                "dealt to the new readers (none twice, none skipped; the order differs from an "
+                "uninterrupted run).", world, workers, *now)
     dataset.resume_elastic(data_states, num_workers)
 
 
@@ -148,7 +150,8 @@ class StreamingTrainer(Trainer):
         if self.args.should_save:
             if self.lineage:
                 lineage.write_checkpoint(folder, self.lineage)
-            atomic_json(marker, {"step": self.state.global_step, "world_size": self.args.world_size})
+            atomic_json(marker, {"step": self.state.global_step,
+                                 "world_size": self.args.world_size})
 
     def _skip_steps(self, batches) -> None:
         """--dataset_skip_steps: before step A is taken, drop the micro-batches steps A..B would
@@ -165,8 +168,10 @@ class StreamingTrainer(Trainer):
                 if batch is None:
                     break
                 blocks += len(batch["input_ids"])
-                tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
-                docs.update(tuple(r[:4]) for p in self.loader.provenance or [] if p is not None for r in p.tolist())
+                mask = batch.get("attention_mask")
+                tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+                docs.update(tuple(r[:4]) for p in self.loader.provenance or [] if p is not None
+                            for r in p.tolist())
             # the run's totals, every rank's
             if self.args.world_size > 1 and torch.distributed.is_initialized():
                 counts = torch.tensor([blocks, len(docs), tokens], dtype=torch.int64,
@@ -177,8 +182,10 @@ class StreamingTrainer(Trainer):
                 n_docs = len(docs)
             seg["skipped"].append({"steps": [lo, hi], "blocks": blocks, "documents": n_docs,
                                    "tokens": tokens})
-            log.warning("dataset_skip_steps: skipped the data of steps %d-%d (%d blocks, %d documents, %d tokens over "
-                        "all ranks); step %d trains on what step %d did.", lo, hi, blocks, n_docs, tokens, lo, hi + 1)
+            log.warning("dataset_skip_steps: skipped the data of steps %d-%d (%d blocks, %d "
+                        "documents, %d tokens over all ranks); step %d trains on what step %d "
+                        "did.", lo, hi, blocks, n_docs,
+                        tokens, lo, hi + 1)
 
     # -- logging ----------------------------------------------------------------------------------
     def data_stats(self) -> dict:
@@ -193,10 +200,12 @@ class StreamingTrainer(Trainer):
             if self._last_log is not None:
                 t, tok, wait = self._last_log
                 logs["tokens_per_second"] = round((tokens - tok) / max(now - t, 1e-9), 1)
-                logs["data_wait_fraction"] = round((self.loader.wait_seconds - wait) / max(now - t, 1e-9), 5)
+                waited = self.loader.wait_seconds - wait
+                logs["data_wait_fraction"] = round(waited / max(now - t, 1e-9), 5)
             logs["tokens_seen"] = tokens
             logs["data_epoch"] = stream_epoch(state)
-            logs.update({k: stats[k] for k in ("docs_listed_skipped", "tokens_listed_skipped") if stats.get(k)})
+            logs.update({k: stats[k] for k in ("docs_listed_skipped", "tokens_listed_skipped")
+                         if stats.get(k)})
             if any(s.get("skipped") for s in self.lineage):
                 logs.update(lineage.skipped_totals(self.lineage))
             logs.update(source_shares(stats))
@@ -204,7 +213,8 @@ class StreamingTrainer(Trainer):
         super().log(logs, start_time)
 
     # -- evaluation -------------------------------------------------------------------------------
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+    def evaluate(self, eval_dataset=None, ignore_keys=None,
+                 metric_key_prefix: str = "eval") -> dict:
         """Token-weighted loss and perplexity over this rank's evaluation blocks, summed over ranks.
 
         Ranks may hold different numbers of blocks: one all_reduce at the end, so no rank waits on

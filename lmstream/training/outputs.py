@@ -1,0 +1,47 @@
+"""What a run leaves in output_dir besides its checkpoints: the final model, config and tokenizer
+(each file whole or absent) and the metrics; and a full or unwritable disk said in one sentence.
+
+    save_final(trainer, "out")        # out/model.safetensors, config.json, tokenizer files
+    read_metrics("out")               # all_results.json as a dict ({} before the run ends)
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+
+
+def storage_error(err: BaseException, output_dir: str) -> str | None:
+    """One sentence for a full or unwritable disk (None for anything else)."""
+    where = getattr(err, "filename", None) or output_dir
+    code = getattr(err, "errno", None)
+    if (code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err)
+            or "file write failed" in str(err)):
+        return (f"No space left on the device while writing '{where}': free space or choose "
+                "another output_dir (files are written whole or not at all; the last complete "
+                "checkpoint is intact).")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Cannot write '{where}' ({err.strerror}): choose an output_dir you can write to."
+    return None
+
+
+def read_metrics(output_dir: str) -> dict:
+    """The metrics a finished run wrote (all_results.json; {} if none)."""
+    path = os.path.join(output_dir, "all_results.json")
+    return json.loads(pathlib.Path(path).read_text()) if os.path.exists(path) else {}
+
+
+def save_final(trainer, output_dir: str) -> None:
+    """The final model, config and tokenizer, each file complete or absent: written into a scratch
+    folder in output_dir, then moved into place file by file (a rename is atomic)."""
+    scratch = os.path.join(output_dir, ".lmstream", f"final-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        trainer.save_model(scratch)
+        if trainer.args.should_save:
+            for name in os.listdir(scratch):
+                os.replace(os.path.join(scratch, name), os.path.join(output_dir, name))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
