@@ -21,6 +21,7 @@ import sys
 
 from .errors import ConfigError
 from .helptext import help_text
+from .tools.kernel import kernel_in
 
 # parameters whose notebook default stays unless given: W&B-if-key rule, no progress bars in the
 # report
@@ -108,31 +109,6 @@ def preflight(argv: list[str], declared: set[str]) -> dict:
     return params
 
 
-def _caches_in(output_dir: str) -> None:
-    """The kernel's IPython profile and matplotlib's font cache go into the run's folder, not $HOME
-    (unless set)."""
-    own = os.path.join(os.path.abspath(output_dir), ".lmstream")
-    os.makedirs(own, exist_ok=True)
-    os.environ.setdefault("IPYTHONDIR", os.path.join(own, "ipython"))
-    os.environ.setdefault("MPLCONFIGDIR", os.path.join(own, "matplotlib"))
-    _own_kernel(own)
-
-
-def _own_kernel(own: str) -> None:
-    """The notebook runs in this very interpreter: a `python3` kernel spec naming sys.executable,
-    first on JUPYTER_PATH, so that a kernel spec the machine has elsewhere (in HOME, in another
-    environment) is never the one that runs the job."""
-    import json
-    folder = os.path.join(own, "jupyter")
-    spec = os.path.join(folder, "kernels", "python3")
-    os.makedirs(spec, exist_ok=True)
-    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    with open(os.path.join(spec, "kernel.json"), "w") as f:
-        json.dump({"argv": argv, "display_name": "Python 3 (ipykernel)", "language": "python"}, f)
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([folder,
-                                                  *filter(None, [os.environ.get("JUPYTER_PATH")])])
-
-
 def _forward_signals_to_kernel() -> list:
     """SIGTERM/SIGINT to this process go to the notebook's kernel (in a session of its own), which
     saves a checkpoint at the next step boundary and stops; returns the list of the signals
@@ -205,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = params.get("output_dir") or "runs/default"
     params["output_dir"] = output_dir
     os.makedirs(output_dir, exist_ok=True)
-    _caches_in(output_dir)
+    kernel_in(output_dir)
     report = report_path(output_dir)
     print(f"lmstream: running the training notebook; its report: {report}", flush=True)
     forwarded = _forward_signals_to_kernel()

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from conftest import SAMPLE, TINY_MODEL
 
 NOTEBOOKS = os.path.join(os.path.dirname(__file__), "..", "notebooks")
+RENDERED = os.path.join(os.path.dirname(__file__), "..", "docs", "notebooks")
 TINY_TRAIN = {"max_steps": 6, "dataset_block_size": 64, "per_device_train_batch_size": 2,
               "per_device_eval_batch_size": 2, "eval_steps": 3, "save_steps": 3, "logging_steps": 1,
               "dataloader_num_workers": 0, "max_eval_samples": 8, "sample_max_new_tokens": 8}
@@ -76,6 +77,8 @@ def test_streaming_notebook_run_all_twice(tmp_path):
         assert "download, then read (datasets)" in text and "stream (lmstream, to its first block)" in text
         assert "4 shards, 12 pieces" in text and "'token': 384" in text   # 3 blocks of 128 into the first document
         assert "equals block 4 of the first stream: True" in text
+        # the shuffled epoch stopped and resumed: datasets' buffer and lmstream's windows side by side
+        assert "datasets, .shuffle(buffer_size)" in text and "lmstream, shuffle windows" in text
     assert (tmp_path / "runs" / "streaming-demo" / "document_lengths.png").stat().st_size > 5000
 
 
@@ -87,6 +90,8 @@ def test_grouping_notebook_run_all_twice(tmp_path):
                 if line.startswith(("reference:", "lmstream:"))}
         assert kept["lmstream:"] > 99 and kept["reference:"] < 50   # long documents: truncation loses most tokens
         assert "padding (% of positions)" in text
+        assert "the blocks made by hand: True | carried over: [37  0]" in text   # the toy, then the packer
+        assert "documents of about 3 KB" in text and "attention work per token" in text
     assert (tmp_path / "runs" / "grouping-demo" / "kept_tokens.png").exists()
 
 
@@ -100,6 +105,7 @@ def test_resume_notebook_run_all_twice(tmp_path):
         assert "steps 5-8: identical losses: True" in text
         assert "every token of every document once, trained or dropped at the end: True" in text
         assert "Trainer skip, reference pipeline (s)" in text and "reference skip / position" in text
+        assert "ms per batch already trained on" in text and "re-reads nothing already trained on" in text
     assert (tmp_path / "runs" / "resume-demo" / "resume_losses.png").stat().st_size > 5000
 
 
@@ -107,6 +113,7 @@ def test_training_notebook_run_all_twice(tmp_path):
     nb = _run_all_twice("03_training.ipynb", tmp_path, **{**TINY_TRAIN, "dataloader_num_workers": 2})
     for text in _halves(nb):
         assert "labels == input_ids: True" in text and "Trainer subclass StreamingTrainer" in text
+        assert "lmstream: done" in text and "lmstream: plan" in text   # trainer.train() in the cell, the run's lines
         assert "lmstream_data/rank-0.json" in text and "next token in it" in text and "perplexity" in text
     demo = tmp_path / "runs" / "notebook-demo"
     assert (demo / "training_curves.png").stat().st_size > 10000 and (demo / "checkpoint-6").is_dir()
@@ -162,12 +169,31 @@ def test_training_notebook_launches_processes_and_each_writes_its_position(tmp_p
     assert json.loads((out / "all_results.json").read_text())["eval_perplexity"] > 1
 
 
+def test_rendered_copies_hold_the_notebooks_cells():
+    """docs/notebooks/ holds every notebook executed on its defaults, with its outputs (what GitHub shows a
+    reader); a notebook changed without rendering it again fails here: `python -m lmstream.tools.render
+    docs/notebooks`."""
+    from lmstream.tools.render import stale
+    assert stale(NOTEBOOKS, RENDERED) == []
+    for name in ALL:
+        nb = nbformat.read(os.path.join(RENDERED, name), as_version=4)
+        outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+        assert outputs and all(o.get("output_type") != "error" for o in outputs)
+        assert any("image/png" in o.get("data", {}) for o in outputs)   # its figures are on the page
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
-def test_every_notebook_runs_on_its_defaults(tmp_path, name):
-    """What a learner gets from "Run all" on a fresh checkout: the defaults (bundled sample, tiny model, the local
-    copies 01 and 04 build) run offline to the end."""
-    nb = pm.execute_notebook(os.path.join(NOTEBOOKS, name), str(tmp_path / name), kernel_name="python3",
-                             progress_bar=False, cwd=str(tmp_path))
-    assert all(o.get("output_type") != "error" for c in nb.cells for o in c.get("outputs", []))
-    assert any((tmp_path / "runs").rglob("*.png"))   # each notebook saves its figure into its folder
+def test_every_notebook_renders_on_its_defaults(tmp_path, name):
+    """What a learner gets from "Run all" on a fresh checkout, through the command that makes docs/notebooks/: the
+    defaults (bundled sample, tiny model, the local copies 01 and 04 build) run offline to the end, in a scratch
+    folder (the checkout gets nothing), and the copy holds the notebook's cells, its outputs and its figures."""
+    from lmstream.tools.render import render, stale
+    before = sorted(os.listdir(os.path.dirname(NOTEBOOKS)))
+    copy = render(name, str(tmp_path))
+    nb = nbformat.read(copy, as_version=4)
+    outputs = [o for c in nb.cells for o in c.get("outputs", [])]
+    assert all(o.get("output_type") != "error" for o in outputs)
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert "papermill" not in nb.metadata and name not in " ".join(stale(NOTEBOOKS, str(tmp_path)))
+    assert sorted(os.listdir(os.path.dirname(NOTEBOOKS))) == before

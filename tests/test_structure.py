@@ -32,8 +32,9 @@ WINGS = {
     "training": [["models", "runlock", "signals", "checkpoints", "progress", "data",
                   "outputs"], ["lineage", "resume"],
                  ["trainer"], ["run"], ["job"]],
-    "tools": [["plots", "localserve", "reference", "prepare", "grouping"], ["explore", "bench_pipeline", "inspect"],
-              ["bench_prepare", "gpucheck"], ["bench"]],
+    "tools": [["plots", "localserve", "reference", "prepare", "grouping", "kernel"],
+              ["explore", "resuming", "bench_pipeline", "inspect"],
+              ["bench_prepare", "gpucheck", "render"], ["bench"]],
     "doors": [["train", "prepare", "inspect", "bench"], ["cli", "__init__"]],
 }
 NO_TRANSFORMERS = ("corpus", "tokens", "stream")

@@ -29,7 +29,7 @@ from ..stream.pipeline import build_pipeline
 from ..stream.loader import build_loader
 from .bench_pipeline import bench_pipeline, repeated
 from .bench_prepare import bench_prepare
-from .explore import first_batch_after
+from .resuming import first_batch_after
 
 
 def bench_resume(args, tokenizer, block: int, batch: int, workers: int, early: int, late: int,

@@ -8,7 +8,6 @@ What notebook 02 tabulates about packing is in lmstream.tools.grouping.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -17,10 +16,9 @@ import time
 from ..config import DataArguments
 from ..stream.pipeline import build_pipeline
 from ..corpus.documents import DocumentStream, iter_documents
-from ..stream.loader import build_loader
 from ..corpus.sources import plan_dataset
 from ..corpus.plan import Plan
-from ..stream.state import merge_stats, reader_states
+from ..stream.state import reader_states
 
 DEMO_MARK = ".lmstream-local-copy.json"   # what a local copy holds (rebuilt when the wish changes)
 
@@ -144,107 +142,6 @@ _WHAT = {"model.safetensors": "the weights", "optimizer.pt": "AdamW's moments",
                                    "cut short is never resumed"}
 
 
-def state_after(args, tokenizer, batch: int, workers: int, k: int) -> dict:
-    """The loader state of a fresh stream after k batches (as a checkpoint at that step would hold
-    it)."""
-    loader = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    it = iter(loader)
-    for _ in range(k):
-        next(it)
-    state = loader.state_dict()
-    del it
-    return state
-
-
-def first_batch_after(args, tokenizer, batch: int, workers: int, k: int, how: str) -> float:
-    """Seconds from a fresh loader to the first batch after k consumed batches: lmstream's state
-    ("exact"), the same state on one worker fewer or one more ("elastic"), or the Trainer's skip
-    ("skip")."""
-    from accelerate import skip_first_batches
-    state = state_after(args, tokenizer, batch, workers, k)
-    t0 = time.perf_counter()
-    if how == "elastic":
-        ds = build_pipeline(args, tokenizer)
-        other = workers - 1 if workers > 1 else 2
-        ds.resume_elastic([state], other)
-        next(iter(build_loader(ds, batch, other)))
-        return time.perf_counter() - t0
-    fresh = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    if how == "exact":
-        fresh.load_state_dict(state)
-        next(iter(fresh))
-    else:
-        next(iter(skip_first_batches(fresh, k)))
-    return time.perf_counter() - t0
-
-
-def reference_skip(args, tokenizer, batch: int, workers: int, k: int) -> float:
-    """Seconds to the first batch after skipping k batches of the reference script's pipeline, as
-    the Trainer resumes it (accelerate's skip_first_batches: every skipped batch is read, tokenized
-    and grouped)."""
-    from accelerate import skip_first_batches
-    from .reference import reference_loader
-    files = [s.url for s in plan_dataset(args).shards]
-    t0 = time.perf_counter()
-    loader = reference_loader(files, args.dataset_text_field, tokenizer, args.dataset_block_size,
-                              batch, workers)
-    next(iter(skip_first_batches(loader, k)))
-    return time.perf_counter() - t0
-
-
-def resume_cost_table(args, tokenizer, batch: int, workers: int,
-                      points=(10, 100, 400)) -> "pd.DataFrame":
-    """Seconds to the next batch when resuming after k batches, for each k in `points`: the
-    Trainer's default skip (read and tokenize the k batches again, then throw them away) through the
-    reference script's pipeline and through lmstream's, against lmstream's saved position."""
-    import pandas as pd
-    rows = []
-    for k in points:
-        ref = reference_skip(args, tokenizer, batch, workers, k)
-        skip = first_batch_after(args, tokenizer, batch, workers, k, "skip")
-        exact = first_batch_after(args, tokenizer, batch, workers, k, "exact")
-        rows.append({"resume after (batches)": k,
-                     "tokens already trained on": k * batch * args.dataset_block_size,
-                     "Trainer skip, reference pipeline (s)": round(ref, 2),
-                     "Trainer skip, lmstream pipeline (s)": round(skip, 2),
-                     "lmstream position (s)": round(exact, 2),
-                     "reference skip / position": round(ref / exact, 1)})
-    return pd.DataFrame(rows).set_index("resume after (batches)")
-
-
-def elastic_accounting(args, tokenizer, batch: int, stop_after: int,
-                       workers: int = 2) -> "pd.DataFrame":
-    """Token accounting of an elastic resume: one epoch read uninterrupted by `workers` DataLoader
-    workers, against the same epoch stopped after `stop_after` batches and finished by a single
-    reader (in-process), and both against the tokenizer's count of every document of the epoch (EOS
-    included)."""
-    import pandas as pd
-    from ..tokens.tokenize import build_encoder
-    args = dataclasses.replace(args, dataset_cycle=False)
-    texts = list(iter_documents(plan_dataset(args), args, shuffle=False))
-    every = int(build_encoder(tokenizer).encode(texts)[1].sum())
-    whole = build_loader(build_pipeline(args, tokenizer), batch, workers)
-    for _ in whole:
-        pass
-    saved = state_after(args, tokenizer, batch, workers, stop_after)
-    rest = build_pipeline(args, tokenizer)
-    rest.resume_elastic([saved], 0)   # 0: the rest of the epoch read in this process, by one reader
-    for _ in rest:
-        pass
-    w, before, after = merge_stats(whole.state_dict()), merge_stats(saved), rest.stats
-    rows = [("all documents, tokenized", None, None, every),
-            (f"uninterrupted ({workers} workers)", w["tokens"], w["tokens_dropped"],
-             w["tokens"] + w["tokens_dropped"]),
-            (f"first {stop_after} batches ({workers} workers)", before["tokens"], None, None),
-            ("the rest (1 reader, elastic)", after["tokens"] - before["tokens"],
-             after["tokens_dropped"], None),
-            ("first + rest", after["tokens"], after["tokens_dropped"],
-             after["tokens"] + after["tokens_dropped"])]
-    return pd.DataFrame([{"run": r, "tokens trained on": t, "dropped at the epoch's end": d,
-                          "tokens in all": a}
-                         for r, t, d, a in rows]).set_index("run").astype("Int64")
-
-
 def split_table(plan: Plan, args: DataArguments, world_size: int, workers: int, seed: int = 0,
                 epoch: int = 0):
     """Which pieces (row groups / files) each rank and worker reads in an epoch."""
@@ -276,11 +173,3 @@ def provenance_table(report: dict, width: int = 60) -> "pd.DataFrame":
                           "id": s.get("id", ""), "text": s.get("text", "")[:width]}
                          for mb in report["micro_batches"] for b, blk in enumerate(mb["blocks"])
                          for s in blk["segments"]])
-
-
-def human_bytes(n: float) -> str:
-    """1234567 -> '1.2 MB'."""
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000

@@ -127,3 +127,28 @@ def loss_overlay(runs: dict, stop_step: int | None = None, path: str | None = No
     ax.legend()
     fig.tight_layout()
     return _save(fig, path)
+
+
+def packed_blocks(docs: list, block_size: int, path: str | None = None):
+    """Documents packed into blocks, drawn: one row per block, one cell per token coloured by its
+    document, each document's EOS marked; the tokens that do not fill a block (carried over to the
+    next documents) in a last, hatched row."""
+    colour = plt.get_cmap("tab10")
+    cells = [(k, str(t)) for k, d in enumerate(docs) for t in [*d, "EOS"]]
+    rows = [cells[i:i + block_size] for i in range(0, len(cells), block_size)]
+    fig, ax = plt.subplots(figsize=(0.8 * block_size + 2, 0.6 * len(rows) + 0.8))
+    for r, row in enumerate(rows):
+        carried = len(row) < block_size
+        for c, (k, label) in enumerate(row):
+            ax.add_patch(plt.Rectangle((c, -r), 0.94, 0.86, facecolor=colour(k), edgecolor="black",
+                                       alpha=0.45 if carried else 0.85,
+                                       hatch="//" if carried else None))
+            ax.text(c + 0.47, -r + 0.43, label, ha="center", va="center", fontsize=9,
+                    fontweight="bold" if label == "EOS" else None)
+        name = "carried over" if carried else f"block {r + 1}"
+        ax.text(-0.3, -r + 0.43, name, ha="right", va="center")
+    ax.set_xlim(-2.4, block_size)
+    ax.set_ylim(-len(rows) + 0.7, 1.2)
+    ax.axis("off")
+    ax.set_title(f"{len(docs)} documents (one colour each) packed into blocks of {block_size}")
+    return _save(fig, path)

@@ -1,6 +1,10 @@
-"""The reference script's data pipeline (transformers'
-examples/pytorch/language-modeling/run_clm.py), as its functions are written there, so that the
-notebooks show it and the benchmark measures it against lmstream's.
+"""The reference script's data pipeline, so that the notebooks show it and the benchmark measures
+it against lmstream's: the reference train.py's `load_and_tokenize`
+(code/dataset/prepare_save_dataset.py), as its flags describe it. Each document is tokenized with
+`truncation=True` to `max_length` (its `--dataset_max_seq_length`, which lmstream's
+DataArguments keeps for one padded sample per document), then, with `--dataset_group_text`, grouped
+the way transformers' examples/pytorch/language-modeling/run_clm.py groups (`group_texts`, as
+written there). run_clm.py itself tokenizes whole documents: the truncation is the reference's.
 
     tokenized = stream.map(tokenize_function(tokenizer, 1024), batched=True, remove_columns=columns)
     blocks = tokenized.map(group_texts(1024), batched=True)

@@ -163,3 +163,27 @@ def summary(metrics: dict, output_dir: str, wall: float) -> list[str]:
         saved += f"; checkpoints {', '.join(checkpoints)}"
     lines.append(saved)
     return lines
+
+
+def run_banner(run) -> list[str]:
+    """The banner of a lmstream.training.run.Run about to train: model, data, topology, plan, and
+    where a resume starts."""
+    ds = run.train_dataset
+    block = getattr(ds, "block_size", None) or run.data_args.dataset_block_size
+    streams = getattr(ds, "streams", None) or [ds]   # a mixture's sources share the tokenizer
+    backend = getattr(getattr(streams[0], "encoder", None), "backend", None)
+    lines = banner(run.model, run.data_args, run.training_args, getattr(ds, "plan", None), block,
+                   run.checkpoint, backend)
+    if run.data_states:
+        lines.append(resume_line(run.checkpoint, run.data_states))
+    return lines
+
+
+def final_numbers(metrics: dict, state) -> dict:
+    """The summary's numbers: the metrics, the last step, the last training loss and the tokens
+    seen, from the Trainer's `state`."""
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    seen = [h["tokens_seen"] for h in state.log_history if "tokens_seen" in h]
+    return {**metrics, "global_step": state.global_step,
+            "final_loss": losses[-1] if losses else float("nan"),
+            "tokens_seen": seen[-1] if seen else 0}

@@ -34,8 +34,8 @@ from ..errors import ConfigError
 from ..stream.loader import build_loader
 from .models import load_model_and_tokenizer
 from .outputs import read_metrics, save_final, storage_error
-from .progress import (BarOnly, TerminalProgress, TiedWeightsFilter, banner, resume_line, say,
-                       summary)
+from .progress import (BarOnly, TerminalProgress, TiedWeightsFilter, final_numbers, run_banner,
+                       say, summary)
 from .resume import check_output_dir, data_states_to_load, pinned_plan, resolve_checkpoint
 from .runlock import output_lock
 from .signals import StopAtStepBoundary, Stopped, stop_on_signals
@@ -171,24 +171,33 @@ class Run:
         place_loader(loader, ds, self.data_states, *self.rank_and_world, a.dataloader_num_workers)
         return next(iter(loader))
 
+    def trainer_kwargs(self) -> dict:
+        """What StreamingTrainer takes beyond the Trainer's own arguments: the saved data states to
+        resume from, the run's lineage, and the callbacks (the terminal's lines, the caller's)."""
+        return {"data_states": self.data_states, "lineage": self.lineage,
+                "callbacks": [TerminalProgress(), *self.callbacks]}
+
+    def adopt(self, trainer):
+        """The run trains `trainer` (a StreamingTrainer built from this run's objects): the raw log
+        dicts and tqdm bars give way to the terminal's lines; returns it."""
+        trainer.remove_callback(PrinterCallback)   # raw log dicts: TerminalProgress prints them
+        if trainer.pop_callback(ProgressCallback) is not None:
+            trainer.add_callback(BarOnly())
+        # "Writing model shards" at every save: noise
+        transformers.utils.logging.disable_progress_bar()
+        self.trainer = trainer
+        return trainer
+
     @step
     def build_trainer(self):
         """The StreamingTrainer (None when the run is launched: each launched process builds its
-        own)."""
+        own), as notebook 03 writes it out."""
         if self.launch > 1:
             return None
-        t = StreamingTrainer(model=self.model, args=self.training_args,
-                             train_dataset=self.train_dataset, eval_dataset=self.eval_dataset,
-                             processing_class=self.tokenizer, data_collator=collate_blocks,
-                             data_states=self.data_states, lineage=self.lineage,
-                             callbacks=[TerminalProgress(), *self.callbacks])
-        t.remove_callback(PrinterCallback)   # raw log dicts: TerminalProgress prints them readably
-        if t.pop_callback(ProgressCallback) is not None:
-            t.add_callback(BarOnly())
-        # "Writing model shards" at every save: noise
-        transformers.utils.logging.disable_progress_bar()
-        self.trainer = t
-        return t
+        return self.adopt(StreamingTrainer(
+            model=self.model, args=self.training_args, train_dataset=self.train_dataset,
+            eval_dataset=self.eval_dataset, processing_class=self.tokenizer,
+            data_collator=collate_blocks, **self.trainer_kwargs()))
 
     @step
     def fit(self) -> dict:
@@ -199,47 +208,59 @@ class Run:
             notebook_launcher(train_argv, (self.argv,), num_processes=self.launch)
             self.metrics = read_metrics(self.training_args.output_dir)
             return self.metrics
+        result = None
+        with self.training():
+            if self.training_args.do_train:
+                result = self.trainer.train(resume_from_checkpoint=self.checkpoint)
+        return self.finish(result)
+
+    @contextlib.contextmanager
+    def training(self):
+        """Around `trainer.train()`: the banner; SIGTERM or SIGINT stop at the next step boundary,
+        after a checkpoint (Stopped); the Trainer's notice about tied weights on resume silenced."""
         a, tied = self.training_args, TiedWeightsFilter(self.model)
-        loud = a.process_index == 0 and a.do_train
         TRAINER_LOG.addFilter(tied)
+        self._locks.callback(TRAINER_LOG.removeFilter, tied)   # close() removes it
         try:
-            if loud:
-                self._say_banner()
-            self.metrics = self._train() if a.do_train else {}
-            if a.do_eval:
-                self.metrics.update(self._evaluate())
-        finally:
-            TRAINER_LOG.removeFilter(tied)
+            if a.process_index == 0 and a.do_train:
+                for line in run_banner(self):
+                    say(line)
+            with stop_on_signals() as stop:
+                stopper = StopAtStepBoundary(stop)
+                self.trainer.add_callback(stopper)
+                yield
+        except BaseException:
             self.close()
-        if loud:
-            for line in summary(self._final_numbers(), a.output_dir,
-                                time.perf_counter() - self.started):
-                say(line)
-        return self.metrics
-
-    def _say_banner(self) -> None:
-        ds = self.train_dataset
-        block = getattr(ds, "block_size", None) or self.data_args.dataset_block_size
-        streams = getattr(ds, "streams", None) or [ds]   # a mixture's sources share the tokenizer
-        backend = getattr(getattr(streams[0], "encoder", None), "backend", None)
-        for line in banner(self.model, self.data_args, self.training_args,
-                           getattr(ds, "plan", None), block, self.checkpoint, backend):
-            say(line)
-        if self.data_states:
-            say(resume_line(self.checkpoint, self.data_states))
-
-    def _train(self) -> dict:
-        """Train; a signal stops it at a step boundary after a checkpoint (Stopped)."""
-        trainer, a = self.trainer, self.training_args
-        with stop_on_signals() as stop:
-            stopper = StopAtStepBoundary(stop)
-            trainer.add_callback(stopper)
-            result = trainer.train(resume_from_checkpoint=self.checkpoint)
+            raise
+        self.trainer.remove_callback(stopper)
         if stopper.at_step is not None:
+            self.close()
             where = os.path.join(a.output_dir, f"checkpoint-{stopper.at_step}")
             raise Stopped(stop.signum,
                           f"stopped by {stop.name} at step {stopper.at_step}: {where} saved; "
                           "continue with --resume_from_checkpoint true")
+
+    @step
+    def finish(self, result=None) -> dict:
+        """After `trainer.train()` (its `result`, None when not training): the final model and the
+        metrics saved, the evaluation (do_eval), the folder's lock let go, the summary printed; the
+        metrics."""
+        a = self.training_args
+        try:
+            self.metrics = self._save_training(result) if result is not None else {}
+            if a.do_eval:
+                self.metrics.update(self._evaluate())
+        finally:
+            self.close()
+        if a.process_index == 0 and a.do_train:
+            numbers = final_numbers(self.metrics, self.trainer.state)
+            for line in summary(numbers, a.output_dir,
+                                time.perf_counter() - self.started):
+                say(line)
+        return self.metrics
+
+    def _save_training(self, result) -> dict:
+        trainer, a = self.trainer, self.training_args
         metrics = {**result.metrics, **{f"data_{k}": v for k, v in trainer.data_stats().items()}}
         save_final(trainer, a.output_dir)
         trainer.save_metrics("train", metrics)
@@ -257,14 +278,6 @@ class Run:
             metrics = t.evaluate()
         t.save_metrics("eval", metrics)
         return metrics
-
-    def _final_numbers(self) -> dict:
-        hist = self.trainer.state.log_history
-        losses = [h["loss"] for h in hist if "loss" in h]
-        seen = [h["tokens_seen"] for h in hist if "tokens_seen" in h]
-        return {**self.metrics, "global_step": self.trainer.state.global_step,
-                "final_loss": losses[-1] if losses else float("nan"),
-                "tokens_seen": seen[-1] if seen else 0}
 
 
 def train(model_args, data_args, run_args, training_args, callbacks: list | None = None) -> dict:
