@@ -59,16 +59,18 @@ def render(name: str, out_dir: str, notebooks: str = NOTEBOOKS) -> str:
 
 
 def _tidy(path: str) -> None:
-    """Keep the outputs, drop papermill's timings and the scratch folder's name."""
+    """Keep the outputs; drop papermill's timings, and this machine's folder from the paths the
+    outputs print (lmstream/assets/sample, not /home/.../lmstream/assets/sample)."""
     with open(path, encoding="utf-8") as f:
         nb = json.load(f)
     nb["metadata"].pop("papermill", None)
     for c in nb["cells"]:
         c["metadata"].pop("papermill", None)
         c["metadata"].pop("execution", None)
+    text = json.dumps(nb, indent=1, ensure_ascii=False)
+    text = text.replace(os.path.dirname(os.path.dirname(NOTEBOOKS)) + os.sep, "")
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(nb, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(text + "\n")
 
 
 def main(argv=None) -> int:
