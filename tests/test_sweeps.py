@@ -96,3 +96,27 @@ def test_the_command_line_says_it_in_one_line_with_exit_2(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (f"error: output_dir '{out}' is a file, not a folder: choose "
                                                     "another output_dir (nothing was written).")
+
+
+def test_checking_a_plan_over_many_files_spends_one_retry_budget_not_one_per_file(tmp_path, caplog):
+    """A store gone at resume: the first file's check retries until the budget is spent, the other files are
+    not retried again for as long each (over FineWeb's files that was hours of silence)."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import lmstream
+    from httpserver import FileServer
+    from lmstream.corpus import planfile
+    from lmstream.retry import RetryPolicy
+    for i in range(3):
+        pq.write_table(pa.table({"text": [f"document {i}"] * 4}), tmp_path / f"part-{i}.parquet")
+    with FileServer(str(tmp_path)) as url:
+        urls = [f"{url}/part-{i}.parquet" for i in range(3)]
+        plan = lmstream.plan_dataset(lmstream.DataArguments(dataset_name=",".join(urls)))
+    with caplog.at_level(logging.WARNING, logger="lmstream"):
+        gone = planfile.changed(plan, RetryPolicy(max_attempts=10_000, backoff=0.05, max_backoff=0.05, budget=1.0))
+    assert [u for u, _ in gone] == urls and all("cannot be read any more" in why for _, why in gone)
+    retried = {u for r in caplog.records for u in urls if u in r.getMessage()}
+    assert retried == {urls[0]}
