@@ -5,7 +5,9 @@ works.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -37,7 +39,9 @@ def parse_mixture(spec) -> list[dict]:
         if unknown:
             raise ConfigError(f"dataset_mixture source {i} has unknown key(s) {sorted(unknown)}; "
                               f"the keys are {sorted(SOURCE_KEYS)}.")
-        if not isinstance(src["weight"], (int, float)) or src["weight"] <= 0:
+        weight = src["weight"]
+        if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                or not math.isfinite(weight) or weight <= 0):
             raise ConfigError(f"dataset_mixture source {i} ({src['name']}): weight "
                               f"must be a positive number.")
         if src.get("on_exhausted", "cycle") not in ("cycle", "stop"):
@@ -46,6 +50,25 @@ def parse_mixture(spec) -> list[dict]:
         sources.append({"config": None, "split": "train", "text_field": "text",
                         "on_exhausted": "cycle", **src})
     return sources
+
+
+def check_numbers(args) -> None:
+    """Every number field of an argument dataclass, from its declared type: an int field holds a
+    whole number, a float field a finite one, neither negative (None where the field allows it).
+    A field added later is checked without anyone listing it."""
+    for f in dataclasses.fields(args):
+        kind = str(f.type).removeprefix("Optional[").removesuffix("]")
+        v = getattr(args, f.name)
+        if kind not in ("int", "float") or v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (
+                kind == "int" and not float(v).is_integer()):
+            what = "a whole number" if kind == "int" else "a number"
+            raise ConfigError(f"{f.name}={v!r} must be {what} (see --help).")
+        if not math.isfinite(v) or v < 0:
+            raise ConfigError(f"{f.name}={v} must be a finite number, 0 or more (see --help).")
+        if kind == "int" and isinstance(v, float):
+            setattr(args, f.name, int(v))   # 128.0 from a YAML or JSON file is 128
 
 
 @dataclass
@@ -133,6 +156,7 @@ class DataArguments:
         "resumes too; counted as docs_listed_skipped and tokens_listed_skipped.")})
 
     def __post_init__(self):
+        check_numbers(self)
         if self.dataset_mixture is not None:
             parse_mixture(self.dataset_mixture)
         parse_step_ranges(self.dataset_skip_steps)
@@ -215,6 +239,7 @@ class RunArguments:
         "Allow writing into an output_dir that holds another run.")})
 
     def __post_init__(self):
+        check_numbers(self)
         for name in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:

@@ -147,9 +147,10 @@ def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, wh
     wait = min(wait, policy.max_wait, max(0.0, policy.budget - elapsed) + 0.01)
     if stats is not None:
         stats["retries"] = stats.get("retries", 0) + 1
-    log.warning("%s %s failed (%s: %s); retry %d/%d in %.1f s%s", what, url, type(err).__name__,
-                str(err)[:200], attempt, policy.max_attempts - 1, wait,
-                f" (Retry-After {asked:g} s)" if asked is not None else "")
+    log.warning("%s %s failed (%s: %s); retry %d/%d in %.1f s%s; %.0f s of its %.0f s retry budget "
+                "spent", what, url, type(err).__name__, str(err)[:200], attempt,
+                policy.max_attempts - 1, wait,
+                f" (Retry-After {asked:g} s)" if asked is not None else "", elapsed, policy.budget)
     time.sleep(wait)
 
 

@@ -374,3 +374,49 @@ def test_hf_urls_are_pinned_to_a_commit_and_read_by_url(repo, hub_env):
     assert [s.name for s in one.shards] == [f"{REPO}@{sha}/data/{CONFIG}/000_00003.parquet"]
     assert calls == 6 and len(server.api_calls()) == calls   # (1 revision + 2 listing pages) x 2; none to read
     assert docs == _local_docs(repo)
+
+
+def test_a_saved_plan_names_hub_files_by_commit_and_follows_the_endpoint(repo, hub_env, tmp_path):
+    """A checkpoint's Hub files are a repository, a commit and a path, not a host: a resume through another
+    endpoint (a mirror or proxy, HF_ENDPOINT) that has the same commit reads there, checked with one request
+    per commit and nothing sent to the first host; where that commit is missing (history rewritten), one
+    sentence, at once."""
+    first = HubServer({REPO: repo})
+    with first as endpoint:
+        hub_env(endpoint)
+        plan = lmstream.plan_dataset(_args())
+        planfile.save(plan, str(tmp_path / "saved"))
+        want = _docs(plan, _args())
+    mirror = HubServer({REPO: repo})     # the same files: the same commit, another host
+    with mirror as endpoint:
+        hub_env(endpoint)
+        moved = planfile.load(str(tmp_path / "saved"))
+        assert all(s.url.startswith(endpoint + "/datasets/") for s in moved.shards)
+        assert planfile.fingerprint(moved) == planfile.fingerprint(plan)
+        assert planfile.changed(moved, _args().retry_policy()) == []
+        sha = moved.shards[0].name.split("@")[1][:40]
+        assert [(m, f"/resolve/{sha}/" in p) for k, m, p, *_ in mirror.requests] == [("HEAD", True)]
+        assert _docs(moved, _args()) == want
+    rewritten = make_fineweb(str(tmp_path / "rewritten"), seed=7)   # other content: another commit
+    other = HubServer({REPO: rewritten})
+    with other as endpoint:
+        hub_env(endpoint)
+        with pytest.raises(ConfigError, match=r"has no commit [0-9a-f]{12} at .*HF_ENDPOINT") as err:
+            planfile.changed(planfile.load(str(tmp_path / "saved")), _args().retry_policy())
+        assert "\n" not in str(err.value) and len(other.requests) == 1
+
+
+def test_retries_say_how_much_of_their_budget_they_spent(caplog):
+    from lmstream.retry import RetryPolicy, with_retries
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset by peer")
+        return "ok"
+    with caplog.at_level(logging.WARNING, logger="lmstream"):
+        assert with_retries(flaky, "https://example.invalid/x", RetryPolicy(backoff=0.01, budget=30)) == "ok"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("retry budget spent" in line and "of its 30 s" in line for line in lines)
+    assert "retry 1/29" in lines[0] and "retry 2/29" in lines[1]

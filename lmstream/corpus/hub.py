@@ -208,7 +208,26 @@ def from_builder_url(url: str) -> Shard:
                  name=f"{repo}@{sha}/{path}")
 
 
-def is_pinned_hub_url(url: str) -> bool:
-    """A Hub file at a commit sha (immutable), as resolve_hub and from_builder_url make them."""
-    return (url.startswith(endpoint() + "/datasets/")
-            and re.search(r"/resolve/[0-9a-f]{40}/", url) is not None)
+def pinned_file(name: str | None, url: str) -> tuple[str, str, str] | None:
+    """(repository, commit, path) of a shard that names a Hub file at a commit (`repo@sha/path`, as
+    resolve_hub and from_builder_url make them), whatever host its URL was made for; else None."""
+    m = re.match(r"^(.+?)@([0-9a-f]{40})/(.+)$", name or "")
+    if not m or f"/datasets/{m.group(1)}/resolve/{m.group(2)}/" not in url:
+        return None
+    return m.group(1), m.group(2), m.group(3)
+
+
+def check_commit(repo: str, sha: str, path: str, policy: RetryPolicy) -> None:
+    """One request: the commit a saved plan pins is at the current endpoint (HF_ENDPOINT: a mirror
+    or proxy may lack it, or the repository's history was rewritten); else one sentence."""
+    def head():
+        try:
+            return _get(resolve_url(repo, sha, path), "HEAD", follow=False)
+        except OSError as err:
+            if getattr(err, "status", None) == 404:
+                return None
+            raise
+    if call(head, repo, "check the commit of", policy) is None:
+        raise ConfigError(f"Dataset '{repo}' has no commit {sha[:12]} at {endpoint()} (the one "
+                          "this checkpoint was trained on): resume through an endpoint "
+                          "(HF_ENDPOINT) that has it, or start a new run.")

@@ -16,16 +16,19 @@ fingerprint; rewritten data has another.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 import json
 import logging
 import os
+import time
+import urllib.parse
 
 from . import ranges
 from ..errors import ConfigError
 from .plan import Plan, assemble_plan, read_footer
-from .hub import is_pinned_hub_url
+from .hub import check_commit, pinned_file, resolve_url
 from .shards import Shard
 
 log = logging.getLogger("lmstream")
@@ -62,7 +65,10 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
                           f"delete it to plan anew.")
     kept = []
     for e in d["shards"]:
-        shard = Shard(e["url"], e["format"], e.get("size"), e.get("etag"), e.get("name"))
+        url, pinned = e["url"], pinned_file(e.get("name"), e["url"])
+        if pinned is not None:   # a Hub file is its repository, commit and path: today's endpoint
+            url = resolve_url(*pinned[:2], urllib.parse.unquote(pinned[2]))
+        shard = Shard(url, e["format"], e.get("size"), e.get("etag"), e.get("name"))
         if e.get("footer"):
             raw = base64.b64decode(e["footer"])
             # pyarrow reads a 64 KB tail: the bytes before the footer are never parsed, zeros stand
@@ -131,18 +137,24 @@ def load(folder: str) -> Plan | None:
 def changed(plan: Plan, policy) -> list[tuple[str, str]]:
     """Files of `plan` whose content is not what it was: [(file, what changed)].
 
-    Hub files are pinned to a commit (immutable): nothing to check. Others are measured again: a
-    local file's size and footer (or sampled bytes), a remote one's size and footer (or ETag)."""
-    out = []
+    Hub files are pinned to a commit (immutable): one request per commit checks that the current
+    endpoint has it. Others are measured again: a local file's size and footer (or sampled bytes), a
+    remote one's size and footer (or ETag). All of it within one retry budget, not one per file."""
+    out, commits, deadline = [], set(), time.monotonic() + policy.budget
     for i, s in enumerate(plan.shards):
-        if is_pinned_hub_url(s.url):
+        left = dataclasses.replace(policy, budget=max(0.0, deadline - time.monotonic()))
+        pinned = pinned_file(s.name, s.url)
+        if pinned is not None:
+            if pinned[:2] not in commits:
+                commits.add(pinned[:2])
+                check_commit(*pinned[:2], urllib.parse.unquote(pinned[2]), left)
             continue
         try:
             if s.format == "parquet":
-                _, raw, now = read_footer(Shard(s.url, s.format), "", policy, {}, check_field=False)
+                _, raw, now = read_footer(Shard(s.url, s.format), "", left, {}, check_field=False)
                 digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
             else:
-                digest, now = ranges.content_digest(Shard(s.url, s.format), policy)
+                digest, now = ranges.content_digest(Shard(s.url, s.format), left)
         except (ConfigError, OSError) as err:
             out.append((s.url, f"cannot be read any more ({err})"))
             continue

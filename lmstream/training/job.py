@@ -149,12 +149,20 @@ def run_job(job: Job) -> dict:
     return start_run(job).all_steps()
 
 
-def arguments_table(job: Job):
-    """The arguments this job sets, as a DataFrame (for the report)."""
-    import pandas as pd
-    rows = [(type(obj).__name__, f.name, repr(getattr(obj, f.name))[:80])
-            for obj in job.args for f in dataclasses.fields(obj) if f.name in job.given]
-    return pd.DataFrame(rows, columns=["group", "argument", "value"])
+def as_calls(job: Job, width: int = 100) -> str:
+    """The arguments this job sets, as the calls a learner would write: `ModelArguments(...)`,
+    `DataArguments(...)`, `RunArguments(...)`, `TrainingArguments(...)`, one per group that sets any."""
+    import textwrap
+    calls = []
+    for obj in job.args:
+        items = [f"{f.name}={getattr(getattr(obj, f.name), 'value', getattr(obj, f.name))!r}"
+                 for f in dataclasses.fields(obj) if f.name in job.given]
+        if items:
+            name = type(obj).__name__
+            calls.append(textwrap.fill(", ".join(items), width, initial_indent=name + "(",
+                                       subsequent_indent=" " * (len(name) + 1),
+                                       break_long_words=False, break_on_hyphens=False) + ")")
+    return "\n".join(calls)
 
 
 def generate_sample(model_dir: str, prompt: str, max_new_tokens: int = 40, seed: int = 0) -> str:

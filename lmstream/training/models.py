@@ -76,12 +76,16 @@ def _model_from_config(args: ModelArguments, kwargs: dict):
             raise ConfigError(f"config_overrides '{args.config_overrides}' cannot be applied "
                               f"({err}): write name=value pairs of the config's fields, e.g. "
                               "'n_layer=2,n_embd=64'.") from None
+    what = (f"config_overrides '{args.config_overrides}'" if args.config_overrides
+            else f"config '{args.config_name}'")
+    layers = getattr(config, "num_hidden_layers", None)
+    if isinstance(layers, int) and layers < 1:
+        raise ConfigError(f"{what} gives a model with {layers} transformer layers, which cannot "
+                          "learn: use 1 or more (for example n_layer=2).")
     dtype = _dtype(args.torch_dtype) if args.torch_dtype != "auto" else None
     try:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     except (ValueError, AssertionError, TypeError, RuntimeError) as err:
-        what = (f"config_overrides '{args.config_overrides}'" if args.config_overrides
-                else f"config '{args.config_name}'")
         raise ConfigError(f"{what} gives a model that cannot be built ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else 'inconsistent sizes'}): "
                           "fix the values.") from None

@@ -13,8 +13,23 @@ import pathlib
 import shutil
 
 
+# what to do about a path the file system refuses, by errno (network errors are not these)
+_PATH_ADVICE = {
+    errno.EACCES: "choose an output_dir you can write to",
+    errno.EPERM: "choose an output_dir you can write to",
+    errno.EROFS: "the file system is read-only: choose an output_dir on a writable one",
+    errno.ENOTDIR: "a part of that path is a file, not a folder: choose another output_dir",
+    errno.EISDIR: "a folder stands where a file is written: move it, or choose another output_dir",
+    errno.ELOOP: "symbolic links lead back into themselves: fix them, or choose another output_dir",
+    errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter output_dir",
+    errno.EMLINK: "too many links to one file there: choose another output_dir",
+    errno.EEXIST: "something already stands there: move it away or choose another output_dir",
+}
+
+
 def storage_error(err: BaseException, output_dir: str) -> str | None:
-    """One sentence for a full or unwritable disk (None for anything else)."""
+    """One sentence naming the path for an error of the file system (full, not writable, not a
+    folder, a link loop, a name too long, ...); None for anything else."""
     where = getattr(err, "filename", None) or output_dir
     code = getattr(err, "errno", None)
     if (code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err)
@@ -22,8 +37,8 @@ def storage_error(err: BaseException, output_dir: str) -> str | None:
         return (f"No space left on the device while writing '{where}': free space or choose "
                 "another output_dir (files are written whole or not at all; the last complete "
                 "checkpoint is intact).")
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"Cannot write '{where}' ({err.strerror}): choose an output_dir you can write to."
+    if code in _PATH_ADVICE:
+        return f"Cannot write '{where}' ({err.strerror}): {_PATH_ADVICE[code]}."
     return None
 
 

@@ -31,6 +31,9 @@ def check_output_dir(training_args: TrainingArguments, run_args: RunArguments, r
     # and a lineage alone (a run that saved no checkpoint: nothing to resume) don't make it another
     # run
     ignored = (".lmstream", ".lmstream-demo", "lmstream_lineage.json")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"output_dir '{out}' is a file, not a folder: choose another output_dir "
+                          "(nothing was written).")
     names = os.listdir(out) if os.path.isdir(out) else []
     held = [f for f in names if not f.endswith(".ipynb") and f not in ignored]
     if not (training_args.do_train and held):

@@ -1,0 +1,122 @@
+"""Sweeps derived from the code, not lists: every number field of the argument dataclasses (found from their
+declared types, so a field added later is swept too), every mixture weight, and models that cannot learn.
+Each bad value stops in one sentence naming the field."""
+import dataclasses
+import math
+
+import pytest
+
+from lmstream.config import DataArguments, ModelArguments, RunArguments, parse_mixture
+from lmstream.errors import ConfigError
+
+from conftest import TINY_MODEL
+
+BAD = {"int": [math.nan, math.inf, -math.inf, -1, 2.5, "12", True],
+       "float": [math.nan, math.inf, -math.inf, -1.0, "0.5", True]}
+FIELDS = [(cls, f.name, str(f.type).removeprefix("Optional[").removesuffix("]"))
+          for cls in (DataArguments, ModelArguments, RunArguments) for f in dataclasses.fields(cls)
+          if str(f.type).removeprefix("Optional[").removesuffix("]") in ("int", "float")]
+
+
+def test_the_sweep_finds_the_number_fields():
+    names = {name for _, name, _ in FIELDS}
+    assert {"dataset_block_size", "dataset_holdout_fraction", "dataset_readahead_bytes", "max_train_samples"} <= names
+    assert len(FIELDS) >= 14
+
+
+@pytest.mark.parametrize("cls, name, kind", FIELDS, ids=[name for _, name, _ in FIELDS])
+def test_every_number_field_refuses_what_is_not_a_number_of_its_kind(cls, name, kind):
+    for bad in BAD[kind]:
+        with pytest.raises(ConfigError) as err:
+            cls(**{name: bad})
+        assert name in str(err.value) and "\n" not in str(err.value), (bad, str(err.value))
+    if kind == "int":   # a whole number written as 4.0 (a YAML or JSON file) is that number
+        value = getattr(cls(**{name: 4.0}), name)
+        assert value == 4 and type(value) is int
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, 0, -1, True, "1"])
+def test_a_mixture_weight_that_is_not_a_positive_finite_number_is_refused(weight):
+    spec = [{"name": "a", "weight": 1.0}, {"name": "b", "weight": weight}]
+    with pytest.raises(ConfigError, match="dataset_mixture source 1 .*weight must be a positive number"):
+        parse_mixture(spec)
+
+
+@pytest.mark.parametrize("overrides, says", [("n_layer=0", "0 transformer layers, which cannot learn"),
+                                             ("n_embd=64,n_head=3", "cannot be built")])
+def test_a_model_that_cannot_learn_or_be_built_stops_before_any_data(overrides, says):
+    from lmstream.training.models import load_model_and_tokenizer
+    with pytest.raises(ConfigError, match=says) as err:
+        load_model_and_tokenizer(ModelArguments(config_name=TINY_MODEL, config_overrides=overrides))
+    assert "config_overrides" in str(err.value) and "\n" not in str(err.value)
+
+
+def _file(tmp):
+    (tmp / "taken").write_text("a file")
+    return tmp / "taken"
+
+
+def _inside_a_file(tmp):
+    return _file(tmp) / "run"
+
+
+def _link_loop(tmp):
+    (tmp / "loop").symlink_to(tmp / "loop")
+    return tmp / "loop" / "run"
+
+
+def _name_too_long(tmp):
+    return tmp / ("x" * 300)
+
+
+@pytest.mark.parametrize("make, says", [
+    (_file, "is a file, not a folder"), (_inside_a_file, "a part of that path is a file, not a folder"),
+    (_link_loop, "symbolic links lead back into themselves"), (_name_too_long, "the name is too long")],
+    ids=["a file", "inside a file", "a link loop", "a name too long"])
+def test_an_output_dir_the_file_system_refuses_is_one_sentence_naming_it(tmp_path, make, says):
+    import lmstream
+    from conftest import SAMPLE
+    out = make(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ConfigError, match=says) as err:
+        lmstream.Run(*lmstream.parse_args(["--config_name", TINY_MODEL, "--dataset_name", SAMPLE, "--do_train",
+                                           "--max_steps", "1", "--output_dir", str(out)]))
+    assert "\n" not in str(err.value) and str(tmp_path) in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before   # nothing written
+
+
+def test_the_command_line_says_it_in_one_line_with_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from conftest import SAMPLE
+    out = _file(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "lmstream.train", "--config_name", TINY_MODEL, "--dataset_name",
+                           SAMPLE, "--do_train", "--max_steps", "1", "--output_dir", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"error: output_dir '{out}' is a file, not a folder: choose "
+                                                    "another output_dir (nothing was written).")
+
+
+def test_checking_a_plan_over_many_files_spends_one_retry_budget_not_one_per_file(tmp_path, caplog):
+    """A store gone at resume: the first file's check retries until the budget is spent, the other files are
+    not retried again for as long each (over FineWeb's files that was hours of silence)."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import lmstream
+    from httpserver import FileServer
+    from lmstream.corpus import planfile
+    from lmstream.retry import RetryPolicy
+    for i in range(3):
+        pq.write_table(pa.table({"text": [f"document {i}"] * 4}), tmp_path / f"part-{i}.parquet")
+    with FileServer(str(tmp_path)) as url:
+        urls = [f"{url}/part-{i}.parquet" for i in range(3)]
+        plan = lmstream.plan_dataset(lmstream.DataArguments(dataset_name=",".join(urls)))
+    with caplog.at_level(logging.WARNING, logger="lmstream"):
+        gone = planfile.changed(plan, RetryPolicy(max_attempts=10_000, backoff=0.05, max_backoff=0.05, budget=1.0))
+    assert [u for u, _ in gone] == urls and all("cannot be read any more" in why for _, why in gone)
+    retried = {u for r in caplog.records for u in urls if u in r.getMessage()}
+    assert retried == {urls[0]}
