@@ -120,3 +120,103 @@ def test_checking_a_plan_over_many_files_spends_one_retry_budget_not_one_per_fil
     assert [u for u, _ in gone] == urls and all("cannot be read any more" in why for _, why in gone)
     retried = {u for r in caplog.records for u in urls if u in r.getMessage()}
     assert retried == {urls[0]}
+
+
+def _write(path, lines: list[bytes]):
+    """`lines` (raw bytes, one document each) as a JSON Lines or text file, compressed by its suffix."""
+    import gzip
+
+    import zstandard
+    data = b"".join(line + b"\n" for line in lines)
+    if path.endswith(".gz"):
+        data = gzip.compress(data)
+    elif path.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _read(path):
+    """(documents, counters) of one epoch of one file, unshuffled."""
+    import lmstream
+    from lmstream.corpus.documents import DocumentStream
+    args = lmstream.DataArguments(dataset_name=path, dataset_shuffle=False, dataset_retry_budget=1.0,
+                                  dataset_retry_backoff=0.01)
+    stream = DocumentStream(lmstream.plan_dataset(args), args, 0, 0, 1, shuffle=False)
+    docs = [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+    return docs, stream.stats
+
+
+def _json(text_bytes: bytes) -> bytes:
+    return b'{"text": "' + text_bytes + b'"}'
+
+
+FORMATS = ["jsonl", "jsonl.gz", "jsonl.zst", "txt"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_undecodable_bytes_and_nul_are_one_rule_in_every_line_format(tmp_path, fmt):
+    """Bytes that are not UTF-8 are replaced (U+FFFD) and counted in docs_invalid_utf8; NUL is text like
+    any other character: the same rule in every line-based format, compressed or not."""
+    wrap = _json if fmt.startswith("jsonl") else (lambda b: b)
+    path = _write(str(tmp_path / f"data.{fmt}"), [wrap(b"fine"), wrap(b"broken \xff\xfe here"), wrap(b"a\\u0000b")
+                                                 if fmt.startswith("jsonl") else b"a\x00b"])
+    docs, stats = _read(path)
+    text = "".join(docs)
+    assert "\ufffd" in text and "\x00" in text and stats["docs_invalid_utf8"] == 1
+    assert len(docs) == (3 if fmt.startswith("jsonl") else 1)   # a text file is one document by default
+
+
+def test_a_lone_surrogate_in_json_is_replaced_and_counted_not_a_traceback(tmp_path):
+    path = _write(str(tmp_path / "data.jsonl"), [_json(b"half a pair \\ud800 here"), _json(b"a pair \\ud83d\\ude00")])
+    docs, stats = _read(path)
+    assert docs == ["half a pair \ufffd here", "a pair \U0001F600"] and stats["docs_invalid_utf8"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["jsonl.gz", "jsonl.zst"])
+def test_a_compressed_file_cut_short_stops_naming_it(tmp_path, fmt):
+    """A cut .gz raised, a cut .zst had ended in silence with the documents it held lost: both stop, naming the
+    file (or, with dataset_skip_bad_shards, are skipped with a warning and counted)."""
+    path = _write(str(tmp_path / f"data.{fmt}"), [_json(b"document %d" % i * 50) for i in range(2000)])
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match=f"Could not read '{path}'.*ended before the end") as err:
+        _read(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_zstandard_file_of_several_frames_reads_every_frame(tmp_path):
+    import zstandard
+    path = str(tmp_path / "data.jsonl.zst")
+    frames = [b"".join(_json(b"frame %d doc %d" % (f, i)) + b"\n" for i in range(30)) for f in range(3)]
+    with open(path, "wb") as out:
+        out.write(b"".join(zstandard.ZstdCompressor().compress(fr) for fr in frames))
+    docs, _ = _read(path)
+    assert docs == [f"frame {f} doc {i}" for f in range(3) for i in range(30)]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_empty_file_gives_no_document_and_no_error(tmp_path, fmt):
+    path = str(tmp_path / f"data.{fmt}")
+    _write(path, []) if fmt != "txt" else open(path, "wb").close()
+    assert _read(path)[0] == []
+
+
+def test_over_http_the_same_rules_hold(tmp_path):
+    """The line formats read over HTTP by the same code: a lone surrogate is replaced and counted, a cut .zst
+    stops naming its URL."""
+    from httpserver import FileServer
+    _write(str(tmp_path / "ok.jsonl"), [_json(b"half \\udc00 a pair")])
+    cut = _write(str(tmp_path / "cut.jsonl.zst"), [_json(b"document %d" % i * 50) for i in range(2000)])
+    with open(cut, "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with FileServer(str(tmp_path)) as url:
+        docs, stats = _read(f"{url}/ok.jsonl")
+        assert docs == ["half \ufffd a pair"] and stats["docs_invalid_utf8"] == 1
+        with pytest.raises(ConfigError, match=f"{url}/cut.jsonl.zst.*ended before the end"):
+            _read(f"{url}/cut.jsonl.zst")

@@ -5,7 +5,6 @@ text.
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import time
@@ -26,11 +25,32 @@ def lines(url: str, timeout: float | None = None):
         if comp is None:
             yield from raw
         elif comp == "zstd":
-            import zstandard
-            yield from io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+            yield from _zstd_lines(raw)
         else:
             with compr[comp](raw, mode="rb") as f:
                 yield from f
+
+
+def _zstd_lines(raw, chunk_bytes: int = 1 << 20):
+    """Lines of a Zstandard stream of one or more frames. A stream cut inside a frame raises
+    EOFError as gzip does (zstandard's stream reader returns what it decoded and stops, in
+    silence: a cut file would have lost its tail unnoticed)."""
+    import zstandard
+    new = zstandard.ZstdDecompressor().decompressobj
+    d, fed, rest = new(), False, b""
+    for chunk in iter(lambda: raw.read(chunk_bytes), b""):
+        while chunk:
+            if d.eof:    # the next frame
+                d, fed = new(), False
+            rest += d.decompress(chunk)
+            fed = True
+            chunk = d.unused_data if d.eof else b""
+            *done, rest = rest.split(b"\n")
+            yield from (line + b"\n" for line in done)
+    if fed and not d.eof:
+        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    if rest:
+        yield rest
 
 
 def decode(line: bytes) -> tuple[str, bool]:
@@ -58,7 +78,20 @@ def json_texts(lines, url: str, field: str):
         if value is not None and not isinstance(value, str):
             raise ConfigError(f"Line {n} of '{url}': field '{field}' holds {type(value).__name__}, "
                               "not text: set dataset_text_field to a string field.")
+        if value is not None and ("\\ud" in text or "\\uD" in text):
+            value, lone = _without_lone_surrogates(value)
+            bad = bad or lone
         yield value, bad
+
+
+def _without_lone_surrogates(text: str) -> tuple[str, bool]:
+    """JSON may escape half of a UTF-16 pair (\\ud800) alone: no UTF-8 text holds it. Replaced by
+    U+FFFD and counted as invalid UTF-8, as undecodable bytes are."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:   # through UTF-16, where a lone half decodes to U+FFFD
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), True
 
 
 def text_samples(lines, sample_by: str):
