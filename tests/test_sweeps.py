@@ -220,3 +220,18 @@ def test_over_http_the_same_rules_hold(tmp_path):
         assert docs == ["half \ufffd a pair"] and stats["docs_invalid_utf8"] == 1
         with pytest.raises(ConfigError, match=f"{url}/cut.jsonl.zst.*ended before the end"):
             _read(f"{url}/cut.jsonl.zst")
+
+
+def test_a_folder_whose_links_lead_back_into_it_reads_each_document_once(tmp_path):
+    """Links inside a dataset folder: one back to the folder itself (a loop) and a second name for a file. Each
+    file is read once, by what it is (the loop had read every document many times over, in silence)."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    _write(str(data / "a.jsonl"), [_json(b"doc a%d" % i) for i in range(3)])
+    _write(str(data / "sub" / "b.jsonl"), [_json(b"doc b%d" % i) for i in range(2)])
+    (data / "sub" / "loop").symlink_to(data)
+    (data / "again.jsonl").symlink_to(data / "a.jsonl")
+    docs, _ = _read(str(data))
+    assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]
+    docs, _ = _read(str(data) + "/**/*.jsonl")     # a glob through the same links
+    assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]

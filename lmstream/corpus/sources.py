@@ -127,11 +127,9 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
     if os.path.isdir(entry):
         if os.path.isfile(os.path.join(entry, "README.md")) or config:
             return _local_repository(entry, config, split, policy)
-        files = sorted(f for f in _glob.glob(os.path.join(entry, "**", "*"), recursive=True)
-                       if os.path.isfile(f))
-        return _shards_from_files(files, entry)
+        return _shards_from_files(_files_under(entry), entry)
     if _is_glob(entry):
-        files = sorted(f for f in _glob.glob(entry, recursive=True) if os.path.isfile(f))
+        files = _each_once(sorted(f for f in _glob.glob(entry, recursive=True) if os.path.isfile(f)))
         if not files:
             raise ConfigError(f"No file matches dataset_name '{entry}': check the pattern.")
         return _shards_from_files(files, entry)
@@ -142,6 +140,29 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
     # a hub id
     return (hub.resolve_hub(entry, config, split, policy)
             or _from_builder(entry, config, split, policy))
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every file under `folder`, sorted: links to folders are followed, but a folder reached again
+    (a link that leads back into the tree) is not read twice."""
+    seen, files = set(), []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        if os.path.realpath(root) in seen:
+            dirs[:] = []
+            continue
+        seen.add(os.path.realpath(root))
+        files += [os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))]
+    return _each_once(sorted(files))
+
+
+def _each_once(files: list[str]) -> list[str]:
+    """Files in order, each once by what it is (links to one file are one file)."""
+    seen, out = set(), []
+    for f in files:
+        if os.path.realpath(f) not in seen:
+            seen.add(os.path.realpath(f))
+            out.append(f)
+    return out
 
 
 def resolve_shards(dataset_name: str | None, config: str | None = None, split: str = "train",
