@@ -235,3 +235,34 @@ def test_a_folder_whose_links_lead_back_into_it_reads_each_document_once(tmp_pat
     assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]
     docs, _ = _read(str(data) + "/**/*.jsonl")     # a glob through the same links
     assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]
+
+
+TEXT_FIELDS = [f.name for cls in (__import__("lmstream").DataArguments, ModelArguments) for f in dataclasses.fields(cls)
+               if "str" in str(f.type)]
+
+
+@pytest.mark.parametrize("name", TEXT_FIELDS)
+def test_every_text_field_given_blank_or_odd_text_works_or_names_itself(tmp_path, name):
+    """Every text field of DataArguments and ModelArguments (found from their types), given "" (unset, where the
+    field may be unset), a blank and a control character, up to the first block: it works, or it stops in one
+    sentence that names the field."""
+    import logging
+
+    import lmstream
+    from conftest import SAMPLE
+    logging.disable(logging.WARNING)
+    try:
+        for value in ("", " ", "bad\x01char"):
+            given = {"config_name": TINY_MODEL, "dataset_name": SAMPLE, "dataset_config_name": "python-docs",
+                     "do_train": True, "max_steps": 1, "dataset_block_size": 64,
+                     "output_dir": str(tmp_path / f"out{len(value)}"), name: value}
+            try:
+                run = lmstream.Run(*lmstream.parse_args(given))
+                run.load_model()
+                run.load_data()
+                next(iter(run.train_dataset))
+                run.close()
+            except ConfigError as err:
+                assert name in str(err) and "\n" not in str(err), (value, str(err))
+    finally:
+        logging.disable(logging.NOTSET)

@@ -86,6 +86,9 @@ def _model_from_config(args: ModelArguments, kwargs: dict):
     try:
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
     except (ValueError, AssertionError, TypeError, RuntimeError) as err:
+        if args.attn_implementation and "attn_implementation" in str(err):
+            raise ConfigError(f"attn_implementation={args.attn_implementation!r} is not an attention "
+                              "kernel this model has: use eager, sdpa or flash_attention_2.") from None
         raise ConfigError(f"{what} gives a model that cannot be built ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else 'inconsistent sizes'}): "
                           "fix the values.") from None
