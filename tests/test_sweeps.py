@@ -42,13 +42,27 @@ def test_a_mixture_weight_that_is_not_a_positive_finite_number_is_refused(weight
         parse_mixture(spec)
 
 
-@pytest.mark.parametrize("overrides, says", [("n_layer=0", "0 transformer layers, which cannot learn"),
-                                             ("n_embd=64,n_head=3", "cannot be built")])
+@pytest.mark.parametrize("overrides, says", [("n_layer=0", "config_overrides .* 0 transformer layers, which cannot learn"),
+                                             ("n_embd=64,n_head=3", "config_overrides .* cannot be built"),
+                                             ("vocab_size=1000", "tokenizer has 50257 tokens but the model only 1000")])
 def test_a_model_that_cannot_learn_or_be_built_stops_before_any_data(overrides, says):
     from lmstream.training.models import load_model_and_tokenizer
     with pytest.raises(ConfigError, match=says) as err:
         load_model_and_tokenizer(ModelArguments(config_name=TINY_MODEL, config_overrides=overrides))
-    assert "config_overrides" in str(err.value) and "\n" not in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_context_shorter_than_the_block_stops_before_any_document_is_read(tmp_path):
+    import lmstream
+    from conftest import SAMPLE
+    run = lmstream.Run(*lmstream.parse_args({
+        "config_name": TINY_MODEL, "config_overrides": "n_positions=32", "dataset_name": SAMPLE,
+        "dataset_config_name": "python-docs", "dataset_block_size": 64, "do_train": True, "max_steps": 1,
+        "output_dir": str(tmp_path / "out")}))
+    run.load_model()
+    with pytest.raises(ConfigError, match="dataset_block_size=64 is larger than the model's 32 positions"):
+        run.load_data()
+    run.close()
 
 
 def _file(tmp):
