@@ -9,6 +9,7 @@ import dataclasses
 import json
 import math
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -52,23 +53,37 @@ def parse_mixture(spec) -> list[dict]:
     return sources
 
 
+def number_fields(cls) -> dict:
+    """{field: int or float} of an argument dataclass, from its type hints (Optional[int] is int;
+    bool is not a number here). From the hints, not `Field.type`: transformers' HfArgumentParser
+    rewrites `Field.type` in place once it has parsed a class."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if typing.get_origin(kind) is typing.Union:
+            kind = next((k for k in typing.get_args(kind) if k is not type(None)), kind)
+        if kind in (int, float):
+            out[f.name] = kind
+    return out
+
+
 def check_numbers(args) -> None:
     """Every number field of an argument dataclass, from its declared type: an int field holds a
     whole number, a float field a finite one, neither negative (None where the field allows it).
     A field added later is checked without anyone listing it."""
-    for f in dataclasses.fields(args):
-        kind = str(f.type).removeprefix("Optional[").removesuffix("]")
-        v = getattr(args, f.name)
-        if kind not in ("int", "float") or v is None:
+    for name, kind in number_fields(type(args)).items():
+        v = getattr(args, name)
+        if v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (
-                kind == "int" and not float(v).is_integer()):
-            what = "a whole number" if kind == "int" else "a number"
-            raise ConfigError(f"{f.name}={v!r} must be {what} (see --help).")
+                kind is int and not float(v).is_integer()):
+            what = "a whole number" if kind is int else "a number"
+            raise ConfigError(f"{name}={v!r} must be {what} (see --help).")
         if not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{f.name}={v} must be a finite number, 0 or more (see --help).")
-        if kind == "int" and isinstance(v, float):
-            setattr(args, f.name, int(v))   # 128.0 from a YAML or JSON file is 128
+            raise ConfigError(f"{name}={v} must be a finite number, 0 or more (see --help).")
+        if kind is int and isinstance(v, float):
+            setattr(args, name, int(v))   # 128.0 from a YAML or JSON file is 128
 
 
 @dataclass

@@ -1,24 +1,31 @@
 """Sweeps derived from the code, not lists: every number field of the argument dataclasses (found from their
 declared types, so a field added later is swept too), every mixture weight, and models that cannot learn.
 Each bad value stops in one sentence naming the field."""
-import dataclasses
 import math
+import typing
 
 import pytest
 
-from lmstream.config import DataArguments, ModelArguments, RunArguments, parse_mixture
+from lmstream.config import DataArguments, ModelArguments, RunArguments, number_fields, parse_mixture
 from lmstream.errors import ConfigError
 
 from conftest import TINY_MODEL
 
 BAD = {"int": [math.nan, math.inf, -math.inf, -1, 2.5, "12", True],
        "float": [math.nan, math.inf, -math.inf, -1.0, "0.5", True]}
-FIELDS = [(cls, f.name, str(f.type).removeprefix("Optional[").removesuffix("]"))
-          for cls in (DataArguments, ModelArguments, RunArguments) for f in dataclasses.fields(cls)
-          if str(f.type).removeprefix("Optional[").removesuffix("]") in ("int", "float")]
+FIELDS = [(cls, name, kind.__name__) for cls in (DataArguments, ModelArguments, RunArguments)
+          for name, kind in number_fields(cls).items()]
 
 
 def test_the_sweep_finds_the_number_fields():
+    """Also after transformers' HfArgumentParser has parsed the classes (it rewrites Field.type in
+    place: a check reading Field.type had stopped checking anything)."""
+    from lmstream.arguments import parse_args
+    parse_args(["--output_dir", "unused"])
+    assert [(c, n, k) for c, n, k in FIELDS] == [(cls, name, kind.__name__) for cls in (DataArguments, RunArguments)
+                                                 for name, kind in number_fields(cls).items()]
+    with pytest.raises(ConfigError, match="dataset_block_size=nan"):
+        DataArguments(dataset_block_size=math.nan)
     names = {name for _, name, _ in FIELDS}
     assert {"dataset_block_size", "dataset_holdout_fraction", "dataset_readahead_bytes", "max_train_samples"} <= names
     assert len(FIELDS) >= 14
@@ -245,14 +252,17 @@ def test_a_folder_whose_links_lead_back_into_it_reads_each_document_once(tmp_pat
     _write(str(data / "sub" / "b.jsonl"), [_json(b"doc b%d" % i) for i in range(2)])
     (data / "sub" / "loop").symlink_to(data)
     (data / "again.jsonl").symlink_to(data / "a.jsonl")
+    (data / ".hidden").mkdir()        # left out, as a glob leaves it out
+    _write(str(data / ".hidden" / "c.jsonl"), [_json(b"hidden")])
+    _write(str(data / ".mark.jsonl"), [_json(b"hidden too")])
     docs, _ = _read(str(data))
     assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]
     docs, _ = _read(str(data) + "/**/*.jsonl")     # a glob through the same links
     assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]
 
 
-TEXT_FIELDS = [f.name for cls in (__import__("lmstream").DataArguments, ModelArguments) for f in dataclasses.fields(cls)
-               if "str" in str(f.type)]
+TEXT_FIELDS = [name for cls in (DataArguments, ModelArguments) for name, kind in typing.get_type_hints(cls).items()
+               if kind in (str, typing.Optional[str])]
 
 
 @pytest.mark.parametrize("name", TEXT_FIELDS)

@@ -143,15 +143,18 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
 
 
 def _files_under(folder: str) -> list[str]:
-    """Every file under `folder`, sorted: links to folders are followed, but a folder reached again
-    (a link that leads back into the tree) is not read twice."""
+    """Every file under `folder`, sorted, hidden ones (.name) left out as a glob leaves them: links
+    to folders are followed, but a folder reached again (a link back into the tree) is not read
+    twice."""
     seen, files = set(), []
     for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
         if os.path.realpath(root) in seen:
             dirs[:] = []
             continue
         seen.add(os.path.realpath(root))
-        files += [os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))]
+        files += [os.path.join(root, n) for n in names
+                  if not n.startswith(".") and os.path.isfile(os.path.join(root, n))]
     return _each_once(sorted(files))
 
 
