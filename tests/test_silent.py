@@ -177,7 +177,7 @@ def test_yaml_no_stays_no_for_flags_and_from_papermill(tmp_path):
     (["--dataloader_num_workers=-1"], "dataloader_num_workers=-1 must be 0 or more"),
     (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps=0 must be at least 1"),
     (["--max_steps", "ten"], "invalid int value: 'ten'"),
-    (["--dataset_retry_budget", "inf"], "dataset_retry_budget=inf must be a finite number of seconds"),
+    (["--dataset_retry_budget", "inf"], "dataset_retry_budget=inf must be a finite number, 0 or more"),
     (["--config_overrides", "n_layer=two"], "config_overrides 'n_layer=two' cannot be applied"),
     (["--config_overrides", "n_embd=65,n_head=2"], "config_overrides 'n_embd=65,n_head=2' gives a model that cannot be built"),
 ])
