@@ -196,11 +196,6 @@ class DataArguments:
                               f"'document', 'paragraph' or 'line'.")
         if self.dataset_max_retries < 1:
             raise ConfigError(f"dataset_max_retries={self.dataset_max_retries} must be at least 1.")
-        for name in ("dataset_retry_budget", "dataset_max_retry_wait", "dataset_retry_backoff",
-                     "dataset_read_timeout"):
-            v = getattr(self, name)
-            if not (v >= 0 and v < float("inf")):
-                raise ConfigError(f"{name}={v} must be a finite number of seconds, 0 or more.")
         if self.dataset_tokenizer_backend not in ("auto", "fastokens", "tiktoken", "hf"):
             raise ConfigError(f"dataset_tokenizer_backend={self.dataset_tokenizer_backend!r} must "
                               "be auto, fastokens, tiktoken or hf.")
