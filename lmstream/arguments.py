@@ -22,6 +22,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .config import DataArguments, ModelArguments, RunArguments
 from .errors import ConfigError
+from .paths import check_path, check_paths
 
 log = logging.getLogger("lmstream")
 
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | dict | None = None):
         raise ConfigError(f"Unknown argument(s) {' '.join(parsed[-1])}: see `python -m "
                           f"lmstream.train --help`.")
     model_args, data_args, run_args, training_args = parsed[:-1]
+    check_paths(training_args)
     # like the reference: W&B when a key is set, else no remote tracking
     if "report_to" not in given(argv):
         training_args.report_to = []
@@ -87,8 +89,8 @@ def parse_args(argv: list[str] | dict | None = None):
 def file_to_argv(path: str) -> list[str]:
     """The flags a YAML/JSON arguments file stands for (lists become several values, dicts JSON)."""
     import yaml
-    if not os.path.isfile(path):
-        raise ConfigError(f"Arguments file '{path}' does not exist.")
+    check_path("Arguments file", path, "file", "give a YAML or JSON file of argument names and "
+               "values")
     try:
         with open(path) as f:
             if path.endswith((".yaml", ".yml")):

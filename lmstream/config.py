@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import ConfigError
+from .paths import check_one, check_paths
 from .retry import RetryPolicy
 
 
@@ -84,6 +84,23 @@ def check_numbers(args) -> None:
             raise ConfigError(f"{name}={v} must be a finite number, 0 or more (see --help).")
         if kind is int and isinstance(v, float):
             setattr(args, name, int(v))   # 128.0 from a YAML or JSON file is 128
+
+
+# Which text fields are paths, and of which kind (lmstream.paths.KINDS), with what to do when one
+# cannot be read; every other text field is named in NOT_PATHS, so that a field added later must be
+# placed in one or the other (tests/test_sweeps.py holds it) and is then swept as what it is.
+PATHS = {
+    "dataset_name": ("source", None),
+    "tokenized_dataset_save_dir": ("new-folder", None),
+    "tokenized_dataset_load_dir": ("folder", "give the folder `python -m lmstream.prepare` wrote"),
+    "dataset_skip_documents": ("file", "give a text file of document ids or urls, one per line"),
+    "model_name_or_path": ("model", None),
+    "config_name": ("model", None),
+    "tokenizer_name": ("model", None),
+}
+NOT_PATHS = {"dataset_config_name", "dataset_mixture", "dataset_train_split", "dataset_test_split",
+             "dataset_text_field", "dataset_text_sample_by", "dataset_tokenizer_backend",
+             "dataset_skip_steps", "config_overrides", "torch_dtype", "attn_implementation"}
 
 
 @dataclass
@@ -172,13 +189,11 @@ class DataArguments:
 
     def __post_init__(self):
         check_numbers(self)
+        check_paths(self, PATHS)
         if self.dataset_mixture is not None:
-            parse_mixture(self.dataset_mixture)
+            for i, source in enumerate(parse_mixture(self.dataset_mixture)):
+                check_one(f"dataset_mixture source {i}", source.get("name"), "source")
         parse_step_ranges(self.dataset_skip_steps)
-        listed = self.dataset_skip_documents
-        if listed is not None and not os.path.isfile(listed):
-            raise ConfigError(f"dataset_skip_documents '{self.dataset_skip_documents}' is not a "
-                              "file: give a text file of document ids or urls, one per line.")
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
             raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at "
                               f"least 2 tokens per block.")
@@ -229,6 +244,7 @@ class ModelArguments:
         "Attention kernel: eager, sdpa, flash_attention_2.")})
 
     def __post_init__(self):
+        check_paths(self, PATHS)
         if self.torch_dtype not in (None, "auto", "bfloat16", "float16", "float32"):
             raise ConfigError(f"torch_dtype={self.torch_dtype!r} must be auto, "
                               f"bfloat16, float16 or float32.")

@@ -64,7 +64,7 @@ def test_errors_are_one_sentence_first_exit_2_and_write_nothing(tmp_path):
     env = _env(tmp_path / "home")
     missing = subprocess.run([sys.executable, "-m", "lmstream.cli", "--output_dir", "a", "--dataset_name", "/no/such/data"],
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: No file or directory '/no/such/data'")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: dataset_name '/no/such/data' does not exist")
     assert not (tmp_path / "a").exists()
     bad = subprocess.run([sys.executable, "-m", "lmstream.cli", "--output_dir", "b", "--max_steps", "ten"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)

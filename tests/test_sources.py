@@ -68,7 +68,7 @@ def test_http_requests_use_ranges_not_whole_files(tmp_path):
 def test_errors_name_the_thing(tmp_path, tokenizer, monkeypatch):
     with pytest.raises(ConfigError, match="No file matches dataset_name .*nothing-\\*.parquet"):
         resolve_shards(str(tmp_path / "nothing-*.parquet"))
-    with pytest.raises(ConfigError, match="No file or directory"):
+    with pytest.raises(ConfigError, match="dataset_name .* does not exist"):
         resolve_shards(str(tmp_path / "missing" / "dir"))
     write_parquet(tmp_path / "pq", make_docs(10), shards=1)
     with pytest.raises(ConfigError, match="has no column 'body' \\(columns: text, id\\)"):

@@ -91,8 +91,8 @@ def _name_too_long(tmp):
 
 
 @pytest.mark.parametrize("make, says", [
-    (_file, "is a file, not a folder"), (_inside_a_file, "a part of that path is a file, not a folder"),
-    (_link_loop, "symbolic links lead back into themselves"), (_name_too_long, "the name is too long")],
+    (_file, "is a file, not a folder"), (_inside_a_file, "goes through a file as if it were a folder"),
+    (_link_loop, "symbolic links back into themselves"), (_name_too_long, "a name too long")],
     ids=["a file", "inside a file", "a link loop", "a name too long"])
 def test_an_output_dir_the_file_system_refuses_is_one_sentence_naming_it(tmp_path, make, says):
     import lmstream
@@ -290,3 +290,117 @@ def test_every_text_field_given_blank_or_odd_text_works_or_names_itself(tmp_path
                 assert name in str(err) and "\n" not in str(err), (value, str(err))
     finally:
         logging.disable(logging.NOTSET)
+
+
+# Every path flag (config.PATHS and TrainingArguments' output_dir and resume_from_checkpoint, each with
+# its kind), tried with what a path can wrongly be. What right is, by kind: a folder to write into
+# ("new-folder") may be missing or empty (it is made, and the run goes on); a file may be any readable
+# file; anything else stops in one sentence naming the flag and the path, before anything is written.
+def _paths():
+    from lmstream.config import PATHS
+    from lmstream.paths import TRAINING_PATHS
+    return {**PATHS, **{name: (kind, None) for name, kind in TRAINING_PATHS.items()}}
+
+
+PATH_CASES = ["missing", "a file", "an empty folder", "a link loop", "inside a file", "unreadable"]
+WORKS = {("new-folder", "missing"), ("new-folder", "an empty folder"), ("file", "a file")}
+
+
+def _make(tmp, case):
+    (tmp / "taken").write_text("some text\n")
+    (tmp / "empty").mkdir()
+    (tmp / "loop").symlink_to(tmp / "loop")
+    return {"missing": tmp / "nope", "a file": tmp / "taken", "an empty folder": tmp / "empty",
+            "a link loop": tmp / "loop", "inside a file": tmp / "taken" / "x",
+            "unreadable": tmp / "empty"}[case]
+
+
+def test_every_text_field_is_declared_a_path_or_not():
+    """A text flag added later must be placed in config.PATHS (then it is swept below) or NOT_PATHS."""
+    from lmstream.config import NOT_PATHS, PATHS
+    from lmstream.paths import KINDS
+    assert set(PATHS) | NOT_PATHS == set(TEXT_FIELDS) and not set(PATHS) & NOT_PATHS
+    assert all(kind in KINDS for kind, _ in PATHS.values())
+
+
+@pytest.mark.parametrize("flag", sorted(_paths()))
+def test_every_path_flag_works_right_or_names_itself_in_one_sentence(tmp_path, monkeypatch, flag):
+    import logging
+    import os
+
+    import lmstream
+    from conftest import SAMPLE
+    kind = _paths()[flag][0]
+    logging.disable(logging.WARNING)
+    try:
+        for case in PATH_CASES:
+            tmp = tmp_path / case.replace(" ", "-")
+            tmp.mkdir()
+            path = str(_make(tmp, case))
+            if case == "unreadable":   # what the file system says to a user without the right (root is never told)
+                real = os.access
+                monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if os.fspath(p) == path
+                                    else real(p, mode, *a, **k))
+            given = {"config_name": TINY_MODEL, "dataset_name": SAMPLE, "dataset_config_name": "python-docs",
+                     "do_train": True, "max_steps": 1, "dataset_block_size": 64, "max_train_samples": 8,
+                     "per_device_train_batch_size": 2, "report_to": "none", "output_dir": str(tmp / "out"),
+                     "dataset_streaming": flag != "tokenized_dataset_save_dir", flag: path}
+            if flag == "model_name_or_path":
+                del given["config_name"]
+            before = sorted(os.listdir(tmp))
+            try:
+                run = lmstream.Run(*lmstream.parse_args(given))
+                run.load_model()
+                run.load_data()
+                next(iter(run.train_dataset))
+                run.close()
+                assert (kind, case) in WORKS, f"{flag} as {case} was taken"
+            except ConfigError as err:
+                said = str(err)
+                assert (kind, case) not in WORKS, (case, said)
+                assert flag in said and path in said and "\n" not in said, (case, said)
+                if case != "an empty folder":   # refused before anything was read or written
+                    assert sorted(os.listdir(tmp)) == before, (case, said)
+            monkeypatch.undo()
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def test_a_dataset_mixture_source_is_a_path_too(tmp_path):
+    from lmstream.config import DataArguments
+    from conftest import SAMPLE
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    for bad, says in ((tmp_path / "nope", "does not exist"), (tmp_path / "loop", "leads through symbolic links back into themselves")):
+        spec = [{"name": SAMPLE, "weight": 1}, {"name": str(bad), "weight": 1}]
+        with pytest.raises(ConfigError, match=f"dataset_mixture source 1 '{bad}' {says}"):
+            DataArguments(dataset_mixture=spec)
+
+
+@pytest.mark.parametrize("case", ["missing", "an empty folder", "a link loop"])
+def test_an_arguments_file_that_cannot_be_read_is_one_sentence(tmp_path, case):
+    import shutil
+
+    from lmstream.arguments import parse_args
+    path = _make(tmp_path, case)
+    named = tmp_path / "args.yaml"
+    if case == "a link loop":
+        named.symlink_to(named)
+    elif case == "an empty folder":
+        shutil.move(str(path), str(named))
+    with pytest.raises(ConfigError, match=r"Arguments file '.*args\.yaml' (does not exist|is a folder, not a "
+                                          r"file|leads through symbolic links back)"):
+        parse_args([str(named)])
+
+
+def test_a_path_flag_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    taken = _make(tmp_path, "a file")
+    proc = subprocess.run([sys.executable, "-m", "lmstream.cli", "--config_name", TINY_MODEL,
+                           "--tokenized_dataset_load_dir", str(taken), "--output_dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: tokenized_dataset_load_dir '{taken}' is a file, not a folder: give the folder `python -m "
+        "lmstream.prepare` wrote.")
+    assert not (tmp_path / "out").exists()

@@ -57,7 +57,9 @@ def _from_builder(name: str, config: str | None, split: str, policy: RetryPolicy
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure to read a local repository
-            raise ConfigError(f"Could not read the dataset repository '{name}': {err}") from None
+            why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"Could not read dataset_name '{name}' as a dataset repository "
+                              f"({why}): check the folder and its README's configs.") from None
     else:
         builder = hub.call(build, name, "resolve", policy)
     files = builder.config.data_files or {}
@@ -136,7 +138,8 @@ def _resolve_one(entry: str, config: str | None, split: str, policy: RetryPolicy
     if os.path.isfile(entry):
         return _shards_from_files([entry], entry)
     if not _HUB_ID.match(entry):
-        raise ConfigError(f"No file or directory '{entry}' (dataset_name): check the path.")
+        raise ConfigError(f"dataset_name '{entry}' does not exist: check the path (or give a Hub "
+                          "id).")
     # a hub id
     return (hub.resolve_hub(entry, config, split, policy)
             or _from_builder(entry, config, split, policy))

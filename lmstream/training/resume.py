@@ -57,8 +57,8 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
                 if not isinstance(json.load(f).get("global_step"), int):
                     raise ValueError("no global_step")
         except FileNotFoundError:
-            raise ConfigError(f"Checkpoint '{folder}' has no trainer_state.json: resume "
-                              f"from a complete checkpoint.") from None
+            raise ConfigError(f"resume_from_checkpoint '{folder}' has no trainer_state.json: "
+                              f"resume from a complete checkpoint.") from None
         except (OSError, ValueError, AttributeError) as err:
             raise ConfigError(f"Checkpoint file '{state}' is unreadable ({err}): resume "
                               f"from an earlier checkpoint.") from None

@@ -28,6 +28,7 @@ from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..arguments import check_training_numbers
+from ..paths import check_paths
 from . import lineage
 from .data import build_datasets
 from ..errors import ConfigError
@@ -86,6 +87,7 @@ class Run:
         folder's lock."""
         a = self.training_args
         check_training_numbers(a)
+        check_paths(a)
         if not (a.do_train or a.do_eval):
             raise ConfigError("Neither do_train nor do_eval is set, so the run would do nothing: "
                               "pass --do_train true (and --do_eval true to evaluate).")

@@ -46,6 +46,9 @@ def output_lock(output_dir: str):
     """Hold output_dir's run lock for the `with` block (on rank 0 only: call it from the main
     process)."""
     path = os.path.join(output_dir, LOCK)
+    # the folders this lock makes go again with it when the run left nothing in them (a refused
+    # start writes nothing)
+    made = [d for d in (os.path.dirname(path), output_dir) if not os.path.exists(d)]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(),
           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -76,3 +79,6 @@ def output_lock(output_dir: str):
     finally:
         if (_holder(path) or {}).get("pid") == me["pid"]:
             os.remove(path)
+        for folder in made:
+            with contextlib.suppress(OSError):   # not empty: the run wrote there
+                os.rmdir(folder)
