@@ -68,9 +68,15 @@ def number_fields(cls) -> dict:
     return out
 
 
+# an int field fits a 64-bit integer (numpy, torch); a float field is seconds or a fraction, and a
+# wait beyond about 31 years does not fit the platform's time_t (an OverflowError deep in a socket)
+_LARGEST = {int: 2 ** 63 - 1, float: 1e9}
+
+
 def check_numbers(args) -> None:
     """Every number field of an argument dataclass, from its declared type: an int field holds a
-    whole number, a float field a finite one, neither negative (None where the field allows it).
+    whole number below 2**63, a float field a finite one up to 1e9, neither negative (None where
+    the field allows it).
     A field added later is checked without anyone listing it."""
     for name, kind in number_fields(type(args)).items():
         v = getattr(args, name)
@@ -82,6 +88,8 @@ def check_numbers(args) -> None:
             raise ConfigError(f"{name}={v!r} must be {what} (see --help).")
         if not math.isfinite(v) or v < 0:
             raise ConfigError(f"{name}={v} must be a finite number, 0 or more (see --help).")
+        if v > _LARGEST[kind]:
+            raise ConfigError(f"{name}={v} is too large: at most {_LARGEST[kind]:g} (see --help).")
         if kind is int and isinstance(v, float):
             setattr(args, name, int(v))   # 128.0 from a YAML or JSON file is 128
 

@@ -36,6 +36,21 @@ class RetryPolicy:
     budget: float = 600.0
 
 
+class ChangedFile(OSError):
+    """A file that is not the version this run began reading (another size, modification time or
+    ETag): reading on would train on a mix of two versions, so no retry is made."""
+
+    def __init__(self, message: str, status: int | None = 409, headers=None):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An error's message on one line (a library's may hold several), at most `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Unreadable(ConfigError):
     """A shard that cannot be read (permanently, or after all retries); `cause` is the last
     error."""
@@ -133,12 +148,19 @@ def on_fault(err: BaseException, url: str, policy: RetryPolicy, attempt: int, wh
     budget are spent."""
     if isinstance(err, Unreadable):
         raise err
+    changed = next((e for e in _chain(err) if isinstance(e, ChangedFile)), None)
+    if changed is not None:
+        raise Unreadable(f"{changed}: stopped rather than train on two versions of one file; "
+                         "restore it, or resume from the last checkpoint with "
+                         "--dataset_accept_changed_data true to train on the new content.",
+                         err) from None
     if not is_transient(err):
-        raise Unreadable(f"Could not {what} '{url}': {type(err).__name__}: {err}", err) from None
+        raise Unreadable(f"Could not {what} '{url}': {type(err).__name__}: {one_line(err)}",
+                         err) from None
     elapsed = 0.0 if started is None else time.monotonic() - started
     if attempt >= policy.max_attempts or elapsed >= policy.budget:
         raise Unreadable(f"Gave up on '{url}' after {attempt} attempts in {elapsed:.0f} s "
-                         f"({what}); last error {type(err).__name__}: {err}. Raise "
+                         f"({what}); last error {type(err).__name__}: {one_line(err)}. Raise "
                          "dataset_max_retries / dataset_retry_budget or check the "
                          "store.", err) from None
     asked = retry_after(err)

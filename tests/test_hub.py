@@ -420,3 +420,20 @@ def test_retries_say_how_much_of_their_budget_they_spent(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2 and all("retry budget spent" in line and "of its 30 s" in line for line in lines)
     assert "retry 1/29" in lines[0] and "retry 2/29" in lines[1]
+
+
+def test_bytes_that_are_not_utf8_follow_the_same_rule_on_the_hub(tmp_path, hub_env):
+    """The rule of docs/reliability.md over the Hub: bytes that are not UTF-8 in a Parquet string column are
+    replaced and counted. (A file cannot change under a commit there: the Hub serves a commit's bytes.)"""
+    folder = tmp_path / "damaged"
+    (folder / "data").mkdir(parents=True)
+    raw = pa.array([b"fine %d " % i * 30 + (b"\xff" if i == 3 else b"") for i in range(400)], pa.binary())
+    pq.write_table(pa.table({"text": raw.view(pa.string())}), folder / "data" / "train.parquet", row_group_size=50)
+    (folder / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                      "    path: data/*\n---\n")
+    with HubServer({"someone/damaged": str(folder)}) as url:
+        hub_env(url)
+        args = lmstream.DataArguments(dataset_name="someone/damaged", **FAST)
+        stream = DocumentStream(lmstream.plan_dataset(args), args, 0, 0, 1, shuffle=False)
+        docs = [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+    assert len(docs) == 400 and docs[3].endswith("\ufffd") and stream.stats["docs_invalid_utf8"] == 1

@@ -23,11 +23,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from . import ranges, textfiles
 from ..config import DataArguments
 from ..errors import ConfigError
-from .longtext import LongText, with_long_texts
+from .longtext import LongText, valid_utf8, with_long_texts
 from .plan import Piece, Plan, WindowRest, split_item
 from .closing import close_at_exit
 from .readahead import ReadAhead
@@ -120,11 +121,15 @@ class DocumentStream:
         shard = self.plan.shards[piece.shard]
         try:
             if shard.format == "parquet":
-                texts, sizes = with_long_texts(ahead.take(k, pieces).column(0).slice(skip))
-                rows = zip(texts, itertools.repeat(False), sizes)
+                column = ahead.take(k, pieces).column(0).slice(skip)
+                column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+                column, bad = valid_utf8(column)
+                texts, sizes = with_long_texts(column)
+                rows = zip(texts, bad or itertools.repeat(False), sizes)
             else:   # compressed streams cannot seek: re-read up to the row
                 rows = ((text, bad, None) for text, bad in
-                        textfiles.line_rows(shard, skip, self.args, self.policy, self.stats))
+                        textfiles.line_rows(shard, skip, self.args, self.policy, self.stats,
+                                            self.plan.seen))
             for i, (text, bad, size) in enumerate(rows, skip):
                 if piece.stride > 1 and i % piece.stride != piece.offset:
                     # another slot's row: advance the position only
@@ -149,7 +154,7 @@ class DocumentStream:
         def read():
             return ranges.read_columns(shard.url, shard.size, self.plan.footers[piece.shard],
                                        piece.row_group, [self.args.dataset_text_field],
-                                       self.policy.read_timeout)
+                                       self.policy.read_timeout, self.plan.seen)
         table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of",
                              self.stats)
         self.stats["read_seconds"] += time.perf_counter() - t0

@@ -76,6 +76,8 @@ class Plan:
     digests: dict = field(default_factory=dict)
     # the arguments it was planned from (name, config, split, field)
     source: dict = field(default_factory=dict)
+    # url -> the version of the file this plan's readers first saw (ranges.same_version); not saved
+    seen: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,

@@ -6,9 +6,10 @@ exactly the bytes it spans (one request), never a whole file or a fixed 8 MB blo
 
 http(s) URLs (the Hub's `resolve` URLs included) are read with httpx: redirects followed (a Hub
 token is sent to the Hub's own host only, never to the storage host it redirects to), `206 Partial
-Content` and the file size checked on every answer, so a file replaced under the same name is
-noticed, not mis-read. s3://, gs://, hf:// go through fsspec's `cat_file`. Errors carry the HTTP
-status and headers, for retry.py.
+Content`, the file size and its version (ETag or Last-Modified; a local file's size and modification
+time) checked on every read against the plan and the first read, so a file replaced under the same
+name, even while it is being read, is noticed, not mis-read (ChangedFile). s3://, gs://, hf:// go
+through fsspec's `cat_file`. Errors carry the HTTP status and headers, for retry.py.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import io
 import os
 import re
 import threading
+
+from .versions import file_version, same_version
 
 _LOCAL = threading.local()
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -28,10 +31,6 @@ class RemoteError(OSError):
     def __init__(self, message: str, status: int | None = None, headers=None):
         super().__init__(message)
         self.status, self.headers = status, headers
-
-
-class ChangedFile(RemoteError):
-    """The file's size is not the one the plan recorded: it was replaced under the same name."""
 
 
 def is_remote(url: str) -> bool:
@@ -71,7 +70,8 @@ def _auth_headers(url: str) -> dict:
     return {"Authorization": f"Bearer {token()}"} if token() and url.startswith(endpoint()) else {}
 
 
-def _http_range(url: str, start: int, end: int | None, size: int | None, timeout: float | None):
+def _http_range(url: str, start: int, end: int | None, size: int | None, timeout: float | None,
+                seen: dict | None = None):
     """Bytes [start, end) of an http(s) URL (end None with start < 0: the last -start bytes); and
     the file size."""
     import httpx
@@ -86,9 +86,7 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
     m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
     total = int(m.group(3)) if m and m.group(3) != "*" else (len(body) if r.status_code == 200
                                                              else None)
-    if size is not None and total is not None and total != size:
-        raise ChangedFile(f"'{url}' now has {total} bytes, the plan recorded {size}", 409,
-                          r.headers)
+    same_version(url, file_version(url, r.headers), seen, total, size)
     if r.status_code == 200:   # the server ignored Range: keep the asked part
         lo = start if start >= 0 else max(0, len(body) + start)
         body = body[lo:end if end is not None else None]
@@ -103,14 +101,17 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
 
 
 def fetch(url: str, start: int, end: int, size: int | None = None,
-          timeout: float | None = None) -> bytes:
-    """Bytes [start, end) of a local path or URL."""
+          timeout: float | None = None, seen: dict | None = None) -> bytes:
+    """Bytes [start, end) of a local path or URL; ChangedFile when the file is not `size` bytes
+    or not the version first `seen` (see same_version)."""
     if not is_remote(url):
         with open(url, "rb") as f:
+            st = os.fstat(f.fileno())
+            same_version(url, file_version(url, st), seen, st.st_size, size)
             f.seek(start)
             return f.read(end - start)
     if url.startswith(("http://", "https://")):
-        return _http_range(url, start, end, size, timeout)[0]
+        return _http_range(url, start, end, size, timeout, seen)[0]
     import fsspec
     fs, path = fsspec.core.url_to_fs(url)
     data = fs.cat_file(path, start=start, end=end)
@@ -227,7 +228,7 @@ def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int,
 
 
 def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
-                 timeout: float | None):
+                 timeout: float | None, seen: dict | None = None):
     """One row group's columns `names`, fetching exactly their column chunks (one request for
     adjacent ones)."""
     import pyarrow.parquet as pq
@@ -239,8 +240,8 @@ def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    ranges = {a: fetch(url, a, b, size, timeout) for a, b in merged}
-    f = SparseFile(size, ranges, miss=lambda a, b: fetch(url, a, b, size, timeout))
+    ranges = {a: fetch(url, a, b, size, timeout, seen) for a, b in merged}
+    f = SparseFile(size, ranges, miss=lambda a, b: fetch(url, a, b, size, timeout, seen))
     return pq.ParquetFile(f, metadata=footer).read_row_group(row_group, columns=names)
 
 

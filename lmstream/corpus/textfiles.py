@@ -7,21 +7,29 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import time
 
 from ..config import DataArguments
 from ..errors import ConfigError
-from ..retry import RetryPolicy, Unreadable, on_fault
+from ..retry import ChangedFile, RetryPolicy, Unreadable, on_fault
+from .ranges import is_remote
 from .shards import Shard
+from .versions import file_version, same_version
 from .sources import open_binary
 
 
-def lines(url: str, timeout: float | None = None):
-    """Binary lines of a (possibly .gz/.zst/.bz2/.xz compressed) file, streamed."""
+def lines(url: str, timeout: float | None = None, size: int | None = None,
+          seen: dict | None = None):
+    """Binary lines of a (possibly .gz/.zst/.bz2/.xz compressed) file, streamed. The file's version
+    is checked when it is opened and again at its end (ranges.same_version against `size`, the
+    plan's, and `seen`): a file that changed while it was read raises ChangedFile, never yields a
+    mix of two versions in silence."""
     from fsspec.compression import compr
     from fsspec.utils import infer_compression
     comp = "zstd" if url.endswith(".zst") else infer_compression(url)
     with open_binary(url, timeout=timeout) as raw:
+        _check_version(url, raw, size, seen, opened=True)
         if comp is None:
             yield from raw
         elif comp == "zstd":
@@ -29,6 +37,25 @@ def lines(url: str, timeout: float | None = None):
         else:
             with compr[comp](raw, mode="rb") as f:
                 yield from f
+        _check_version(url, raw, size, seen, opened=False)
+
+
+def _check_version(url: str, raw, size: int | None, seen: dict | None, opened: bool) -> None:
+    """ChangedFile if `url` is not the version of the plan and of the first read: a local file's
+    stat, an fsspec file's details when it was opened and the store's answer at the end."""
+    if size is None and seen is None:
+        return
+    if not is_remote(url):
+        info = os.fstat(raw.fileno()) if opened and raw is not None else os.stat(url)
+        now = info.st_size
+    else:
+        info = getattr(raw, "details", None) if opened else None
+        if info is None:
+            import fsspec
+            fs, path = fsspec.core.url_to_fs(url)
+            info = fs.info(path)
+        now = info.get("size")
+    same_version(url, file_version(url, info), seen, now, size)
 
 
 def _zstd_lines(raw, chunk_bytes: int = 1 << 20):
@@ -111,7 +138,8 @@ def text_samples(lines, sample_by: str):
         yield decode(b"".join(buf))
 
 
-def line_rows(shard: Shard, skip: int, args: DataArguments, policy: RetryPolicy, stats: dict):
+def line_rows(shard: Shard, skip: int, args: DataArguments, policy: RetryPolicy, stats: dict,
+              seen: dict | None = None):
     """(text, invalid_utf8) of each row of a JSON Lines or text shard from row `skip` on; after a
     transient fault the file is opened again and what was delivered skipped (compressed streams
     cannot seek)."""
@@ -119,21 +147,26 @@ def line_rows(shard: Shard, skip: int, args: DataArguments, policy: RetryPolicy,
     while True:
         attempt += 1
         try:
-            for row in itertools.islice(_parsed(shard, args, policy), delivered, None):
+            for row in itertools.islice(_parsed(shard, args, policy, seen), delivered, None):
                 delivered += 1
                 yield row
             return
-        except ConfigError as err:
-            if not isinstance(err, Unreadable):
-                raise        # bad content (not JSON, missing field): no retry helps
-            on_fault(err, shard.url, policy, attempt, "read", stats, started)
-        # on_fault retries transient faults, reports the rest
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - on_fault retries transient faults, reports the rest
+            if not isinstance(err, (Unreadable, ChangedFile)):
+                # bad content (not JSON, a damaged stream), unless the file changed under the reader
+                try:
+                    _check_version(shard.url, None, shard.size, seen, opened=False)
+                except ChangedFile as changed:
+                    err = changed
+                except Exception:  # noqa: BLE001 - the check is a courtesy: the first error stands
+                    pass
+            if isinstance(err, ConfigError) and not isinstance(err, Unreadable):
+                raise        # bad content: no retry helps
             on_fault(err, shard.url, policy, attempt, "read", stats, started)
 
 
-def _parsed(shard: Shard, args: DataArguments, policy: RetryPolicy):
-    raw = lines(shard.url, policy.read_timeout)
+def _parsed(shard: Shard, args: DataArguments, policy: RetryPolicy, seen: dict | None = None):
+    raw = lines(shard.url, policy.read_timeout, shard.size, seen)
     if shard.format == "json":
         return json_texts(raw, shard.url, args.dataset_text_field)
     return text_samples(raw, args.dataset_text_sample_by)

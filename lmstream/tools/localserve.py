@@ -9,6 +9,7 @@ without leaving the machine.
 """
 from __future__ import annotations
 
+import email.utils
 import functools
 import http.server
 import os
@@ -90,6 +91,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Last-Modified", email.utils.formatdate(os.path.getmtime(path), usegmt=True))
         self.end_headers()
         if head:
             return

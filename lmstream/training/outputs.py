@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import pathlib
+import re
 import shutil
 
 
@@ -32,13 +33,17 @@ def storage_error(err: BaseException, output_dir: str) -> str | None:
     folder, a link loop, a name too long, ...); None for anything else."""
     where = getattr(err, "filename", None) or output_dir
     code = getattr(err, "errno", None)
+    if code is None:   # a native library's error (the tokenizers crate: "... (os error 21)")
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        code = int(found.group(1)) if found else None
+    strerror = getattr(err, "strerror", None) or (os.strerror(code) if code else "")
     if (code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in str(err)
             or "file write failed" in str(err)):
         return (f"No space left on the device while writing '{where}': free space or choose "
                 "another output_dir (files are written whole or not at all; the last complete "
                 "checkpoint is intact).")
     if code in _PATH_ADVICE:
-        return f"Cannot write '{where}' ({err.strerror}): {_PATH_ADVICE[code]}."
+        return f"Cannot write '{where}' ({strerror}): {_PATH_ADVICE[code]}."
     return None
 
 

@@ -56,7 +56,7 @@ def step(method):
         except BaseException as err:
             self.close()
             sentence = None
-            if isinstance(err, (OSError, RuntimeError)):
+            if isinstance(err, Exception) and not isinstance(err, ConfigError):
                 sentence = storage_error(err, self.training_args.output_dir)
             if sentence is None:
                 raise
