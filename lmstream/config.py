@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import ConfigError
-from .paths import check_one, check_paths
+from .paths import PATHS, check_one, check_paths
 from .retry import RetryPolicy
 
 
@@ -92,23 +92,6 @@ def check_numbers(args) -> None:
             raise ConfigError(f"{name}={v} is too large: at most {_LARGEST[kind]:g} (see --help).")
         if kind is int and isinstance(v, float):
             setattr(args, name, int(v))   # 128.0 from a YAML or JSON file is 128
-
-
-# Which text fields are paths, and of which kind (lmstream.paths.KINDS), with what to do when one
-# cannot be read; every other text field is named in NOT_PATHS, so that a field added later must be
-# placed in one or the other (tests/test_sweeps.py holds it) and is then swept as what it is.
-PATHS = {
-    "dataset_name": ("source", None),
-    "tokenized_dataset_save_dir": ("new-folder", None),
-    "tokenized_dataset_load_dir": ("folder", "give the folder `python -m lmstream.prepare` wrote"),
-    "dataset_skip_documents": ("file", "give a text file of document ids or urls, one per line"),
-    "model_name_or_path": ("model", None),
-    "config_name": ("model", None),
-    "tokenizer_name": ("model", None),
-}
-NOT_PATHS = {"dataset_config_name", "dataset_mixture", "dataset_train_split", "dataset_test_split",
-             "dataset_text_field", "dataset_text_sample_by", "dataset_tokenizer_backend",
-             "dataset_skip_steps", "config_overrides", "torch_dtype", "attn_implementation"}
 
 
 @dataclass

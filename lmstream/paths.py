@@ -1,12 +1,12 @@
 """The paths a user names (flags, an arguments file, a mixture's sources), checked before anything
 is read or written: one sentence naming the flag and the path, by what the file system says of it.
 
-Every text field of the argument dataclasses is placed in config.PATHS (with its kind: "source",
-"file", "folder", "new-folder") or config.NOT_PATHS, so a flag added later is checked (and swept by
+Every text field of the argument dataclasses is placed in PATHS (with its kind: "source",
+"file", "folder", "new-folder") or NOT_PATHS, so a flag added later is checked (and swept by
 tests/test_sweeps.py) once its kind is declared, without a case of its own.
 
     check_path("tokenized_dataset_load_dir", "blocks/", "folder", "run `python -m lmstream.prepare` first")
-    check_paths(data_args, config.PATHS)    # every field that is a path
+    check_paths(data_args, PATHS)    # every field that is a path
     check_paths(training_args)              # output_dir, resume_from_checkpoint
 """
 from __future__ import annotations
@@ -28,6 +28,22 @@ _WHY = {
     errno.EPERM: "cannot be read (permission denied)",
     errno.ENAMETOOLONG: "is a name too long for the file system",
 }
+# Which text fields of the argument dataclasses (lmstream.config) are paths, and of which kind
+# (KINDS), with what to do when one cannot be read; every other text field is named in NOT_PATHS,
+# so that a field added later must be placed in one or the other (tests/test_sweeps.py holds it)
+# and is then swept as what it is.
+PATHS = {
+    "dataset_name": ("source", None),
+    "tokenized_dataset_save_dir": ("new-folder", None),
+    "tokenized_dataset_load_dir": ("folder", "give the folder `python -m lmstream.prepare` wrote"),
+    "dataset_skip_documents": ("file", "give a text file of document ids or urls, one per line"),
+    "model_name_or_path": ("model", None),
+    "config_name": ("model", None),
+    "tokenizer_name": ("model", None),
+}
+NOT_PATHS = {"dataset_config_name", "dataset_mixture", "dataset_train_split", "dataset_test_split",
+             "dataset_text_field", "dataset_text_sample_by", "dataset_tokenizer_backend",
+             "dataset_skip_steps", "config_overrides", "torch_dtype", "attn_implementation"}
 # TrainingArguments' paths (its fields carry no metadata of ours)
 TRAINING_PATHS = {"output_dir": "new-folder", "resume_from_checkpoint": "checkpoint"}
 KINDS = ("source", "model", "file", "folder", "new-folder", "checkpoint")
@@ -123,7 +139,7 @@ def check_one(flag: str, value, kind: str, hint: str | None = None) -> None:
 
 
 def path_fields(obj, kinds: dict | None = None) -> dict[str, tuple[str, str | None]]:
-    """{field: (kind, hint)} of the paths among `obj`'s fields: those `kinds` names (config.PATHS),
+    """{field: (kind, hint)} of the paths among `obj`'s fields: those `kinds` names (PATHS),
     or TrainingArguments' own."""
     names = {f.name for f in dataclasses.fields(obj)}
     table = {**{k: (v, None) for k, v in TRAINING_PATHS.items()}, **(kinds or {})}

@@ -122,6 +122,9 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.unquote(url.path)
         query = urllib.parse.parse_qs(url.query)
         kind = "cdn" if path.startswith("/cdn/") else "api" if path.startswith("/api/") else "resolve"
+        if kind == "resolve" and srv.over_quota():
+            srv.log("resolve-429", self.command, self.path, None, "429", None)
+            return self._send(429, b"", {"Retry-After": str(srv.window_left()), **srv.rate_headers()}, head)
         fault = srv.next_fault(kind, self.command)
         srv.log(kind, self.command, self.path, self.headers.get("Range"), fault, self.headers.get("Authorization"))
         if kind == "cdn":
@@ -203,10 +206,14 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         entry, data = snap.entry(file), snap.files[file]
         headers = {"X-Repo-Commit": snap.sha, "ETag": f'"{entry["oid"]}"', "Accept-Ranges": "bytes"}
         if "lfs" in entry:
+            srv = self.server.hub
             sha256 = entry["lfs"]["oid"]
-            self.server.hub.blobs[sha256] = data
-            headers.update({"Location": f"{self.server.hub.cdn}/cdn/{sha256}?repo={urllib.parse.quote(repo)}",
-                            "X-Linked-Size": len(data), "X-Linked-Etag": f'"{sha256}"'})
+            srv.blobs[sha256] = data
+            expires = int(time.time() + srv.url_ttl)
+            signature = srv.sign(sha256, expires)
+            headers.update({"Location": f"{srv.cdn}/cdn/{sha256}?repo={urllib.parse.quote(repo)}&Expires={expires}"
+                                        f"&Signature={signature}",
+                            "X-Linked-Size": len(data), "X-Linked-Etag": f'"{sha256}"', **srv.rate_headers()})
             return self._send(302, b"", headers, head)
         start, end, partial = parse_range(self.headers.get("Range"), len(data))
         if partial:
@@ -218,6 +225,12 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
         data = srv.blobs.get(sha256)
         if self._fault(fault, head):
             return
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        expires = int(query.get("Expires", ["0"])[0])
+        if query.get("Signature", [""])[0] != srv.sign(sha256, expires) or time.time() > expires:
+            srv.log("cdn-refused", self.command, self.path, None, None, None)
+            return self._send(403, b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>",
+                              {}, head)
         if data is None:
             return self._send(404, b"", {}, head)
         start, end, partial = parse_range(self.headers.get("Range"), len(data))
@@ -254,8 +267,15 @@ class HubServer:
 
     def __init__(self, repos: dict, gated=(), token: str = "hf_test", page_size: int = 3, api_faults=None,
                  cdn_faults=None, cdn_fault_rate: float = 0.0, cdn_fault_kinds=("reset",), seed: int = 0,
-                 retry_after: float = 0):
+                 retry_after: float = 0, url_ttl: float = 3600, resolver_quota: int = 0, quota_window: float = 300):
         self.folders = dict(repos)
+        # signed storage URLs: valid url_ttl seconds, under a key that rotate_keys() replaces (every URL
+        # given out before is refused with a 403, as an expired one is)
+        self.url_ttl, self.key = url_ttl, os.urandom(8).hex()
+        # the "resolvers" quota: resolver_quota resolve/ requests per quota_window seconds (0: none),
+        # told in RateLimit / RateLimit-Policy headers; a request over it is answered 429
+        self.resolver_quota, self.quota_window = resolver_quota, quota_window
+        self.window_start, self.window_used = time.monotonic(), 0
         self.repos = set(repos)
         self.gated, self.token, self.page_size = set(gated), token, page_size
         self.snapshots: dict = {r: {} for r in repos}
@@ -286,6 +306,39 @@ class HubServer:
         self.snapshots[repo][snap.sha] = snap
         self.snapshots[repo]["main"] = snap.sha
         return snap.sha
+
+    def sign(self, sha256: str, expires: int) -> str:
+        return hashlib.sha256(f"{self.key}/{sha256}/{expires}".encode()).hexdigest()[:32]
+
+    def rotate_keys(self) -> None:
+        self.key = os.urandom(8).hex()
+
+    def resolves(self) -> int:
+        """resolve/ requests so far (those answered 429 included)."""
+        return sum(1 for k, *_ in self.requests if k in ("resolve", "resolve-429"))
+
+    def _roll_window(self) -> None:
+        if time.monotonic() - self.window_start >= self.quota_window:
+            self.window_start, self.window_used = time.monotonic(), 0
+
+    def window_left(self) -> int:
+        return max(1, int(self.quota_window - (time.monotonic() - self.window_start) + 0.999))
+
+    def over_quota(self) -> bool:
+        """Counts a resolve/ request against the quota: True when it is over."""
+        if not self.resolver_quota:
+            return False
+        with self.lock:
+            self._roll_window()
+            self.window_used += 1
+            return self.window_used > self.resolver_quota
+
+    def rate_headers(self) -> dict:
+        if not self.resolver_quota:
+            return {}
+        left = max(0, self.resolver_quota - self.window_used)
+        return {"RateLimit": f'"resolvers";r={left};t={self.window_left()}',
+                "RateLimit-Policy": f'"fixed window";"resolvers";q={self.resolver_quota};w={int(self.quota_window)}'}
 
     def outage(self, seconds: float) -> None:
         self.outage_until = time.monotonic() + seconds

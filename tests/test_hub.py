@@ -250,6 +250,12 @@ def test_the_reference_command_trains_resumes_bitwise_and_pins_the_commit(tmp_pa
         server.cdn_fault_rate = 0.0
         clean = run(tmp_path / "clean", endpoint)
         assert clean.returncode == 0, clean.stderr[-3000:]
+        # the request budget on the terminal; the workers, forked after the plan's footer reads, read every
+        # row group from the storage URLs those resolved (lmstream.corpus.signed)
+        assert any(line.startswith("lmstream: hub ") for line in clean.stdout.splitlines()), clean.stdout
+        with open(tmp_path / "clean" / "all_results.json") as f:
+            metrics = json.load(f)
+        assert metrics["data_hub_bytes"] > 0 and metrics.get("data_hub_resolves", 0) == 0, metrics
         server.cdn_fault_rate = 0.2
         faulty = run(tmp_path / "faulty", endpoint)
         assert faulty.returncode == 0, faulty.stderr[-3000:]
@@ -437,3 +443,73 @@ def test_bytes_that_are_not_utf8_follow_the_same_rule_on_the_hub(tmp_path, hub_e
         stream = DocumentStream(lmstream.plan_dataset(args), args, 0, 0, 1, shuffle=False)
         docs = [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
     assert len(docs) == 400 and docs[3].endswith("\ufffd") and stream.stats["docs_invalid_utf8"] == 1
+
+
+@pytest.fixture(scope="module")
+def many_groups(tmp_path_factory):
+    """4 files of 40 row groups each: FineWeb's files hold many row groups, which is where reuse pays."""
+    return make_fineweb(str(tmp_path_factory.mktemp("groups")), docs_per_file=200, files=4, rows_per_group=5)
+
+
+def _epoch(plan, args):
+    stream = DocumentStream(plan, args, 0, 0, 1, shuffle=False)
+    return [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs], stream.stats
+
+
+def test_a_files_signed_storage_url_is_reused_for_every_row_group(many_groups, hub_env):
+    """One resolve/ per file, at plan time (the footer); every row group of the epoch is read from the signed
+    storage URL it redirected to: resolves per row group read 0.03 (it was 1.0), the same documents."""
+    from lmstream.corpus import signed
+    signed.forget_all()
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        args = _args(dataset_readahead_bytes=0)
+        plan = lmstream.plan_dataset(args)
+        planned = server.resolves()
+        docs, stats = _epoch(plan, args)
+    groups = sum(1 for p in plan.pieces if p.row_group >= 0)
+    assert groups == 160 and docs == _local_docs(many_groups)
+    assert server.resolves() == planned and stats.get("hub_resolves", 0) == 0
+    assert server.resolves() / groups <= 0.05, (server.resolves(), groups)
+    assert stats["hub_bytes"] > 0
+
+
+def test_signed_urls_that_expire_mid_epoch_are_resolved_again_once_and_no_read_fails(many_groups, hub_env):
+    """The storage host refuses every URL it gave out (keys rotated, as when they expire): each file is resolved
+    again once, on its next read, and the epoch's documents are the same, with no retry."""
+    from lmstream.corpus import signed
+    signed.forget_all()
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        args = _args(dataset_readahead_bytes=0, dataset_shuffle=True, dataset_shuffle_buffer=20)
+        plan = lmstream.plan_dataset(args)
+        stream = DocumentStream(plan, args, 0, 0, 1)
+        windows = stream.windows(0, 0, (0, 0))
+        docs = list(next(windows).docs)
+        server.rotate_keys()
+        docs += [d for w in windows for d in w.docs]
+    refused = [r for r in server.requests if r[0] == "cdn-refused"]
+    assert sorted(docs) == sorted(_local_docs(many_groups)) and stream.stats["retries"] == 0
+    assert 1 <= len(refused) <= 4 and stream.stats["hub_resolves"] == len(refused)
+
+
+def test_resolves_are_paced_by_the_hubs_ratelimit_headers_before_a_429(many_groups, hub_env, monkeypatch, caplog):
+    """A resolvers quota of 12 per 1 s window, told in RateLimit headers, and a reader that must resolve for
+    every row group (its storage URLs not kept, as for many processes sharing a quota): 40 reads wait for
+    the window as the quota runs low instead of spending it into 429s, and say so once."""
+    from lmstream.corpus import signed
+    signed.forget_all()
+    monkeypatch.setattr(signed, "remember", lambda url, storage: None)
+    server = HubServer({REPO: many_groups}, resolver_quota=12, quota_window=1)
+    with server as url, caplog.at_level(logging.WARNING, logger="lmstream"):
+        hub_env(url)
+        # one file of 40 row groups, by its resolve/ URL
+        args = lmstream.DataArguments(dataset_name=f"{url}/datasets/{REPO}/resolve/main/data/{CONFIG}/000_00000.parquet",
+                                      dataset_shuffle=False, dataset_readahead_bytes=0, **FAST)
+        docs, stats = _epoch(lmstream.plan_dataset(args), args)
+    assert docs == _local_docs(many_groups)[:200] and stats["hub_resolves"] == 40
+    assert [r for r in server.requests if r[0] == "resolve-429"] == []
+    paced = [r for r in caplog.records if "Hub resolves paced" in r.getMessage()]
+    assert len(paced) == 1 and "of the 12-per-window quota" in paced[0].getMessage()

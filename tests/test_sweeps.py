@@ -292,13 +292,12 @@ def test_every_text_field_given_blank_or_odd_text_works_or_names_itself(tmp_path
         logging.disable(logging.NOTSET)
 
 
-# Every path flag (config.PATHS and TrainingArguments' output_dir and resume_from_checkpoint, each with
+# Every path flag (lmstream.paths.PATHS and TrainingArguments' output_dir and resume_from_checkpoint, each with
 # its kind), tried with what a path can wrongly be. What right is, by kind: a folder to write into
 # ("new-folder") may be missing or empty (it is made, and the run goes on); a file may be any readable
 # file; anything else stops in one sentence naming the flag and the path, before anything is written.
 def _paths():
-    from lmstream.config import PATHS
-    from lmstream.paths import TRAINING_PATHS
+    from lmstream.paths import PATHS, TRAINING_PATHS
     return {**PATHS, **{name: (kind, None) for name, kind in TRAINING_PATHS.items()}}
 
 
@@ -316,8 +315,8 @@ def _make(tmp, case):
 
 
 def test_every_text_field_is_declared_a_path_or_not():
-    """A text flag added later must be placed in config.PATHS (then it is swept below) or NOT_PATHS."""
-    from lmstream.config import NOT_PATHS, PATHS
+    """A text flag added later must be placed in lmstream.paths.PATHS (then it is swept below) or NOT_PATHS."""
+    from lmstream.paths import NOT_PATHS, PATHS
     from lmstream.paths import KINDS
     assert set(PATHS) | NOT_PATHS == set(TEXT_FIELDS) and not set(PATHS) & NOT_PATHS
     assert all(kind in KINDS for kind, _ in PATHS.values())

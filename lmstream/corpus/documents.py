@@ -154,7 +154,7 @@ class DocumentStream:
         def read():
             return ranges.read_columns(shard.url, shard.size, self.plan.footers[piece.shard],
                                        piece.row_group, [self.args.dataset_text_field],
-                                       self.policy.read_timeout, self.plan.seen)
+                                       self.policy.read_timeout, self.plan.seen, self.stats)
         table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of",
                              self.stats)
         self.stats["read_seconds"] += time.perf_counter() - t0

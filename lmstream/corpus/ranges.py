@@ -13,11 +13,12 @@ through fsspec's `cat_file`. Errors carry the HTTP status and headers, for retry
 """
 from __future__ import annotations
 
-import io
 import os
 import re
 import threading
 
+from . import signed
+from .sparse import SparseFile  # noqa: F401 - ranges.SparseFile, as callers name it
 from .versions import file_version, same_version
 
 _LOCAL = threading.local()
@@ -70,19 +71,45 @@ def _auth_headers(url: str) -> dict:
     return {"Authorization": f"Bearer {token()}"} if token() and url.startswith(endpoint()) else {}
 
 
+def _get(url: str, headers: dict, timeout, counts: dict | None):
+    """GET with `headers`: a Hub file from its signed storage URL while that is fresh, else through
+    `resolve/` (paced by the Hub's RateLimit, counted in `counts`, the storage URL it redirects to
+    remembered; lmstream.corpus.signed)."""
+    hub = "/resolve/" in url and url.startswith(endpoint())
+    storage = signed.lookup(url) if hub else None
+    if storage is not None:
+        r = client().get(storage, headers=headers, timeout=timeout)
+        if r.status_code not in signed.REFUSED:
+            return r
+        signed.forget(url)   # expired or revoked: resolved again, once
+    if hub:
+        signed.pace()
+        if counts is not None:
+            counts["hub_resolves"] = counts.get("hub_resolves", 0) + 1
+    r = client().get(url, headers={**headers, **_auth_headers(url)}, timeout=timeout)
+    if hub:
+        for answer in (*r.history, r):
+            signed.told(answer.headers)
+        if r.history and r.status_code < 400:
+            signed.remember(url, str(r.url))
+    return r
+
+
 def _http_range(url: str, start: int, end: int | None, size: int | None, timeout: float | None,
-                seen: dict | None = None):
+                seen: dict | None = None, counts: dict | None = None):
     """Bytes [start, end) of an http(s) URL (end None with start < 0: the last -start bytes); and
     the file size."""
     import httpx
     # bytes=-n: the last n
     spec = f"bytes={start}" if end is None and start < 0 else f"bytes={start}-{end - 1}"
-    headers = {"Range": spec, "Accept-Encoding": "identity", **_auth_headers(url)}
+    headers = {"Range": spec, "Accept-Encoding": "identity"}
     t = httpx.Timeout(timeout) if timeout else httpx.Timeout(None)
-    r = client().get(url, headers=headers, timeout=t)
+    r = _get(url, headers, t, counts)
     if r.status_code >= 400:
         raise RemoteError(f"HTTP {r.status_code} for {url}", r.status_code, r.headers)
     body = r.content
+    if counts is not None and "/resolve/" in url:
+        counts["hub_bytes"] = counts.get("hub_bytes", 0) + len(body)
     m = _CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
     total = int(m.group(3)) if m and m.group(3) != "*" else (len(body) if r.status_code == 200
                                                              else None)
@@ -101,7 +128,8 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
 
 
 def fetch(url: str, start: int, end: int, size: int | None = None,
-          timeout: float | None = None, seen: dict | None = None) -> bytes:
+          timeout: float | None = None, seen: dict | None = None,
+          counts: dict | None = None) -> bytes:
     """Bytes [start, end) of a local path or URL; ChangedFile when the file is not `size` bytes
     or not the version first `seen` (see same_version)."""
     if not is_remote(url):
@@ -111,7 +139,7 @@ def fetch(url: str, start: int, end: int, size: int | None = None,
             f.seek(start)
             return f.read(end - start)
     if url.startswith(("http://", "https://")):
-        return _http_range(url, start, end, size, timeout, seen)[0]
+        return _http_range(url, start, end, size, timeout, seen, counts)[0]
     import fsspec
     fs, path = fsspec.core.url_to_fs(url)
     data = fs.cat_file(path, start=start, end=end)
@@ -135,66 +163,6 @@ def fetch_tail(url: str, nbytes: int, size: int | None = None,
     fs, path = fsspec.core.url_to_fs(url)
     total = size if size is not None else fs.size(path)
     return fetch(url, max(0, total - nbytes), total, total, timeout), total
-
-
-class SparseFile(io.RawIOBase):
-    """A read-only file of known size made of fetched byte ranges; a read outside them calls
-    `miss(start, end)`."""
-
-    def __init__(self, size: int, ranges: dict[int, bytes], miss=None):
-        self.size, self.ranges, self.miss, self.pos = size, dict(ranges), miss, 0
-        self.missed = 0   # bytes read outside the prefetched ranges
-
-    def readable(self):
-        return True
-
-    def seekable(self):
-        return True
-
-    def tell(self):
-        return self.pos
-
-    def seek(self, offset, whence=0):
-        self.pos = offset + (0, self.pos, self.size)[whence]
-        return self.pos
-
-    def read(self, n=-1):
-        end = self.size if n is None or n < 0 else min(self.size, self.pos + n)
-        out = self._slice(self.pos, end)
-        self.pos = end
-        return out
-
-    def readinto(self, b):
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def _slice(self, start: int, end: int) -> bytes:
-        """Bytes [start, end) from the fetched ranges, gaps filled by `miss` (each gap once, then
-        kept)."""
-        for at, data in self.ranges.items():   # the common case: inside one range
-            if at <= start and end <= at + len(data):
-                return data[start - at:end - at]
-        out, pos = [], start
-        for at, data in sorted(self.ranges.items()):
-            if at + len(data) <= pos or at >= end:
-                continue
-            if at > pos:
-                out.append(self._miss(pos, at))
-                pos = at
-            out.append(data[pos - at:min(end, at + len(data)) - at])
-            pos = min(end, at + len(data))
-        if pos < end:
-            out.append(self._miss(pos, end))
-        return b"".join(out)
-
-    def _miss(self, start: int, end: int) -> bytes:
-        if self.miss is None:
-            raise OSError(f"bytes {start}-{end} were not fetched")
-        data = self.miss(start, end)
-        self.missed += len(data)
-        self.ranges[start] = data
-        return data
 
 
 def footer_bytes(url: str, size: int | None, timeout: float | None, first: int = 32 << 10):
@@ -228,7 +196,7 @@ def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int,
 
 
 def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
-                 timeout: float | None, seen: dict | None = None):
+                 timeout: float | None, seen: dict | None = None, counts: dict | None = None):
     """One row group's columns `names`, fetching exactly their column chunks (one request for
     adjacent ones)."""
     import pyarrow.parquet as pq
@@ -240,8 +208,8 @@ def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    ranges = {a: fetch(url, a, b, size, timeout, seen) for a, b in merged}
-    f = SparseFile(size, ranges, miss=lambda a, b: fetch(url, a, b, size, timeout, seen))
+    ranges = {a: fetch(url, a, b, size, timeout, seen, counts) for a, b in merged}
+    f = SparseFile(size, ranges, miss=lambda a, b: fetch(url, a, b, size, timeout, seen, counts))
     return pq.ParquetFile(f, metadata=footer).read_row_group(row_group, columns=names)
 
 

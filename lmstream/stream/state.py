@@ -51,6 +51,8 @@ class Counters(TypedDict, total=False):
     tokens_listed_skipped: int
     shards_skipped: int          # --dataset_skip_bad_shards
     retries: int
+    hub_resolves: int            # resolve/ requests of row-group reads (lmstream.corpus.signed)
+    hub_bytes: int               # bytes of Hub files read
     read_seconds: float
     read_wait_seconds: float
 

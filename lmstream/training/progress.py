@@ -127,9 +127,21 @@ def banner(model, data_args, training_args, plan, block_size: int | None, checkp
         lines.append(f"plan  {a.max_steps:,} steps x {per_step:,} tokens = "
                      f"{_count(a.max_steps * per_step)} tokens, checkpoint every {a.save_steps} "
                      f"steps, into {a.output_dir}")
+    if plan is not None and any(s.name and "@" in s.name for s in plan.shards):
+        lines.append(hub_line(plan, a.world_size * workers))
     if checkpoint:
         lines.append(f"from  {checkpoint}")
     return lines
+
+
+def hub_line(plan, readers: int) -> str:
+    """The Hub request budget of a run (lmstream.corpus.signed): each reader resolves a file once per
+    signed-URL lifetime (about an hour) and reads its row groups from the storage URL."""
+    groups = sum(1 for p in plan.pieces if getattr(p, "row_group", -1) >= 0) or len(plan.pieces)
+    per_reader = min(len(plan.shards), -(-groups // max(1, readers)))
+    return (f"hub   {readers} reader(s) resolve each file they read once per signed URL (~1 h): "
+            f"at most {readers * per_reader:,} resolve/ requests an hour for {groups:,} row groups, "
+            "paced by the Hub's RateLimit headers")
 
 
 def resume_line(checkpoint: str, states: list[dict]) -> str:
