@@ -161,6 +161,12 @@ class DataArguments:
     dataset_readahead_bytes: int = field(default=256 << 20, metadata={"help": (
         "Upcoming Parquet row groups fetched in the background per reader, in bytes "
         "(uncompressed); 0 disables.")})
+    dataset_cache_dir: Optional[str] = field(default=None, metadata={"help": (
+        "A node-local folder keeping the Parquet row groups read from remote files (Hub, HTTP, "
+        "S3), keyed by content: a cycled mixture source, evaluation, inspect and a rerun read "
+        "them from it the second time. Unset (the default): nothing is kept.")})
+    dataset_cache_size: int = field(default=50 << 30, metadata={"help": (
+        "Most bytes dataset_cache_dir holds; the least recently used are removed first.")})
     dataset_accept_changed_data: bool = field(default=False, metadata={"help": (
         "On resume, accept data whose content changed since the checkpoint (same names, other "
         "bytes): a warning, and the stream starts the checkpoint's epoch again on the new data. "

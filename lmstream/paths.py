@@ -35,6 +35,7 @@ _WHY = {
 PATHS = {
     "dataset_name": ("source", None),
     "tokenized_dataset_save_dir": ("new-folder", None),
+    "dataset_cache_dir": ("new-folder", None),
     "tokenized_dataset_load_dir": ("folder", "give the folder `python -m lmstream.prepare` wrote"),
     "dataset_skip_documents": ("file", "give a text file of document ids or urls, one per line"),
     "model_name_or_path": ("model", None),

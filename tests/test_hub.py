@@ -513,3 +513,47 @@ def test_resolves_are_paced_by_the_hubs_ratelimit_headers_before_a_429(many_grou
     assert [r for r in server.requests if r[0] == "resolve-429"] == []
     paced = [r for r in caplog.records if "Hub resolves paced" in r.getMessage()]
     assert len(paced) == 1 and "of the 12-per-window quota" in paced[0].getMessage()
+
+
+def test_a_node_cache_makes_the_second_read_of_a_source_free_and_stays_within_its_size(many_groups, hub_env,
+                                                                                      tmp_path):
+    """--dataset_cache_dir: the second epoch of a source (a cycled mixture source, an evaluation set, an inspect
+    replay) reads 0 bytes and makes 0 requests to the Hub; a cache smaller than the data keeps at most its size."""
+    from lmstream.corpus import signed
+    signed.forget_all()
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        args = _args(dataset_readahead_bytes=0, dataset_cache_dir=str(tmp_path / "cache"))
+        plan = lmstream.plan_dataset(args)
+        first, _ = _epoch(plan, args)
+        sent, asked = server.cdn_bytes, len(server.requests)
+        signed.forget_all()     # another process: no storage URL known
+        second, stats = _epoch(plan, args)
+        assert server.cdn_bytes == sent and len(server.requests) == asked
+        assert second == first == _local_docs(many_groups) and stats["cache_hits"] == 160
+        small = _args(dataset_readahead_bytes=0, dataset_cache_dir=str(tmp_path / "small"), dataset_cache_size=20_000)
+        assert _epoch(plan, small)[0] == first
+    held = sum(f.stat().st_size for f in (tmp_path / "small").rglob("*") if f.is_file())
+    assert 0 < held <= 20_000 and not list((tmp_path / "cache").rglob(".tmp-*"))
+
+
+def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, tmp_path):
+    """Two processes reading the same epoch into one cache at the same time: both read every document right,
+    no half-written entry is left, and a third reads everything from the cache."""
+    import multiprocessing
+    from lmstream.corpus import signed
+    signed.forget_all()
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        args = _args(dataset_readahead_bytes=0, dataset_cache_dir=str(tmp_path / "cache"))
+        plan = lmstream.plan_dataset(args)
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(2) as pool:
+            got = pool.starmap(_epoch, [(plan, args), (plan, args)])
+        assert got[0][0] == got[1][0] == _local_docs(many_groups)
+        sent = server.cdn_bytes
+        third, stats = _epoch(plan, args)
+        assert server.cdn_bytes == sent and stats["cache_hits"] == 160 and third == got[0][0]
+    assert not list((tmp_path / "cache").rglob(".tmp-*"))

@@ -24,7 +24,7 @@ ARCHITECTURE = os.path.join(os.path.dirname(PACKAGE), "docs", "architecture.md")
 # The wings, bottom to top; each a list of layers (a module imports modules of earlier layers only).
 WINGS = {
     "": [["errors"], ["retry", "paths"], ["config"], ["arguments", "helptext"]],
-    "corpus": [["shards", "longtext", "readahead", "closing", "cards", "versions", "signed", "sparse"], ["ranges"], ["hub", "plan"], ["sources", "planfile"],
+    "corpus": [["shards", "longtext", "readahead", "closing", "cards", "versions", "signed", "sparse", "cache"], ["ranges"], ["hub", "plan"], ["sources", "planfile"],
                ["textfiles"], ["documents", "docids"]],
     "tokens": [["backends", "provenance", "calls"], ["tokenize", "packing"]],
     "stream": [["state", "workers"], ["elastic"], ["reader"], ["collate"], ["batches", "blocks"], ["loader", "mixture"],

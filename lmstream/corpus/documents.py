@@ -30,6 +30,7 @@ from ..config import DataArguments
 from ..errors import ConfigError
 from .longtext import LongText, valid_utf8, with_long_texts
 from .plan import Piece, Plan, WindowRest, split_item
+from .cache import RangeCache
 from .closing import close_at_exit
 from .readahead import ReadAhead
 from ..retry import Unreadable, with_retries
@@ -79,6 +80,9 @@ class DocumentStream:
         self.window_size = args.dataset_shuffle_buffer if self.shuffle else 1024
         # counters of what was read (the packer counts what was emitted)
         self.policy = args.retry_policy()
+        # remote row groups kept on this node (--dataset_cache_dir), keyed by content
+        self.cache = (RangeCache(args.dataset_cache_dir, args.dataset_cache_size)
+                      if args.dataset_cache_dir else None)
         self.stats = {"rows_read": 0, "docs_empty": 0, "docs_null": 0, "docs_heldout": 0,
                       "docs_invalid_utf8": 0, "retries": 0, "shards_skipped": 0,
                       "read_seconds": 0.0, "read_wait_seconds": 0.0}
@@ -154,7 +158,8 @@ class DocumentStream:
         def read():
             return ranges.read_columns(shard.url, shard.size, self.plan.footers[piece.shard],
                                        piece.row_group, [self.args.dataset_text_field],
-                                       self.policy.read_timeout, self.plan.seen, self.stats)
+                                       self.policy.read_timeout, self.plan.seen, self.stats,
+                                       self.cache, shard.etag or self.plan.digests.get(piece.shard))
         table = with_retries(read, shard.url, self.policy, f"read row group {piece.row_group} of",
                              self.stats)
         self.stats["read_seconds"] += time.perf_counter() - t0

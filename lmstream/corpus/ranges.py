@@ -18,6 +18,7 @@ import re
 import threading
 
 from . import signed
+from .cache import cached
 from .sparse import SparseFile  # noqa: F401 - ranges.SparseFile, as callers name it
 from .versions import file_version, same_version
 
@@ -196,7 +197,8 @@ def column_ranges(footer, row_group: int, columns: list[int]) -> list[tuple[int,
 
 
 def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
-                 timeout: float | None, seen: dict | None = None, counts: dict | None = None):
+                 timeout: float | None, seen: dict | None = None, counts: dict | None = None,
+                 cache=None, tag: str | None = None):
     """One row group's columns `names`, fetching exactly their column chunks (one request for
     adjacent ones)."""
     import pyarrow.parquet as pq
@@ -208,7 +210,9 @@ def read_columns(url: str, size: int, footer, row_group: int, names: list[str],
             merged[-1][1] = max(merged[-1][1], b)
         else:
             merged.append([a, b])
-    ranges = {a: fetch(url, a, b, size, timeout, seen, counts) for a, b in merged}
+    ranges = {a: cached(cache, tag, a, b, lambda a=a, b=b: fetch(url, a, b, size, timeout, seen,
+                                                                  counts), counts)
+              for a, b in merged}
     f = SparseFile(size, ranges, miss=lambda a, b: fetch(url, a, b, size, timeout, seen, counts))
     return pq.ParquetFile(f, metadata=footer).read_row_group(row_group, columns=names)
 

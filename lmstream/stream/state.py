@@ -53,6 +53,8 @@ class Counters(TypedDict, total=False):
     retries: int
     hub_resolves: int            # resolve/ requests of row-group reads (lmstream.corpus.signed)
     hub_bytes: int               # bytes of Hub files read
+    cache_hits: int              # byte ranges read from --dataset_cache_dir instead
+    cache_bytes: int
     read_seconds: float
     read_wait_seconds: float
 
