@@ -557,3 +557,46 @@ def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, t
         third, stats = _epoch(plan, args)
         assert server.cdn_bytes == sent and stats["cache_hits"] == 160 and third == got[0][0]
     assert not list((tmp_path / "cache").rglob(".tmp-*"))
+
+
+def test_a_runs_processes_share_their_resolutions_through_its_output_folder(many_groups, hub_env, tmp_path):
+    """Readers stride through a file's row groups (reader k reads groups k, k+R, ...), so at scale every reader
+    meets every file: shared through the run's output folder, another process (a rank on another node, a
+    worker started later) reads the whole epoch without one resolve/."""
+    from lmstream.corpus import signed
+    signed.forget_all()
+    signed.share_in(str(tmp_path / "out" / ".lmstream" / "signed-urls"))
+    try:
+        server = HubServer({REPO: many_groups})
+        with server as url:
+            hub_env(url)
+            args = _args(dataset_readahead_bytes=0)
+            plan = lmstream.plan_dataset(args)
+            planned = server.resolves()
+            with signed._LOCK:
+                signed._URLS.clear()      # another process: nothing in its memory
+            docs, stats = _epoch(plan, args)
+        assert docs == _local_docs(many_groups) and server.resolves() == planned and stats.get("hub_resolves", 0) == 0
+        shared = list((tmp_path / "out" / ".lmstream" / "signed-urls").iterdir())
+        assert len(shared) == 4 and all(p.stat().st_mode & 0o077 == 0 for p in shared)
+    finally:
+        signed.share_in(None)
+
+
+def test_readers_meeting_a_file_at_once_resolve_it_once(many_groups, hub_env, tmp_path):
+    """Eight threads (readers in step, as strided readers are) each need every file at the same moment: with the
+    run's shared folder, each file is resolved once, not once per reader."""
+    import concurrent.futures
+    from lmstream.corpus import signed
+    signed.forget_all()
+    signed.share_in(str(tmp_path / "urls"))
+    try:
+        server = HubServer({REPO: many_groups})
+        with server as url:
+            hub_env(url)
+            files = [f"{url}/datasets/{REPO}/resolve/main/data/{CONFIG}/000_{i:05d}.parquet" for i in range(4)]
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                tails = list(pool.map(lambda u: ranges.fetch_tail(u, 8)[0], files * 8))
+        assert all(t.endswith(b"PAR1") for t in tails) and len(tails) == 32 and server.resolves() == 4
+    finally:
+        signed.share_in(None)

@@ -83,12 +83,18 @@ def _get(url: str, headers: dict, timeout, counts: dict | None):
         if r.status_code not in signed.REFUSED:
             return r
         signed.forget(url)   # expired or revoked: resolved again, once
-    if hub:
+    if not hub:
+        return client().get(url, headers={**headers, **_auth_headers(url)}, timeout=timeout)
+    with signed.one_resolver(url) as shared:
+        if shared is not None:   # another process resolved it meanwhile
+            r = client().get(shared, headers=headers, timeout=timeout)
+            if r.status_code not in signed.REFUSED:
+                return r
+            signed.forget(url)
         signed.pace()
         if counts is not None:
             counts["hub_resolves"] = counts.get("hub_resolves", 0) + 1
-    r = client().get(url, headers={**headers, **_auth_headers(url)}, timeout=timeout)
-    if hub:
+        r = client().get(url, headers={**headers, **_auth_headers(url)}, timeout=timeout)
         for answer in (*r.history, r):
             signed.told(answer.headers)
         if r.history and r.status_code < 400:

@@ -6,7 +6,9 @@ hour) and counts every `resolve/` against a "resolvers" quota per 5 minutes. A p
 file once and reads every range of it from the storage URL until shortly before the URL expires (the
 expiry read from the URL: `Expires=` or `X-Amz-Date` + `X-Amz-Expires`); a refused storage URL
 (401/403/404/410: expired, keys rotated) is resolved again once. DataLoader workers forked after
-the plan inherit the resolutions the plan's footer reads made.
+the plan inherit the resolutions the plan's footer reads made, and a run's processes share theirs
+through a folder of its output (`share_in`), so a file is resolved about once per URL lifetime for
+the whole run, however many readers stride through it.
 
     storage = signed.lookup(resolve_url)        # None: resolve (through the Hub) first
     signed.remember(resolve_url, response.url)  # after a redirected answer
@@ -15,7 +17,11 @@ the plan inherit the resolutions the plan's footer reads made.
 from __future__ import annotations
 
 import calendar
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import threading
 import time
 import urllib.parse
@@ -30,6 +36,22 @@ RESERVE = 0.1            # pacing starts when less than this share of the quota 
 _LOCK = threading.Lock()
 _URLS: dict[str, tuple[str, float]] = {}        # resolve URL -> (storage URL, reuse until)
 _QUOTA: dict = {}                               # the last RateLimit the Hub told
+_SHARED: dict = {"folder": None}                # where the processes of a run share resolutions
+
+
+def share_in(folder: str | None) -> None:
+    """Share resolutions with every process that shares `folder` (the run's output folder: all its
+    ranks, on every node that mounts it; a signed URL works from any host): each file is then
+    resolved about once per URL lifetime for the whole run, not once per reader. None: this process
+    only."""
+    _SHARED["folder"] = folder
+
+
+def _shared_path(url: str) -> str | None:
+    folder = _SHARED["folder"]
+    if folder is None:
+        return None
+    return os.path.join(folder, hashlib.sha256(url.encode()).hexdigest()[:32] + ".json")
 
 
 def expiry(url: str, now: float) -> float | None:
@@ -51,8 +73,41 @@ def lookup(url: str) -> str | None:
     with _LOCK:
         entry = _URLS.get(url)
     if entry is None or time.time() >= entry[1]:
-        return None
+        entry = _read_shared(url)
+        if entry is None:
+            return None
+        with _LOCK:
+            _URLS[url] = entry
     return entry[0]
+
+
+def _read_shared(url: str) -> tuple[str, float] | None:
+    path = _shared_path(url)
+    try:
+        with open(path) as f:
+            got = json.load(f)
+        entry = (str(got["storage"]), float(got["until"]))
+    except (TypeError, OSError, ValueError, KeyError):
+        return None
+    return entry if time.time() < entry[1] else None
+
+
+def _write_shared(url: str, entry: tuple[str, float]) -> None:
+    """Atomically (a temporary file renamed), readable by this user only: a signed URL is a key to
+    the file for its lifetime. A folder that cannot be written only means no sharing."""
+    path = _shared_path(url)
+    if path is None:
+        return
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"storage": entry[0], "until": entry[1]}, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def remember(url: str, storage: str) -> None:
@@ -64,13 +119,19 @@ def remember(url: str, storage: str) -> None:
     life = ends - now
     if life <= 0:
         return
+    entry = (storage, ends - min(300.0, EARLY * life))
     with _LOCK:
-        _URLS[url] = (storage, ends - min(300.0, EARLY * life))
+        _URLS[url] = entry
+    _write_shared(url, entry)
 
 
 def forget(url: str) -> None:
     with _LOCK:
         _URLS.pop(url, None)
+    path = _shared_path(url)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def forget_all() -> None:
@@ -126,3 +187,45 @@ def pace() -> float:
                     remaining, quota, left, wait)
     time.sleep(wait)
     return wait
+
+
+@contextlib.contextmanager
+def one_resolver(url: str, wait: float = 10.0, stale: float = 30.0):
+    """Around a resolve: one process of the run resolves `url` while the others that need it wait
+    for its shared answer (readers stride through a file's row groups in step, so without this every
+    reader would meet a new file at the same moment and each resolve it). Yields the storage URL
+    another process shared while this one waited, or None: resolve. A lock older than `stale`
+    seconds (its holder died) is taken over."""
+    path = _shared_path(url)
+    if path is None:
+        yield None
+        return
+    lock, deadline = path + ".lock", time.monotonic() + wait
+    while True:
+        try:
+            os.makedirs(os.path.dirname(lock), exist_ok=True)
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            break
+        except FileExistsError:
+            entry = _read_shared(url)
+            if entry is not None:
+                with _LOCK:
+                    _URLS[url] = entry
+                yield entry[0]
+                return
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(lock).st_mtime > stale:
+                    os.remove(lock)
+            if time.monotonic() > deadline:
+                yield None
+                return
+            time.sleep(0.02)
+        except OSError:   # a folder that cannot be written: no sharing
+            yield None
+            return
+    try:
+        entry = _read_shared(url)   # resolved by the process that held the lock just before
+        yield entry[0] if entry is not None else None
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(lock)

@@ -28,6 +28,7 @@ from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..arguments import check_training_numbers
+from ..corpus import signed
 from ..paths import check_paths
 from . import lineage
 from .data import build_datasets
@@ -95,6 +96,8 @@ class Run:
         check_output_dir(a, self.run_args, checkpoint)
         if a.do_train and self.launch == 1 and a.process_index == 0:
             self._locks.enter_context(output_lock(a.output_dir))
+        # the Hub's signed storage URLs, shared by every process of the run (corpus.signed)
+        signed.share_in(os.path.join(a.output_dir, ".lmstream", "signed-urls") if a.do_train else None)
         return checkpoint
 
     def all_steps(self) -> dict:
