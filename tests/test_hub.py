@@ -600,3 +600,39 @@ def test_readers_meeting_a_file_at_once_resolve_it_once(many_groups, hub_env, tm
         assert all(t.endswith(b"PAR1") for t in tails) and len(tails) == 32 and server.resolves() == 4
     finally:
         signed.share_in(None)
+
+
+def test_lmstream_plan_figures_match_a_measured_epoch_on_the_test_server(many_groups, hub_env, tmp_path, capsys):
+    """`python -m lmstream.plan`'s figures for one reader against what an epoch did on the test server: the
+    resolves of a run whose processes share them (one a file), the text bytes a row group downloads, and the
+    tokens a row group holds (from the footers' row counts and the tokens a document holds, measured on one row group)."""
+    from lmstream.corpus import signed
+    from lmstream.tools.hubplan import Shape, budget, main, measure_tokens_per_document
+    from lmstream.tokens.tokenize import encoder_for   # noqa: F401 - the job's tokenizer path exists
+    from transformers import AutoTokenizer
+    signed.forget_all()
+    signed.share_in(str(tmp_path / "urls"))
+    try:
+        server = HubServer({REPO: many_groups})
+        with server as url:
+            hub_env(url)
+            args = _args(dataset_readahead_bytes=0)
+            plan = lmstream.plan_dataset(args)
+            # every row group sampled (the default samples up to 1,000 documents: one FineWeb row group)
+            tpd = measure_tokens_per_document(plan, "text", TINY_MODEL, 10.0, docs=800, most=160)
+            b = budget(plan, "text", Shape(gpus=1, workers=1), tpd)
+            sent = server.cdn_bytes
+            docs, stats = _epoch(plan, args)
+            read = server.cdn_bytes - sent
+            assert main(["--dataset_name", REPO, "--dataset_config_name", CONFIG, "--tokenizer_name", TINY_MODEL,
+                         "--gpus", "64"]) == 0
+    finally:
+        signed.share_in(None)
+    parquet_resolves = sum(1 for r in server.requests if r[0] == "resolve" and r[2].endswith(".parquet"))
+    assert b["row_groups"] == 160 and parquet_resolves == b["row_groups"] / b["groups_per_file"] == 4
+    assert abs(read / (b["packed_per_group"] * b["row_groups"]) - 1) < 0.01
+    tok = AutoTokenizer.from_pretrained(TINY_MODEL)
+    tokens = sum(len(ids) for ids in tok(docs)["input_ids"])
+    assert abs(tokens / (b["tokens_per_group"] * b["row_groups"]) - 1) < 0.01, (tokens, b["tokens_per_group"])
+    out = capsys.readouterr().out
+    assert "resolve/ requests per 5 minutes" in out and "4 files, 160 row groups" in out

@@ -33,9 +33,9 @@ WINGS = {
                   "outputs"], ["lineage", "resume"],
                  ["trainer"], ["run"], ["job"]],
     "tools": [["plots", "localserve", "reference", "prepare", "grouping", "kernel"],
-              ["explore", "resuming", "bench_pipeline", "inspect"],
+              ["explore", "resuming", "bench_pipeline", "inspect", "hubplan"],
               ["bench_prepare", "gpucheck", "render"], ["bench"]],
-    "doors": [["train", "prepare", "inspect", "bench"], ["cli", "__init__"]],
+    "doors": [["train", "prepare", "inspect", "bench", "plan"], ["cli", "__init__"]],
 }
 NO_TRANSFORMERS = ("corpus", "tokens", "stream")
 ADAPTERS = {   # library privates, each touched in one place only
