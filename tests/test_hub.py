@@ -451,16 +451,24 @@ def many_groups(tmp_path_factory):
     return make_fineweb(str(tmp_path_factory.mktemp("groups")), docs_per_file=200, files=4, rows_per_group=5)
 
 
+@pytest.fixture
+def fresh_urls():
+    """No storage URL or quota known, nothing shared; `fresh_urls(folder)` shares through `folder`."""
+    from lmstream.corpus import signed
+    signed.forget_all()
+    yield signed.share_in
+    signed.share_in(None)
+    signed.forget_all()
+
+
 def _epoch(plan, args):
     stream = DocumentStream(plan, args, 0, 0, 1, shuffle=False)
     return [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs], stream.stats
 
 
-def test_a_files_signed_storage_url_is_reused_for_every_row_group(many_groups, hub_env):
+def test_a_files_signed_storage_url_is_reused_for_every_row_group(many_groups, hub_env, fresh_urls):
     """One resolve/ per file, at plan time (the footer); every row group of the epoch is read from the signed
     storage URL it redirected to: resolves per row group read 0.03 (it was 1.0), the same documents."""
-    from lmstream.corpus import signed
-    signed.forget_all()
     server = HubServer({REPO: many_groups})
     with server as url:
         hub_env(url)
@@ -475,11 +483,9 @@ def test_a_files_signed_storage_url_is_reused_for_every_row_group(many_groups, h
     assert stats["hub_bytes"] > 0
 
 
-def test_signed_urls_that_expire_mid_epoch_are_resolved_again_once_and_no_read_fails(many_groups, hub_env):
+def test_signed_urls_that_expire_mid_epoch_are_resolved_again_once_and_no_read_fails(many_groups, hub_env, fresh_urls):
     """The storage host refuses every URL it gave out (keys rotated, as when they expire): each file is resolved
     again once, on its next read, and the epoch's documents are the same, with no retry."""
-    from lmstream.corpus import signed
-    signed.forget_all()
     server = HubServer({REPO: many_groups})
     with server as url:
         hub_env(url)
@@ -495,7 +501,8 @@ def test_signed_urls_that_expire_mid_epoch_are_resolved_again_once_and_no_read_f
     assert 1 <= len(refused) <= 4 and stream.stats["hub_resolves"] == len(refused)
 
 
-def test_resolves_are_paced_by_the_hubs_ratelimit_headers_before_a_429(many_groups, hub_env, monkeypatch, caplog):
+def test_resolves_are_paced_by_the_hubs_ratelimit_headers_before_a_429(many_groups, hub_env, monkeypatch, caplog,
+                                                                         fresh_urls):
     """A resolvers quota of 12 per 1 s window, told in RateLimit headers, and a reader that must resolve for
     every row group (its storage URLs not kept, as for many processes sharing a quota): 40 reads wait for
     the window as the quota runs low instead of spending it into 429s, and say so once."""
@@ -516,7 +523,7 @@ def test_resolves_are_paced_by_the_hubs_ratelimit_headers_before_a_429(many_grou
 
 
 def test_a_node_cache_makes_the_second_read_of_a_source_free_and_stays_within_its_size(many_groups, hub_env,
-                                                                                      tmp_path):
+                                                                                      tmp_path, fresh_urls):
     """--dataset_cache_dir: the second epoch of a source (a cycled mixture source, an evaluation set, an inspect
     replay) reads 0 bytes and makes 0 requests to the Hub; a cache smaller than the data keeps at most its size."""
     from lmstream.corpus import signed
@@ -538,7 +545,7 @@ def test_a_node_cache_makes_the_second_read_of_a_source_free_and_stays_within_it
     assert 0 < held <= 20_000 and not list((tmp_path / "cache").rglob(".tmp-*"))
 
 
-def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, tmp_path):
+def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, tmp_path, fresh_urls):
     """Two processes reading the same epoch into one cache at the same time: both read every document right,
     no half-written entry is left, and a third reads everything from the cache."""
     import multiprocessing
@@ -559,75 +566,62 @@ def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, t
     assert not list((tmp_path / "cache").rglob(".tmp-*"))
 
 
-def test_a_runs_processes_share_their_resolutions_through_its_output_folder(many_groups, hub_env, tmp_path):
+def test_a_runs_processes_share_their_resolutions_through_its_output_folder(many_groups, hub_env, tmp_path,
+                                                                          fresh_urls):
     """Readers stride through a file's row groups (reader k reads groups k, k+R, ...), so at scale every reader
     meets every file: shared through the run's output folder, another process (a rank on another node, a
     worker started later) reads the whole epoch without one resolve/."""
     from lmstream.corpus import signed
-    signed.forget_all()
-    signed.share_in(str(tmp_path / "out" / ".lmstream" / "signed-urls"))
-    try:
-        server = HubServer({REPO: many_groups})
-        with server as url:
-            hub_env(url)
-            args = _args(dataset_readahead_bytes=0)
-            plan = lmstream.plan_dataset(args)
-            planned = server.resolves()
-            with signed._LOCK:
-                signed._URLS.clear()      # another process: nothing in its memory
-            docs, stats = _epoch(plan, args)
-        assert docs == _local_docs(many_groups) and server.resolves() == planned and stats.get("hub_resolves", 0) == 0
-        shared = list((tmp_path / "out" / ".lmstream" / "signed-urls").iterdir())
-        assert len(shared) == 4 and all(p.stat().st_mode & 0o077 == 0 for p in shared)
-    finally:
-        signed.share_in(None)
+    fresh_urls(str(tmp_path / "out" / ".lmstream" / "signed-urls"))
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        args = _args(dataset_readahead_bytes=0)
+        plan = lmstream.plan_dataset(args)
+        planned = server.resolves()
+        with signed._LOCK:
+            signed._URLS.clear()      # another process: nothing in its memory
+        docs, stats = _epoch(plan, args)
+    assert docs == _local_docs(many_groups) and server.resolves() == planned and stats.get("hub_resolves", 0) == 0
+    shared = list((tmp_path / "out" / ".lmstream" / "signed-urls").iterdir())
+    assert len(shared) == 4 and all(p.stat().st_mode & 0o077 == 0 for p in shared)
 
 
-def test_readers_meeting_a_file_at_once_resolve_it_once(many_groups, hub_env, tmp_path):
+def test_readers_meeting_a_file_at_once_resolve_it_once(many_groups, hub_env, tmp_path, fresh_urls):
     """Eight threads (readers in step, as strided readers are) each need every file at the same moment: with the
     run's shared folder, each file is resolved once, not once per reader."""
     import concurrent.futures
-    from lmstream.corpus import signed
-    signed.forget_all()
-    signed.share_in(str(tmp_path / "urls"))
-    try:
-        server = HubServer({REPO: many_groups})
-        with server as url:
-            hub_env(url)
-            files = [f"{url}/datasets/{REPO}/resolve/main/data/{CONFIG}/000_{i:05d}.parquet" for i in range(4)]
-            with concurrent.futures.ThreadPoolExecutor(8) as pool:
-                tails = list(pool.map(lambda u: ranges.fetch_tail(u, 8)[0], files * 8))
-        assert all(t.endswith(b"PAR1") for t in tails) and len(tails) == 32 and server.resolves() == 4
-    finally:
-        signed.share_in(None)
+    fresh_urls(str(tmp_path / "urls"))
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        files = [f"{url}/datasets/{REPO}/resolve/main/data/{CONFIG}/000_{i:05d}.parquet" for i in range(4)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            tails = list(pool.map(lambda u: ranges.fetch_tail(u, 8)[0], files * 8))
+    assert all(t.endswith(b"PAR1") for t in tails) and len(tails) == 32 and server.resolves() == 4
 
 
-def test_lmstream_plan_figures_match_a_measured_epoch_on_the_test_server(many_groups, hub_env, tmp_path, capsys):
+def test_lmstream_plan_figures_match_a_measured_epoch_on_the_test_server(many_groups, hub_env, tmp_path, capsys,
+                                                                       fresh_urls):
     """`python -m lmstream.plan`'s figures for one reader against what an epoch did on the test server: the
     resolves of a run whose processes share them (one a file), the text bytes a row group downloads, and the
     tokens a row group holds (from the footers' row counts and the tokens a document holds, measured on one row group)."""
-    from lmstream.corpus import signed
     from lmstream.tools.hubplan import Shape, budget, main, measure_tokens_per_document
-    from lmstream.tokens.tokenize import encoder_for   # noqa: F401 - the job's tokenizer path exists
     from transformers import AutoTokenizer
-    signed.forget_all()
-    signed.share_in(str(tmp_path / "urls"))
-    try:
-        server = HubServer({REPO: many_groups})
-        with server as url:
-            hub_env(url)
-            args = _args(dataset_readahead_bytes=0)
-            plan = lmstream.plan_dataset(args)
-            # every row group sampled (the default samples up to 1,000 documents: one FineWeb row group)
-            tpd = measure_tokens_per_document(plan, "text", TINY_MODEL, 10.0, docs=800, most=160)
-            b = budget(plan, "text", Shape(gpus=1, workers=1), tpd)
-            sent = server.cdn_bytes
-            docs, stats = _epoch(plan, args)
-            read = server.cdn_bytes - sent
-            assert main(["--dataset_name", REPO, "--dataset_config_name", CONFIG, "--tokenizer_name", TINY_MODEL,
-                         "--gpus", "64"]) == 0
-    finally:
-        signed.share_in(None)
+    fresh_urls(str(tmp_path / "urls"))
+    server = HubServer({REPO: many_groups})
+    with server as url:
+        hub_env(url)
+        args = _args(dataset_readahead_bytes=0)
+        plan = lmstream.plan_dataset(args)
+        # every row group sampled (the default samples up to 1,000 documents: one FineWeb row group)
+        tpd = measure_tokens_per_document(plan, "text", TINY_MODEL, 10.0, docs=800, most=160)
+        b = budget(plan, "text", Shape(gpus=1, workers=1), tpd)
+        sent = server.cdn_bytes
+        docs, stats = _epoch(plan, args)
+        read = server.cdn_bytes - sent
+        assert main(["--dataset_name", REPO, "--dataset_config_name", CONFIG, "--tokenizer_name", TINY_MODEL,
+                     "--gpus", "64"]) == 0
     parquet_resolves = sum(1 for r in server.requests if r[0] == "resolve" and r[2].endswith(".parquet"))
     assert b["row_groups"] == 160 and parquet_resolves == b["row_groups"] / b["groups_per_file"] == 4
     assert abs(read / (b["packed_per_group"] * b["row_groups"]) - 1) < 0.01

@@ -261,6 +261,17 @@ def test_a_folder_whose_links_lead_back_into_it_reads_each_document_once(tmp_pat
     assert sorted(docs) == ["doc a0", "doc a1", "doc a2", "doc b0", "doc b1"]
 
 
+def _first_block(given: dict):
+    """A run of the arguments `given` (a mapping), up to its first block."""
+    import lmstream
+    run = lmstream.Run(*lmstream.parse_args(given))
+    run.load_model()
+    run.load_data()
+    block = next(iter(run.train_dataset))
+    run.close()
+    return block
+
+
 TEXT_FIELDS = [name for cls in (DataArguments, ModelArguments) for name, kind in typing.get_type_hints(cls).items()
                if kind in (str, typing.Optional[str])]
 
@@ -272,7 +283,6 @@ def test_every_text_field_given_blank_or_odd_text_works_or_names_itself(tmp_path
     sentence that names the field."""
     import logging
 
-    import lmstream
     from conftest import SAMPLE
     logging.disable(logging.WARNING)
     try:
@@ -281,11 +291,7 @@ def test_every_text_field_given_blank_or_odd_text_works_or_names_itself(tmp_path
                      "do_train": True, "max_steps": 1, "dataset_block_size": 64,
                      "output_dir": str(tmp_path / f"out{len(value)}"), name: value}
             try:
-                run = lmstream.Run(*lmstream.parse_args(given))
-                run.load_model()
-                run.load_data()
-                next(iter(run.train_dataset))
-                run.close()
+                _first_block(given)
             except ConfigError as err:
                 assert name in str(err) and "\n" not in str(err), (value, str(err))
     finally:
@@ -327,7 +333,6 @@ def test_every_path_flag_works_right_or_names_itself_in_one_sentence(tmp_path, m
     import logging
     import os
 
-    import lmstream
     from conftest import SAMPLE
     kind = _paths()[flag][0]
     logging.disable(logging.WARNING)
@@ -348,11 +353,7 @@ def test_every_path_flag_works_right_or_names_itself_in_one_sentence(tmp_path, m
                 del given["config_name"]
             before = sorted(os.listdir(tmp))
             try:
-                run = lmstream.Run(*lmstream.parse_args(given))
-                run.load_model()
-                run.load_data()
-                next(iter(run.train_dataset))
-                run.close()
+                _first_block(given)
                 assert (kind, case) in WORKS, f"{flag} as {case} was taken"
             except ConfigError as err:
                 said = str(err)
