@@ -525,7 +525,8 @@ def test_resolves_are_paced_by_the_hubs_ratelimit_headers_before_a_429(many_grou
 def test_a_node_cache_makes_the_second_read_of_a_source_free_and_stays_within_its_size(many_groups, hub_env,
                                                                                       tmp_path, fresh_urls):
     """--dataset_cache_dir: the second epoch of a source (a cycled mixture source, an evaluation set, an inspect
-    replay) reads 0 bytes and makes 0 requests to the Hub; a cache smaller than the data keeps at most its size."""
+    replay) reads 0 bytes and makes 0 requests to the Hub; a rerun downloads no footer and no row group (it still
+    asks for the commit and lists the files); a cache smaller than the data keeps at most its size."""
     from lmstream.corpus import signed
     signed.forget_all()
     server = HubServer({REPO: many_groups})
@@ -539,6 +540,10 @@ def test_a_node_cache_makes_the_second_read_of_a_source_free_and_stays_within_it
         second, stats = _epoch(plan, args)
         assert server.cdn_bytes == sent and len(server.requests) == asked
         assert second == first == _local_docs(many_groups) and stats["cache_hits"] == 160
+        # a rerun: planned again (the commit asked, the listing read) but no footer or row group downloaded
+        again = lmstream.plan_dataset(args)
+        assert _epoch(again, args)[0] == first and server.cdn_bytes == sent
+        assert not [r for r in server.requests[asked:] if r[0] == "cdn"]
         small = _args(dataset_readahead_bytes=0, dataset_cache_dir=str(tmp_path / "small"), dataset_cache_size=20_000)
         assert _epoch(plan, small)[0] == first
     held = sum(f.stat().st_size for f in (tmp_path / "small").rglob("*") if f.is_file())

@@ -81,12 +81,24 @@ class Plan:
 
 
 def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
-                check_field: bool = True):
-    """(footer, its raw bytes, shard with its size): one tail request for a remote file, retried."""
+                check_field: bool = True, cache=None):
+    """(footer, its raw bytes, shard with its size): one tail request for a remote file, retried;
+    none when `cache` (a RangeCache) holds the tail of a file of that content tag and size."""
     import pyarrow.parquet as pq
 
+    def tail_and_size():
+        key = f"{shard.etag}:{shard.size}:footer"
+        if cache is not None and shard.etag and shard.size and ranges.is_remote(shard.url):
+            data = cache.get(key)
+            if data is not None:
+                return {shard.size - len(data): data}, shard.size
+            tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
+            cache.put(key, next(iter(tail.values())))
+            return tail, size
+        return ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
+
     def read():
-        tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
+        tail, size = tail_and_size()
         # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched
         # before it
         meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a,
@@ -123,7 +135,7 @@ def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
 
 
 def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None = None,
-                skip_bad: bool = False, threads: int = 16) -> Plan:
+                skip_bad: bool = False, threads: int = 16, cache=None) -> Plan:
     """List the pieces of all shards, reading Parquet footers in parallel (one request each when
     remote).
 
@@ -136,7 +148,7 @@ def plan_pieces(shards: list[Shard], text_field: str, policy: RetryPolicy | None
         try:
             if shards[i].format != "parquet":
                 return _digest(shards[i], policy)
-            return read_footer(shards[i], text_field, policy, stats)
+            return read_footer(shards[i], text_field, policy, stats, cache=cache)
         except Unreadable as err:
             if not skip_bad:
                 raise

@@ -17,6 +17,7 @@ from . import cards, hub
 from ..config import DataArguments
 from ..errors import ConfigError
 from ..retry import RetryPolicy, is_transient
+from .cache import RangeCache
 from .plan import Plan, plan_pieces
 from .shards import Shard, shard_format
 
@@ -206,7 +207,10 @@ def plan_dataset(args: DataArguments, split: str | None = None) -> Plan:
     policy = args.retry_policy()
     shards = resolve_shards(args.dataset_name, args.dataset_config_name,
                             split or args.dataset_train_split, policy)
-    plan = plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards)
+    cache = (RangeCache(args.dataset_cache_dir, args.dataset_cache_size)
+             if args.dataset_cache_dir else None)
+    plan = plan_pieces(shards, args.dataset_text_field, policy, args.dataset_skip_bad_shards,
+                       cache=cache)
     plan.source = plan_source(args, split)
     return plan
 
