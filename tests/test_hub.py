@@ -445,6 +445,32 @@ def test_bytes_that_are_not_utf8_follow_the_same_rule_on_the_hub(tmp_path, hub_e
     assert len(docs) == 400 and docs[3].endswith("\ufffd") and stream.stats["docs_invalid_utf8"] == 1
 
 
+def test_json_lines_on_the_hub_follow_the_line_formats_rules(tmp_path, hub_env):
+    """A lone surrogate in a JSON Lines file is replaced and counted, a cut .zst stops naming the file: over the
+    Hub as locally and over HTTP."""
+    import zstandard
+    folder = tmp_path / "lines"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "a.jsonl").write_bytes(b'{"text": "half \\ud800 a pair"}\n{"text": "fine"}\n')
+    whole = zstandard.ZstdCompressor().compress(b"".join(b'{"text": "document %d"}\n' % i * 20 for i in range(2000)))
+    (folder / "cut" / "data").mkdir(parents=True)
+    (folder / "cut" / "data" / "b.jsonl.zst").write_bytes(whole[: len(whole) // 2])
+    card = "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/*\n---\n"
+    (folder / "README.md").write_text(card)
+    (folder / "cut" / "README.md").write_text(card)
+    with HubServer({"someone/lines": str(folder), "someone/cut": str(folder / "cut")}) as url:
+        hub_env(url)
+        args = lmstream.DataArguments(dataset_name="someone/lines", **FAST)
+        stream = DocumentStream(lmstream.plan_dataset(args), args, 0, 0, 1, shuffle=False)
+        docs = [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+        assert docs == ["half \ufffd a pair", "fine"] and stream.stats["docs_invalid_utf8"] == 1
+        args = lmstream.DataArguments(dataset_name="someone/cut", **FAST)
+        with pytest.raises(ConfigError, match="b.jsonl.zst.*ended before the end") as err:
+            stream = DocumentStream(lmstream.plan_dataset(args), args, 0, 0, 1, shuffle=False)
+            [d for w in stream.windows(0, 0, (0, 0)) for d in w.docs]
+        assert "\n" not in str(err.value)
+
+
 @pytest.fixture(scope="module")
 def many_groups(tmp_path_factory):
     """4 files of 40 row groups each: FineWeb's files hold many row groups, which is where reuse pays."""
