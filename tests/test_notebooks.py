@@ -182,6 +182,12 @@ def test_rendered_copies_hold_the_notebooks_cells():
         assert any("image/png" in o.get("data", {}) for o in outputs)   # its figures are on the page
 
 
+def _checkout(root: str) -> list[str]:
+    """The checkout's top level, less what building the wheel makes there (tests/test_job.py may build it at the
+    same time, in another test process)."""
+    return sorted(n for n in os.listdir(root) if n not in ("build", "dist") and not n.endswith(".egg-info"))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_every_notebook_renders_on_its_defaults(tmp_path, name):
@@ -189,11 +195,11 @@ def test_every_notebook_renders_on_its_defaults(tmp_path, name):
     defaults (bundled sample, tiny model, the local copies 01 and 04 build) run offline to the end, in a scratch
     folder (the checkout gets nothing), and the copy holds the notebook's cells, its outputs and its figures."""
     from lmstream.tools.render import render, stale
-    before = sorted(os.listdir(os.path.dirname(NOTEBOOKS)))
+    before = _checkout(os.path.dirname(NOTEBOOKS))
     copy = render(name, str(tmp_path))
     nb = nbformat.read(copy, as_version=4)
     outputs = [o for c in nb.cells for o in c.get("outputs", [])]
     assert all(o.get("output_type") != "error" for o in outputs)
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert "papermill" not in nb.metadata and name not in " ".join(stale(NOTEBOOKS, str(tmp_path)))
-    assert sorted(os.listdir(os.path.dirname(NOTEBOOKS))) == before
+    assert _checkout(os.path.dirname(NOTEBOOKS)) == before

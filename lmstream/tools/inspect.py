@@ -30,6 +30,7 @@ from ..config import DataArguments, parse_step_ranges
 from ..stream.pipeline import build_pipeline
 from ..corpus.docids import ID_COLUMNS, id_columns
 from ..errors import ConfigError
+from ..paths import check_one
 from ..stream.loader import build_loader
 from ..training.resume import pinned_plan
 from ..training.trainer import place_loader
@@ -102,7 +103,11 @@ def _base_checkpoint(output_dir: str, seg: dict, step: int) -> str | None:
 def _replay_arguments(seg: dict, output_dir: str) -> DataArguments:
     """The segment's data arguments, its own list of skipped documents in force (a later run may
     have listed more)."""
-    data = dict(seg["data_args"], dataset_skip_documents=None)
+    data = dict(seg["data_args"], dataset_skip_documents=None, tokenized_dataset_save_dir=None)
+    try:   # the run's node cache, where this machine has it (a replay elsewhere reads the store)
+        check_one("dataset_cache_dir", data.get("dataset_cache_dir"), "new-folder")
+    except ConfigError:
+        data["dataset_cache_dir"] = None
     if seg.get("skip_documents"):
         path = os.path.join(output_dir, ".lmstream", f"skip_documents-{seg['from_step']}.txt")
         os.makedirs(os.path.dirname(path), exist_ok=True)
