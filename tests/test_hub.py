@@ -256,6 +256,7 @@ def test_the_reference_command_trains_resumes_bitwise_and_pins_the_commit(tmp_pa
         with open(tmp_path / "clean" / "all_results.json") as f:
             metrics = json.load(f)
         assert metrics["data_hub_bytes"] > 0 and metrics.get("data_hub_resolves", 0) == 0, metrics
+        assert metrics["data_hub_api_calls"] == len(server.api_calls()), metrics
         server.cdn_fault_rate = 0.2
         faulty = run(tmp_path / "faulty", endpoint)
         assert faulty.returncode == 0, faulty.stderr[-3000:]

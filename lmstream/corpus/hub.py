@@ -66,6 +66,11 @@ def _hub_error(err: BaseException, repo: str) -> ConfigError | None:
     return None
 
 
+# the dataset API requests this process made (listing pages, retries included): the run's
+# data_hub_api_calls
+API_CALLS = [0]
+
+
 def call(fn, repo: str, what: str, policy: RetryPolicy):
     """fn() with lmstream's retries; permanent Hub errors become one sentence."""
     try:
@@ -120,6 +125,7 @@ def _list_folder(repo: str, sha: str, folder: str, recursive: bool,
     out = []
     while url:
         def page(url=url):
+            API_CALLS[0] += 1
             try:
                 return _get(url)
             except OSError as err:

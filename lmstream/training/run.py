@@ -28,7 +28,7 @@ from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..arguments import check_training_numbers
-from ..corpus import signed
+from ..corpus import hub, signed
 from ..paths import check_paths
 from . import lineage
 from .data import build_datasets
@@ -96,6 +96,7 @@ class Run:
         check_output_dir(a, self.run_args, checkpoint)
         if a.do_train and self.launch == 1 and a.process_index == 0:
             self._locks.enter_context(output_lock(a.output_dir))
+        hub.API_CALLS[0] = 0     # this run's own (a kernel may have run another before)
         # the Hub's signed storage URLs, shared by every process of the run (corpus.signed)
         signed.share_in(os.path.join(a.output_dir, ".lmstream", "signed-urls") if a.do_train else None)
         return checkpoint
@@ -267,6 +268,8 @@ class Run:
     def _save_training(self, result) -> dict:
         trainer, a = self.trainer, self.training_args
         metrics = {**result.metrics, **{f"data_{k}": v for k, v in trainer.data_stats().items()}}
+        if hub.API_CALLS[0]:   # the plan's, made by this process (rank 0; none on a resume)
+            metrics["data_hub_api_calls"] = hub.API_CALLS[0]
         save_final(trainer, a.output_dir)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
