@@ -49,6 +49,34 @@ def test_a_mixture_weight_that_is_not_a_positive_finite_number_is_refused(weight
         parse_mixture(spec)
 
 
+MIXTURE_TEXT_KEYS = sorted(__import__("lmstream.config", fromlist=["SOURCE_KEYS"]).SOURCE_KEYS - {"name", "weight"})
+
+
+@pytest.mark.parametrize("key", MIXTURE_TEXT_KEYS)
+def test_every_text_key_of_a_mixture_source_works_or_names_its_source(tmp_path, key):
+    """Every key of a mixture source but its name (a path, swept with the paths) and weight (above), found from
+    config.SOURCE_KEYS, given "", a blank and a control character: it works or stops in one sentence naming the
+    source and its key (the messages of a plain dataset had named flags the user never set)."""
+    import logging
+
+    from conftest import SAMPLE
+    logging.disable(logging.WARNING)
+    try:
+        for value in ("", " ", "bad\x01char"):
+            mixture = [{"name": SAMPLE, "config": "python-docs", "weight": 1},
+                       {"name": SAMPLE, "config": "python-docs", "weight": 1, key: value}]
+            given = {"config_name": TINY_MODEL, "dataset_mixture": mixture, "do_train": True, "max_steps": 1,
+                     "dataset_block_size": 64, "output_dir": str(tmp_path / f"out{len(value)}")}
+            try:
+                _first_block(given)
+            except ConfigError as err:
+                said = str(err)
+                assert said.startswith("dataset_mixture source 1 ") and "\n" not in said, (key, value, said)
+                assert "dataset_config_name" not in said and "dataset_train_split" not in said   # its keys, not flags
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 @pytest.mark.parametrize("overrides, says", [("n_layer=0", "config_overrides .* 0 transformer layers, which cannot learn"),
                                              ("n_embd=64,n_head=3", "config_overrides .* cannot be built"),
                                              ("vocab_size=1000", "tokenizer has 50257 tokens but the model only 1000")])

@@ -35,6 +35,21 @@ def source_arguments(args: DataArguments, src: dict) -> DataArguments:
                                dataset_cycle=args.dataset_cycle and src["on_exhausted"] == "cycle")
 
 
+# a source's keys, as the messages of a plain dataset name them (the flags it stands for)
+_AS_KEYS = {"dataset_config_name": "config", "dataset_train_split": "split",
+            "dataset_text_field": "text_field", "dataset_name": "name",
+            "dataset_train_split/dataset_test_split": "split"}
+
+
+def source_error(err: ConfigError, i: int, src: dict) -> ConfigError:
+    """`err` of mixture source `i`, said of that source and its keys (not of the flags a plain
+    dataset would have set)."""
+    text = str(err)
+    for flag, key in sorted(_AS_KEYS.items(), key=lambda kv: -len(kv[0])):
+        text = text.replace(flag, f"'{key}'")
+    return type(err)(f"dataset_mixture source {i} ({src['name']}): {text}")
+
+
 class MixtureBlocks(torch.utils.data.IterableDataset):
     """Blocks drawn from several StreamingBlocks in proportion to their weights."""
 
@@ -183,10 +198,15 @@ def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_si
         raise ConfigError("max_train_samples is not supported with dataset_mixture: bound "
                           "the run with max_steps.")
     sources = parse_mixture(args.dataset_mixture)
-    streams = [build_stream(source_arguments(args, src), tokenizer, seed=seed, rank=rank,
-                            world_size=world_size, split=split, max_positions=max_positions,
-                            max_samples=max_samples if split != "train" else None)
-               for src in sources]
+    streams = []
+    for i, src in enumerate(sources):
+        try:
+            streams.append(build_stream(source_arguments(args, src), tokenizer, seed=seed,
+                                        rank=rank, world_size=world_size, split=split,
+                                        max_positions=max_positions,
+                                        max_samples=max_samples if split != "train" else None))
+        except ConfigError as err:
+            raise source_error(err, i, src) from None
     if split != "train":
         return ChainBlocks(streams)
     names = [src["name"] + (f":{src['config']}" if src["config"] else "") for src in sources]
