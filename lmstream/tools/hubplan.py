@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((DataArguments, Shape), prog="python -m lmstream.plan")
     try:
         data_args, shape = parser.parse_args_into_dataclasses(argv)
+        for f in dataclasses.fields(shape):
+            v = getattr(shape, f.name)
+            if isinstance(v, (int, float)) and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{f.name}={v} must be a positive number.")
         plan = plan_dataset(data_args)
         field = data_args.dataset_text_field
         bpt = shape.tokens_per_document or measure_tokens_per_document(
