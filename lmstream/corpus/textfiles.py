@@ -45,6 +45,8 @@ def _check_version(url: str, raw, size: int | None, seen: dict | None, opened: b
     stat, an fsspec file's details when it was opened and the store's answer at the end."""
     if size is None and seen is None:
         return
+    if url.startswith("hf://") or "/resolve/" in url:
+        return   # a Hub file at a commit cannot change (and asking would spend the Hub's quota)
     if not is_remote(url):
         info = os.fstat(raw.fileno()) if opened and raw is not None else os.stat(url)
         now = info.st_size
