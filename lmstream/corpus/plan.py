@@ -80,25 +80,28 @@ class Plan:
     seen: dict = field(default_factory=dict, repr=False, compare=False)
 
 
+def _footer_tail(shard: Shard, policy: RetryPolicy, cache):
+    """ranges.footer_bytes, or the tail `cache` keeps for a remote file of that content tag and
+    size."""
+    if cache is None or not (shard.etag and shard.size and ranges.is_remote(shard.url)):
+        return ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
+    key = f"{shard.etag}:{shard.size}:footer"
+    data = cache.get(key)
+    if data is not None:
+        return {shard.size - len(data): data}, shard.size
+    tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
+    cache.put(key, next(iter(tail.values())))
+    return tail, size
+
+
 def read_footer(shard: Shard, text_field: str, policy: RetryPolicy, stats: dict,
                 check_field: bool = True, cache=None):
     """(footer, its raw bytes, shard with its size): one tail request for a remote file, retried;
     none when `cache` (a RangeCache) holds the tail of a file of that content tag and size."""
     import pyarrow.parquet as pq
 
-    def tail_and_size():
-        key = f"{shard.etag}:{shard.size}:footer"
-        if cache is not None and shard.etag and shard.size and ranges.is_remote(shard.url):
-            data = cache.get(key)
-            if data is not None:
-                return {shard.size - len(data): data}, shard.size
-            tail, size = ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
-            cache.put(key, next(iter(tail.values())))
-            return tail, size
-        return ranges.footer_bytes(shard.url, shard.size, policy.read_timeout)
-
     def read():
-        tail, size = tail_and_size()
+        tail, size = _footer_tail(shard, policy, cache)
         # pyarrow reads a 64 KB tail but parses only the footer: zeros stand for bytes not fetched
         # before it
         meta = pq.ParquetFile(ranges.SparseFile(size, tail, miss=lambda a,

@@ -1,5 +1,6 @@
 """What a run leaves in output_dir besides its checkpoints: the final model, config and tokenizer
-(each file whole or absent) and the metrics; and a full or unwritable disk said in one sentence.
+(each file whole or absent) and the metrics; and a full or unwritable disk said in one sentence
+(`step`, around each step of a lmstream.training.run.Run).
 
     save_final(trainer, "out")        # out/model.safetensors, config.json, tokenizer files
     read_metrics("out")               # all_results.json as a dict ({} before the run ends)
@@ -7,11 +8,14 @@
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import pathlib
 import re
 import shutil
+
+from ..errors import ConfigError
 
 
 # what to do about a path the file system refuses, by errno (network errors are not these)
@@ -65,3 +69,21 @@ def save_final(trainer, output_dir: str) -> None:
                 os.replace(os.path.join(scratch, name), os.path.join(output_dir, name))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def step(method):
+    """A step of a run: a full disk becomes one sentence, and a failed step lets go of the output
+    folder's lock (a notebook cell run again after a fix is then not refused by its own kernel)."""
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except BaseException as err:
+            self.close()
+            sentence = None
+            if isinstance(err, Exception) and not isinstance(err, ConfigError):
+                sentence = storage_error(err, self.training_args.output_dir)
+            if sentence is None:
+                raise
+            raise ConfigError(sentence) from None
+    return wrapped

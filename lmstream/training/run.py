@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import logging
 import os
 import time
@@ -35,7 +34,7 @@ from .data import build_datasets
 from ..errors import ConfigError
 from ..stream.loader import build_loader
 from .models import load_model_and_tokenizer
-from .outputs import read_metrics, save_final, storage_error
+from .outputs import read_metrics, save_final, step
 from .progress import (BarOnly, TerminalProgress, TiedWeightsFilter, final_numbers, run_banner,
                        say, summary)
 from .resume import check_output_dir, data_states_to_load, pinned_plan, resolve_checkpoint
@@ -45,24 +44,6 @@ from .trainer import StreamingTrainer, collate_blocks, is_stream, place_loader
 
 log = logging.getLogger("lmstream")
 TRAINER_LOG = logging.getLogger("transformers.trainer")
-
-
-def step(method):
-    """A step of a run: a full disk becomes one sentence, and a failed step lets go of the output
-    folder's lock (a notebook cell run again after a fix is then not refused by its own kernel)."""
-    @functools.wraps(method)
-    def wrapped(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except BaseException as err:
-            self.close()
-            sentence = None
-            if isinstance(err, Exception) and not isinstance(err, ConfigError):
-                sentence = storage_error(err, self.training_args.output_dir)
-            if sentence is None:
-                raise
-            raise ConfigError(sentence) from None
-    return wrapped
 
 
 class Run:
