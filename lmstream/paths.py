@@ -11,11 +11,13 @@ tests/test_sweeps.py) once its kind is declared, without a case of its own.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
 import re
 import stat
+import threading
 
 from .errors import ConfigError
 
@@ -68,6 +70,24 @@ def path_problem(path: str, want: str | None = None) -> str | None:
     if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
         return _WHY[errno.EACCES]
     return None
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+    """`data` at `path` whole or not at all: written aside (a name of this process and thread, so
+    that threads and processes writing the same path at once do not mix), synced when `sync`,
+    renamed into place; the aside file is removed when anything fails."""
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as f:
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def check_path(flag: str, path: str, want: str | None = None, hint: str = "check the path") -> None:

@@ -574,7 +574,7 @@ def test_a_node_cache_makes_the_second_read_of_a_source_free_and_stays_within_it
         small = _args(dataset_readahead_bytes=0, dataset_cache_dir=str(tmp_path / "small"), dataset_cache_size=20_000)
         assert _epoch(plan, small)[0] == first
     held = sum(f.stat().st_size for f in (tmp_path / "small").rglob("*") if f.is_file())
-    assert 0 < held <= 20_000 and not list((tmp_path / "cache").rglob(".tmp-*"))
+    assert 0 < held <= 20_000 and not list((tmp_path / "cache").rglob("*.tmp-*"))
 
 
 def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, tmp_path, fresh_urls):
@@ -595,7 +595,7 @@ def test_the_processes_of_a_node_share_one_cache_at_once(many_groups, hub_env, t
         sent = server.cdn_bytes
         third, stats = _epoch(plan, args)
         assert server.cdn_bytes == sent and stats["cache_hits"] == 160 and third == got[0][0]
-    assert not list((tmp_path / "cache").rglob(".tmp-*"))
+    assert not list((tmp_path / "cache").rglob("*.tmp-*"))
 
 
 def test_a_runs_processes_share_their_resolutions_through_its_output_folder(many_groups, hub_env, tmp_path,

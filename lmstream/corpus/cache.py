@@ -17,7 +17,8 @@ import contextlib
 import hashlib
 import os
 import threading
-import uuid
+
+from ..paths import atomic_write
 
 
 class RangeCache:
@@ -56,15 +57,10 @@ class RangeCache:
         if len(data) > self.max_bytes:
             return data
         path = self._path(key)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, data, sync=False)   # a lost entry is only read again
         except OSError:      # a full or read-only cache never stops a run: it is only not kept
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
             return data
         with self._lock:
             self._written += len(data)
@@ -80,7 +76,7 @@ class RangeCache:
             if not sub.is_dir():
                 continue
             for e in os.scandir(sub.path):
-                if e.name.startswith(".tmp-"):
+                if ".tmp-" in e.name:   # being written
                     continue
                 with contextlib.suppress(OSError):
                     st = e.stat()

@@ -27,6 +27,7 @@ import urllib.parse
 
 from . import ranges
 from ..errors import ConfigError
+from ..paths import atomic_write
 from .plan import Plan, assemble_plan, read_footer
 from .hub import check_commit, pinned_file, resolve_url
 from .shards import Shard
@@ -85,16 +86,6 @@ def from_dict(d: dict, where: str = "the saved plan") -> Plan:
         raise ConfigError(f"{where} is corrupt (its fingerprint does not match its content): "
                           f"delete it to plan anew.")
     return plan
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """`data` at `path` whole or not at all (written aside, synced, renamed into place)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save(plan: Plan, folder: str, cache_dir: str | None = None) -> str:

@@ -72,25 +72,31 @@ def _auth_headers(url: str) -> dict:
     return {"Authorization": f"Bearer {token()}"} if token() and url.startswith(endpoint()) else {}
 
 
+def _from_storage(url: str, storage: str | None, headers: dict, timeout):
+    """The answer of `url`'s signed storage URL, or None when there is none or the storage host
+    refuses it (expired or revoked: forgotten, so that it is resolved again, once)."""
+    if storage is None:
+        return None
+    r = client().get(storage, headers=headers, timeout=timeout)
+    if r.status_code not in signed.REFUSED:
+        return r
+    signed.forget(url)
+    return None
+
+
 def _get(url: str, headers: dict, timeout, counts: dict | None):
     """GET with `headers`: a Hub file from its signed storage URL while that is fresh, else through
     `resolve/` (paced by the Hub's RateLimit, counted in `counts`, the storage URL it redirects to
     remembered; lmstream.corpus.signed)."""
-    hub = "/resolve/" in url and url.startswith(endpoint())
-    storage = signed.lookup(url) if hub else None
-    if storage is not None:
-        r = client().get(storage, headers=headers, timeout=timeout)
-        if r.status_code not in signed.REFUSED:
-            return r
-        signed.forget(url)   # expired or revoked: resolved again, once
-    if not hub:
+    if not ("/resolve/" in url and url.startswith(endpoint())):
         return client().get(url, headers={**headers, **_auth_headers(url)}, timeout=timeout)
+    r = _from_storage(url, signed.lookup(url), headers, timeout)
+    if r is not None:
+        return r
     with signed.one_resolver(url) as shared:
-        if shared is not None:   # another process resolved it meanwhile
-            r = client().get(shared, headers=headers, timeout=timeout)
-            if r.status_code not in signed.REFUSED:
-                return r
-            signed.forget(url)
+        r = _from_storage(url, shared, headers, timeout)   # another process resolved it meanwhile
+        if r is not None:
+            return r
         signed.pace()
         if counts is not None:
             counts["hub_resolves"] = counts.get("hub_resolves", 0) + 1

@@ -12,7 +12,8 @@ the whole run, however many readers stride through it.
 
     storage = signed.lookup(resolve_url)        # None: resolve (through the Hub) first
     signed.remember(resolve_url, response.url)  # after a redirected answer
-    signed.pace(response_headers)               # before the next resolve: wait if the quota runs low
+    signed.told(response.headers)               # what the Hub said of its resolvers quota
+    signed.pace()                               # before the next resolve: wait if the quota runs low
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import os
 import threading
 import time
 import urllib.parse
+
+from ..paths import atomic_write
 
 log = logging.getLogger("lmstream")
 
@@ -98,16 +101,10 @@ def _write_shared(url: str, entry: tuple[str, float]) -> None:
     path = _shared_path(url)
     if path is None:
         return
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    try:
+    with contextlib.suppress(OSError):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"storage": entry[0], "until": entry[1]}, f)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+        data = json.dumps({"storage": entry[0], "until": entry[1]}).encode()
+        atomic_write(path, data, mode=0o600, sync=False)
 
 
 def remember(url: str, storage: str) -> None:

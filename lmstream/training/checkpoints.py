@@ -13,7 +13,7 @@ import os
 import re
 
 from ..errors import ConfigError
-from ..corpus.planfile import atomic_write
+from ..paths import atomic_write
 from ..stream.state import position_problem, reader_states
 
 DATA_STATE_DIR = "lmstream_data"

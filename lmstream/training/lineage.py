@@ -21,7 +21,7 @@ from .checkpoints import DATA_STATE_DIR, atomic_json, trained_steps
 from ..config import parse_step_ranges
 from ..corpus.docids import read_id_list
 from ..errors import ConfigError
-from ..corpus.planfile import atomic_write
+from ..paths import atomic_write
 
 RUN_LINEAGE = "lmstream_lineage.json"
 # every document listed by dataset_skip_documents in this lineage
