@@ -135,12 +135,12 @@ def banner(model, data_args, training_args, plan, block_size: int | None, checkp
 
 
 def hub_line(plan, readers: int) -> str:
-    """The Hub request budget of a run (lmstream.corpus.signed): each reader resolves a file once per
-    signed-URL lifetime (about an hour) and reads its row groups from the storage URL."""
+    """The Hub request budget of a run (lmstream.corpus.signed): the run's processes share their
+    resolutions, so each file is resolved about once per signed-URL lifetime (about an hour), however
+    many readers read it."""
     groups = sum(1 for p in plan.pieces if getattr(p, "row_group", -1) >= 0) or len(plan.pieces)
-    per_reader = min(len(plan.shards), -(-groups // max(1, readers)))
-    return (f"hub   {readers} reader(s) resolve each file they read once per signed URL (~1 h): "
-            f"at most {readers * per_reader:,} resolve/ requests an hour for {groups:,} row groups, "
+    return (f"hub   {readers} reader(s) share each file's signed URL (~1 h): about "
+            f"{len(plan.shards):,} resolve/ requests an hour at most for {groups:,} row groups, "
             "paced by the Hub's RateLimit headers")
 
 
