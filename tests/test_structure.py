@@ -34,7 +34,7 @@ WINGS = {
                  ["trainer"], ["run"], ["job"]],
     "tools": [["plots", "localserve", "reference", "prepare", "grouping", "kernel"],
               ["explore", "resuming", "bench_pipeline", "inspect", "hubplan"],
-              ["bench_prepare", "gpucheck", "render"], ["bench"]],
+              ["bench_prepare", "gpucheck", "render", "hubsim"], ["bench"]],
     "doors": [["train", "prepare", "inspect", "bench", "plan"], ["cli", "__init__"]],
 }
 NO_TRANSFORMERS = ("corpus", "tokens", "stream")

@@ -84,7 +84,7 @@ def _from_storage(url: str, storage: str | None, headers: dict, timeout):
     return None
 
 
-def _get(url: str, headers: dict, timeout, counts: dict | None):
+def get(url: str, headers: dict, timeout, counts: dict | None):
     """GET with `headers`: a Hub file from its signed storage URL while that is fresh, else through
     `resolve/` (paced by the Hub's RateLimit, counted in `counts`, the storage URL it redirects to
     remembered; lmstream.corpus.signed)."""
@@ -117,7 +117,7 @@ def _http_range(url: str, start: int, end: int | None, size: int | None, timeout
     spec = f"bytes={start}" if end is None and start < 0 else f"bytes={start}-{end - 1}"
     headers = {"Range": spec, "Accept-Encoding": "identity"}
     t = httpx.Timeout(timeout) if timeout else httpx.Timeout(None)
-    r = _get(url, headers, t, counts)
+    r = get(url, headers, t, counts)
     if r.status_code >= 400:
         raise RemoteError(f"HTTP {r.status_code} for {url}", r.status_code, r.headers)
     body = r.content

@@ -50,6 +50,19 @@ def share_in(folder: str | None) -> None:
     _SHARED["folder"] = folder
 
 
+def shared_folder() -> str | None:
+    return _SHARED["folder"]
+
+
+def use_table(table: dict) -> dict:
+    """Make `table` this process's resolutions (resolve URL -> (storage URL, reuse until)); returns
+    the one it replaces (a simulation gives each of its readers its own)."""
+    global _URLS
+    with _LOCK:
+        old, _URLS = _URLS, table
+    return old
+
+
 def _shared_path(url: str) -> str | None:
     folder = _SHARED["folder"]
     if folder is None:
