@@ -6,51 +6,15 @@ works.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import typing
 from dataclasses import dataclass, field
 from typing import Optional
 
 from .errors import ConfigError
+from .mixspec import SOURCE_KEYS, parse_mixture, parse_schedule  # noqa: F401 (their home)
 from .paths import PATHS, check_one, check_paths
 from .retry import RetryPolicy
-
-
-SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
-
-
-def parse_mixture(spec) -> list[dict]:
-    """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
-    if isinstance(spec, str):
-        try:
-            spec = json.loads(spec)
-        except ValueError as err:
-            raise ConfigError(f"dataset_mixture is not valid JSON ({err}): pass a list like "
-                              '[{"name": "...", "weight": 0.7}, ...].') from None
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError("dataset_mixture must be a non-empty list of sources, each "
-                          "with a name and a weight.")
-    sources = []
-    for i, src in enumerate(spec):
-        if not isinstance(src, dict) or "name" not in src or "weight" not in src:
-            raise ConfigError(f"dataset_mixture source {i} needs a 'name' and a "
-                              f"'weight' (got {src!r}).")
-        unknown = set(src) - SOURCE_KEYS
-        if unknown:
-            raise ConfigError(f"dataset_mixture source {i} has unknown key(s) {sorted(unknown)}; "
-                              f"the keys are {sorted(SOURCE_KEYS)}.")
-        weight = src["weight"]
-        if (isinstance(weight, bool) or not isinstance(weight, (int, float))
-                or not math.isfinite(weight) or weight <= 0):
-            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): weight "
-                              f"must be a positive number.")
-        if src.get("on_exhausted", "cycle") not in ("cycle", "stop"):
-            raise ConfigError(f"dataset_mixture source {i} ({src['name']}): on_exhausted "
-                              f"must be 'cycle' or 'stop'.")
-        sources.append({"config": None, "split": "train", "text_field": "text",
-                        "on_exhausted": "cycle", **src})
-    return sources
 
 
 def number_fields(cls) -> dict:
@@ -107,6 +71,13 @@ class DataArguments:
         'Several sources in set proportions, as JSON (a list in YAML): [{"name": ..., "config": '
         '..., "split": ..., "text_field": ..., "weight": 0.7, "on_exhausted": "cycle" | '
         '"stop"}, ...]; replaces dataset_name.')})
+    dataset_mixture_schedule: Optional[str] = field(default=None, metadata={"help": (
+        'The mixture\'s weights over training, as JSON (a list in YAML): [{"step": 0, "weights": '
+        '{"<source name>": 0.9, ...}}, {"step": 2000, "weights": [0.5, 0.5]}, ...]; linear '
+        "between points (two points a step apart make a jump), keyed to the optimizer step.")})
+    dataset_accept_mixture_change: bool = field(default=False, metadata={"help": (
+        "On resume, accept other dataset_mixture weights or another dataset_mixture_schedule "
+        "than the checkpoint's (recorded in the lineage). Default: refuse.")})
     dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
     dataset_test_split: str = field(default="test", metadata={"help": (
         "Split to evaluate on, when the dataset has it.")})
@@ -143,6 +114,10 @@ class DataArguments:
     dataset_tokenizer_backend: str = field(default="auto", metadata={"help": (
         "Tokenizer backend: auto (the fastest that reproduces the tokenizer id for id: fastokens, "
         "then tiktoken, then the HF tokenizer), or fastokens, tiktoken or hf to insist on one.")})
+    dataset_document_attention: str = field(default="shared", metadata={"help": (
+        "shared: a packed block's tokens attend to every token before them, other documents' too "
+        "(the reference script, GPT-2's own training); isolated: position_ids restart at each "
+        "document, so no token attends to another document (eager, sdpa, flash attention).")})
     dataset_tokenize_batch_size: int = field(default=256,
                                              metadata={"help": "Documents per tokenizer call."})
     dataset_cycle: bool = field(default=True, metadata={"help": (
@@ -190,6 +165,11 @@ class DataArguments:
         if self.dataset_mixture is not None:
             for i, source in enumerate(parse_mixture(self.dataset_mixture)):
                 check_one(f"dataset_mixture source {i}", source.get("name"), "source")
+        if self.dataset_mixture_schedule is not None:
+            if self.dataset_mixture is None:
+                raise ConfigError("dataset_mixture_schedule needs dataset_mixture: give the "
+                                  "sources it weighs.")
+            parse_schedule(self.dataset_mixture_schedule, parse_mixture(self.dataset_mixture))
         parse_step_ranges(self.dataset_skip_steps)
         if self.dataset_block_size is not None and self.dataset_block_size < 2:
             raise ConfigError(f"dataset_block_size={self.dataset_block_size} is too small: use at "
@@ -211,6 +191,9 @@ class DataArguments:
         if self.dataset_tokenizer_backend not in ("auto", "fastokens", "tiktoken", "hf"):
             raise ConfigError(f"dataset_tokenizer_backend={self.dataset_tokenizer_backend!r} must "
                               "be auto, fastokens, tiktoken or hf.")
+        if self.dataset_document_attention not in ("shared", "isolated"):
+            raise ConfigError(f"dataset_document_attention={self.dataset_document_attention!r} "
+                              "must be shared or isolated.")
         if self.dataset_tokenize_batch_size < 1:
             raise ConfigError(f"dataset_tokenize_batch_size={self.dataset_tokenize_batch_size} "
                               f"must be at least 1.")

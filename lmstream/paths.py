@@ -46,6 +46,7 @@ PATHS = {
 }
 NOT_PATHS = {"dataset_config_name", "dataset_mixture", "dataset_train_split", "dataset_test_split",
              "dataset_text_field", "dataset_text_sample_by", "dataset_tokenizer_backend",
+             "dataset_document_attention", "dataset_mixture_schedule",
              "dataset_skip_steps", "config_overrides", "torch_dtype", "attn_implementation"}
 # TrainingArguments' paths (its fields carry no metadata of ours)
 TRAINING_PATHS = {"output_dir": "new-folder", "resume_from_checkpoint": "checkpoint"}

@@ -23,7 +23,7 @@ PACKAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lmstre
 ARCHITECTURE = os.path.join(os.path.dirname(PACKAGE), "docs", "architecture.md")
 # The wings, bottom to top; each a list of layers (a module imports modules of earlier layers only).
 WINGS = {
-    "": [["errors"], ["retry", "paths"], ["config"], ["arguments", "helptext"]],
+    "": [["errors"], ["retry", "paths", "mixspec"], ["config"], ["arguments", "helptext"]],
     "corpus": [["shards", "longtext", "readahead", "closing", "cards", "versions", "signed", "sparse", "cache"], ["ranges"], ["hub", "plan"], ["sources", "planfile"],
                ["textfiles"], ["documents", "docids"]],
     "tokens": [["backends", "provenance", "calls"], ["tokenize", "packing"]],

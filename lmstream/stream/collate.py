@@ -13,6 +13,8 @@ import torch
 from ..tokens.provenance import BatchProvenance
 from .reader import PROVENANCE   # a sample's segments: not a tensor, kept beside the batch
 
+POSITIONS = "position_ids"      # dataset_document_attention isolated (packed blocks' raw samples)
+
 
 class ArrayBatch:
     """A batch as NumPy arrays on its way from a worker: pickled by value through the worker's
@@ -82,7 +84,7 @@ class Arrays(torch.utils.data.IterableDataset):
 
 def raw_blocks(samples: list[dict]) -> bool:
     """Packed blocks as bare int32 arrays (Reader.samples(raw=True)): no labels, input_ids a NumPy
-    array."""
+    array (and position_ids, when documents are isolated)."""
     return "labels" not in samples[0] and isinstance(samples[0].get("input_ids"), np.ndarray)
 
 
@@ -96,7 +98,11 @@ def collate_tensors(samples: list[dict]) -> PinnedBatch:
         for row, s in zip(ids, samples):
             row[:] = s["input_ids"]
         ids = torch.from_numpy(ids)
-        return PinnedBatch({"input_ids": ids, "labels": ids.clone()}, provenance)
+        batch = {"input_ids": ids, "labels": ids.clone()}
+        if POSITIONS in samples[0]:
+            batch[POSITIONS] = torch.from_numpy(np.stack([s[POSITIONS] for s in samples])
+                                                .astype(np.int64))
+        return PinnedBatch(batch, provenance)
     return PinnedBatch({k: torch.stack([s[k] for s in samples]) for k in samples[0]
                         if k != PROVENANCE}, provenance)
 
@@ -109,7 +115,10 @@ def collate_arrays(samples: list[dict], id_type=None) -> ArrayBatch:
     if raw_blocks(samples):
         ids = [s["input_ids"] for s in samples]
         ids = np.array(ids, dtype=id_type) if id_type is not None else narrow(np.stack(ids))
-        return ArrayBatch({"input_ids": ids}, True,
+        arrays = {"input_ids": ids}
+        if POSITIONS in samples[0]:
+            arrays[POSITIONS] = narrow(np.stack([s[POSITIONS] for s in samples]))
+        return ArrayBatch(arrays, True,
                           BatchProvenance.pack([s.get(PROVENANCE) for s in samples]))
     arrays = {k: np.stack([s[k].numpy() for s in samples]).astype(np.int32) for k in samples[0]
               if k != PROVENANCE}

@@ -202,6 +202,8 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
     group = kwargs.pop("group", None)
+    if hasattr(dataset, "set_batches"):   # a mixture's schedule counts steps in batches
+        dataset.set_batches(batch_size)
     if num_workers == 0:
         kwargs.pop("prefetch_factor", None)
         kwargs.pop("persistent_workers", None)

@@ -19,7 +19,8 @@ import logging
 import numpy as np
 import torch
 
-from ..config import DataArguments, parse_mixture
+from ..config import DataArguments
+from ..mixspec import parse_mixture, parse_schedule, source_label, weights_at
 from ..errors import ConfigError
 from ..tokens.provenance import with_source
 from .blocks import build_stream
@@ -53,10 +54,19 @@ def source_error(err: ConfigError, i: int, src: dict) -> ConfigError:
 class MixtureBlocks(torch.utils.data.IterableDataset):
     """Blocks drawn from several StreamingBlocks in proportion to their weights."""
 
-    def __init__(self, streams: list, names: list[str], weights: list[float], seed: int):
+    def __init__(self, streams: list, names: list[str], weights: list[float], seed: int,
+                 schedule: list | None = None, accept_change: bool = False):
         self.streams, self.names, self.seed = streams, names, seed
         w = np.asarray(weights, dtype=np.float64)
         self.cum = np.cumsum(w / w.sum())
+        # dataset_mixture_schedule: [(step, weights)], the weights of each block those of the
+        # optimizer step it feeds (step_of); None: the fixed weights above
+        self.schedule, self.accept_change = schedule, accept_change
+        # what maps a reader's block count to the optimizer step: blocks per batch (the loader's,
+        # build_loader sets it) and batches per step (the Trainer's gradient accumulation)
+        self.batch_size, self.accumulation = 1, 1
+        self._base = (0, 0)                      # (n, step) the step count starts from
+        self._saved_shape, self._saved_step = None, 0   # a resumed state's (batch, accumulation)
         self.block_size = streams[0].block_size
         # one that holds every source's ids
         self.id_type = np.result_type(*[s.id_type for s in streams]).type
@@ -67,10 +77,29 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         # slot -> n, counts, gen to start from (elastic resume, carry-over)
         self._starts: dict[int, dict] = {}
 
+    def set_batches(self, batch_size: int, accumulation: int | None = None) -> None:
+        """Blocks per batch of this reader's loader, and (when given) batches per optimizer step:
+        what keys the schedule to the optimizer step."""
+        self.batch_size = batch_size
+        if accumulation is not None:
+            self.accumulation = accumulation
+
+    def step_of(self, slot: int, n: int) -> int:
+        """The optimizer step (0: the first update) that block `n` of reader `slot` feeds: the
+        loader hands out its workers' batches in turn, so on every rank batch j of worker w is the
+        rank's batch j * workers + w."""
+        workers = self.streams[0].identity().workers
+        n0, step0 = self._base
+        batch = ((n - n0) // self.batch_size) * workers + slot % workers
+        return step0 + batch // self.accumulation
+
     def _pick(self, slot: int, n: int) -> int:
         key = [self.seed, DRAWS, slot, n] + ([self._gen] if self._gen else [])
         u = np.random.default_rng(key).random()
-        return int(min(np.searchsorted(self.cum, u, side="right"), len(self.cum) - 1))
+        cum = self.cum
+        if self.schedule is not None:
+            cum = np.cumsum(weights_at(self.schedule, self.step_of(slot, n)))
+        return int(min(np.searchsorted(cum, u, side="right"), len(cum) - 1))
 
     def __iter__(self):
         return self.iterate()
@@ -82,6 +111,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         if self._n == 0 and slot in self._starts:
             start = self._starts.pop(slot)
             self._n, self._counts, self._gen = start["n"], list(start["counts"]), start["gen"]
+            self._base = tuple(start.get("base", (0, 0)))
+        if self._saved_shape not in (None, self._shape()):
+            # resumed with another batch size or accumulation: the step count goes on from here
+            self._base, self._saved_shape = (self._n, self._saved_step), None
         iters = [s.iterate(raw) for s in self.streams]
         while True:
             k = self._pick(slot, self._n)
@@ -104,10 +137,19 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         stats = sum_counters(st["stats"] for st in states)
         for name, c in zip(self.names, self._counts):
             stats[f"tokens/{name}"] = c * self.block_size
-        return {"version": states[0]["version"],
-                "settings": {"mixture": self.names, "cum": self.cum.tolist()}, "mixture_n": self._n,
-                "mixture_counts": list(self._counts), "mixture_gen": self._gen, "sources": states,
-                "stats": stats}
+        state = {"version": states[0]["version"],
+                 "settings": {"mixture": self.names, "cum": self.cum.tolist()},
+                 "mixture_n": self._n, "mixture_counts": list(self._counts),
+                 "mixture_gen": self._gen, "sources": states, "stats": stats}
+        if self.schedule is not None:
+            slot = self.streams[0].identity().slot
+            state["settings"]["schedule"] = [[s, list(w)] for s, w in self.schedule]
+            state.update(mixture_base=list(self._base), mixture_shape=list(self._shape()),
+                         mixture_step=self.step_of(slot, self._n))
+        return state
+
+    def _shape(self) -> tuple[int, int]:
+        return (self.batch_size, self.accumulation)
 
     def _check(self, state: dict) -> None:
         """Refuse another mixture. Sources are matched by content (shard names and content
@@ -123,9 +165,19 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         if len(sources) != len(self.streams) or (saved != self.names and not same_content):
             raise ConfigError(f"The data state was saved for another dataset_mixture ({saved}): "
                               "resume with the same sources.")
-        if not np.allclose(state["settings"]["cum"], self.cum):
-            raise ConfigError("The data state was saved with other dataset_mixture weights: "
-                              "resume with the same weights.")
+        saved = state["settings"].get("schedule")
+        mine = [[s, list(w)] for s, w in self.schedule] if self.schedule is not None else None
+        same = (saved == mine if saved is not None or mine is not None
+                else np.allclose(state["settings"]["cum"], self.cum))
+        if same:
+            return
+        if not self.accept_change:
+            raise ConfigError("The data state was saved with other dataset_mixture weights or "
+                              "another dataset_mixture_schedule: resume with the same ones, or "
+                              "pass --dataset_accept_mixture_change true to change them from "
+                              "here on.")
+        log.warning("dataset_mixture: the weights change at this resume (saved: %s; now: %s)",
+                    saved or state["settings"]["cum"], mine or self.cum.tolist())
 
     def load_state_dict(self, state: dict) -> None:
         self._check(state)
@@ -133,6 +185,9 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
             stream.load_state_dict(st)
         self._n, self._counts = state["mixture_n"], list(state["mixture_counts"])
         self._gen = state.get("mixture_gen", 0)
+        self._base = tuple(state.get("mixture_base", (0, 0)))
+        self._saved_step = state.get("mixture_step", 0)
+        self._saved_shape = tuple(state["mixture_shape"]) if "mixture_shape" in state else None
 
     def resume_elastic(self, loader_states: list, num_workers: int) -> None:
         """Continue from every rank's loader states saved with another number of processes or
@@ -151,7 +206,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         n_slots, rank = self.streams[0].world_size * workers, self.streams[0].rank
         totals = [sum(m["mixture_counts"][i] for m in mixes) for i in range(len(self.streams))]
         gen = max(m.get("mixture_gen", 0) for m in mixes) + 1
-        self._starts = {s: {"n": 0, "counts": [share(t, n_slots, s) for t in totals], "gen": gen}
+        # the step count goes on from the step the slowest reader had reached
+        base = (0, min(m.get("mixture_step", 0) for m in mixes))
+        self._starts = {s: {"n": 0, "counts": [share(t, n_slots, s) for t in totals], "gen": gen,
+                            "base": base}
                         for s in range(rank * workers, (rank + 1) * workers)}
 
     def carry_over(self, loader_state: dict) -> None:
@@ -160,7 +218,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         for m in _mixture_states(loader_state):
             slot = m["sources"][0]["slot"]
             self._starts[slot] = {"n": m["mixture_n"], "counts": m["mixture_counts"],
-                                  "gen": m.get("mixture_gen", 0)}
+                                  "gen": m.get("mixture_gen", 0),
+                                  "base": m.get("mixture_base", (0, 0))}
             for stream, st in zip(self.streams, m["sources"]):
                 stream.carry_over(st)
 
@@ -209,8 +268,11 @@ def build_mixture(args: DataArguments, tokenizer, seed: int, rank: int, world_si
             raise source_error(err, i, src) from None
     if split != "train":
         return ChainBlocks(streams)
-    names = [src["name"] + (f":{src['config']}" if src["config"] else "") for src in sources]
+    names = [source_label(src) for src in sources]
     log.info("dataset_mixture: %s",
              ", ".join(f"{n} weight {src['weight']} ({src['on_exhausted']} when exhausted)"
                                               for n, src in zip(names, sources)))
-    return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed)
+    schedule = (parse_schedule(args.dataset_mixture_schedule, sources)
+                if args.dataset_mixture_schedule is not None else None)
+    return MixtureBlocks(streams, names, [src["weight"] for src in sources], seed, schedule,
+                         args.dataset_accept_mixture_change)

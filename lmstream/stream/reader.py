@@ -26,7 +26,7 @@ from ..corpus.documents import DocumentStream
 from .elastic import decode_items
 from ..errors import ConfigError
 from ..corpus.longtext import LongText
-from ..tokens.packing import BlockPacker, Part, cut_heads, pad_document
+from ..tokens.packing import BlockPacker, Part, cut_heads, document_positions, pad_document
 from ..corpus.plan import Plan
 from .state import Counters, ReaderState, Sample, check_start
 from ..tokens.calls import long_text_runs, tokenizer_batches
@@ -231,6 +231,7 @@ class Reader:
     def _blocks(self, packed, stats: Counters, raw: bool):
         """Samples (labels = input_ids, the provenance of their tokens) from the packer's output,
         counted."""
+        isolated = self.args.dataset_document_attention == "isolated"
         for p in packed:
             stats["tokens"] += len(p.block)
             stats["blocks"] += 1
@@ -239,6 +240,9 @@ class Reader:
             else:
                 t = torch.from_numpy(p.block.astype(np.int64))
                 sample = {"input_ids": t, "labels": t.clone(), PROVENANCE: p.provenance}
+            if isolated:   # position_ids restarting at each document: no attention across them
+                pos = document_positions(p.block, self.encoder.eos)
+                sample["position_ids"] = pos if raw else torch.from_numpy(pos.astype(np.int64))
             yield Sample(sample, p.next_ref, p.next_offset, p.docs_done, p.bytes_done)
 
     def _long_samples(self, window, j: int, tok0: int, packer: BlockPacker, stats: Counters,

@@ -151,6 +151,19 @@ class BlockPacker:
         return dropped
 
 
+def document_positions(blocks, eos: int) -> np.ndarray:
+    """`position_ids` for packed blocks (1-D or 2-D) that restart at each document
+    (dataset_document_attention isolated), int32: a document's segment begins with the EOS that
+    ended the one before it (GPT-2's <|endoftext|> doubles as its beginning-of-text), or at the
+    block's start. Each target is then predicted from its own document only, the first token of a
+    document from that EOS alone and the EOS from its document, so every token stays a target.
+    Derived from the ids alone: streamed, prepared and replayed blocks get the same positions."""
+    blocks = np.asarray(blocks)
+    idx = np.broadcast_to(np.arange(blocks.shape[-1], dtype=np.int32), blocks.shape)
+    starts = np.maximum.accumulate(np.where(blocks == eos, idx, 0), axis=-1)
+    return idx - starts
+
+
 def pad_document(ids: np.ndarray, max_len: int, pad_id: int):
     """One sample per document: truncated to `max_len`, padded; pad labels are -100."""
     n = min(len(ids), max_len)

@@ -140,6 +140,8 @@ def _replay_segment(output_dir: str, seg: dict, first: int, last: int, ranks):
         ds = build_pipeline(args, tokenizer, seed=seg["seed"], rank=rank, world_size=world,
                             max_positions=seg["max_positions"], max_samples=seg["max_samples"],
                             plan=plan)
+        if hasattr(ds, "set_batches"):   # a mixture's schedule, keyed to the optimizer step
+            ds.set_batches(seg["batch_size"], ga)
         loader = build_loader(ds, seg["batch_size"], workers)
         place_loader(loader, ds, states, rank, world, workers)
         ctx = {"checkpoint": ckpt, "topology": topology, "describe": Describer(ds, tokenizer, args)}

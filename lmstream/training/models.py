@@ -93,3 +93,16 @@ def _model_from_config(args: ModelArguments, kwargs: dict):
                           f"{str(err).splitlines()[0] if str(err) else 'inconsistent sizes'}): "
                           "fix the values.") from None
     return model
+
+
+def isolate_documents(model) -> None:
+    """Make `model` keep the documents of a packed block apart (dataset_document_attention
+    isolated): transformers turns position_ids that restart into a block-diagonal mask (eager,
+    sdpa, flex) or varlen kernels (flash attention) only when the forward holds no cache, and a
+    config's `use_cache` (GPT-2's is true) makes one even in training: without this, positions
+    would restart and attention would still cross documents, silently."""
+    import inspect
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(f"dataset_document_attention=isolated needs a model whose forward takes "
+                          f"position_ids; {type(model).__name__} does not: use shared.")
+    model.config.use_cache = False

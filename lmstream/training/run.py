@@ -33,14 +33,14 @@ from . import lineage
 from .data import build_datasets
 from ..errors import ConfigError
 from ..stream.loader import build_loader
-from .models import load_model_and_tokenizer
+from .models import isolate_documents, load_model_and_tokenizer
 from .outputs import read_metrics, save_final, step
 from .progress import (BarOnly, TerminalProgress, TiedWeightsFilter, final_numbers, run_banner,
                        say, summary)
 from .resume import check_output_dir, data_states_to_load, pinned_plan, resolve_checkpoint
 from .runlock import output_lock
 from .signals import StopAtStepBoundary, Stopped, stop_on_signals
-from .trainer import StreamingTrainer, collate_blocks, is_stream, place_loader
+from .trainer import StreamingTrainer, block_collator, is_stream, place_loader
 
 log = logging.getLogger("lmstream")
 TRAINER_LOG = logging.getLogger("transformers.trainer")
@@ -114,6 +114,8 @@ class Run:
         reproducible init)."""
         set_seed(self.training_args.seed)
         self.model, self.tokenizer = load_model_and_tokenizer(self.model_args)
+        if self.data_args.dataset_document_attention == "isolated":
+            isolate_documents(self.model)
         return self.model, self.tokenizer
 
     @step
@@ -133,6 +135,9 @@ class Run:
                                                                self.tokenizer, seed, rank,
                                                                world, positions, a.do_eval,
                                                                plan=plan, output_dir=a.output_dir)
+        if hasattr(self.train_dataset, "set_batches"):   # a mixture's schedule: optimizer steps
+            self.train_dataset.set_batches(a.per_device_train_batch_size,
+                                           a.gradient_accumulation_steps)
         stream = is_stream(self.train_dataset)
         if stream and a.do_train and a.max_steps <= 0 and not self.run_args.max_train_samples:
             raise ConfigError("max_steps must be set for a streamed dataset (its length is "
@@ -152,8 +157,8 @@ class Run:
         stream with the run's workers: the run's own stream does not move."""
         a, ds = self.training_args, copy.deepcopy(self.train_dataset)
         if not is_stream(ds):
-            return collate_blocks([ds[i]
-                                   for i in range(min(a.per_device_train_batch_size, len(ds)))])
+            return block_collator(self.data_args, self.tokenizer)(
+                [ds[i] for i in range(min(a.per_device_train_batch_size, len(ds)))])
         loader = build_loader(ds, a.per_device_train_batch_size, a.dataloader_num_workers)
         place_loader(loader, ds, self.data_states, *self.rank_and_world, a.dataloader_num_workers)
         return next(iter(loader))
@@ -184,7 +189,7 @@ class Run:
         return self.adopt(StreamingTrainer(
             model=self.model, args=self.training_args, train_dataset=self.train_dataset,
             eval_dataset=self.eval_dataset, processing_class=self.tokenizer,
-            data_collator=collate_blocks, **self.trainer_kwargs()))
+            data_collator=block_collator(self.data_args, self.tokenizer), **self.trainer_kwargs()))
 
     @step
     def fit(self) -> dict:

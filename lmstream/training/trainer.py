@@ -15,6 +15,7 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 from transformers import Trainer, default_data_collator
 
@@ -26,6 +27,7 @@ from ..stream.blocks import StreamingBlocks
 from . import lineage
 from ..corpus.planfile import save as save_plan
 from ..stream.state import merge_stats, stream_epoch
+from ..tokens.packing import document_positions
 
 log = logging.getLogger("lmstream")
 
@@ -43,15 +45,33 @@ def is_stream(ds) -> bool:
     return isinstance(ds, (StreamingBlocks, MixtureBlocks))
 
 
-def collate_blocks(features: list[dict]) -> dict:
+class BlockCollator:
     """The Trainer's default collation, with labels = input_ids for blocks stored without them
-    (packed blocks saved by lmstream.tools.prepare or materialized for `dataset_streaming
-    false`)."""
-    batch = default_data_collator([{k: v for k, v in f.items() if k != "provenance"}
-                                   for f in features])
-    if "labels" not in batch and "input_ids" in batch:
-        batch["labels"] = batch["input_ids"].to(torch.int64, copy=True)
-    return batch
+    (packed blocks saved by lmstream.tools.prepare or materialized for `dataset_streaming false`);
+    given the EOS id (dataset_document_attention isolated), packed blocks get position_ids that
+    restart at each document, as a stream's blocks carry them."""
+
+    def __init__(self, eos: int | None = None):
+        self.eos = eos
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = default_data_collator([{k: v for k, v in f.items() if k != "provenance"}
+                                       for f in features])
+        if "labels" not in batch and "input_ids" in batch:
+            batch["labels"] = batch["input_ids"].to(torch.int64, copy=True)
+        if self.eos is not None and "position_ids" not in batch and "attention_mask" not in batch:
+            batch["position_ids"] = torch.from_numpy(
+                document_positions(batch["input_ids"].numpy(), self.eos).astype(np.int64))
+        return batch
+
+
+collate_blocks = BlockCollator()
+
+
+def block_collator(data_args, tokenizer) -> BlockCollator:
+    """The collation of map-style blocks and of evaluation for this run's arguments."""
+    isolated = data_args.dataset_document_attention == "isolated"
+    return BlockCollator(tokenizer.eos_token_id) if isolated else collate_blocks
 
 
 def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, world_size: int,
@@ -228,7 +248,9 @@ class StreamingTrainer(Trainer):
         was_training = model.training
         model.eval()
         loader = torch.utils.data.DataLoader(data, batch_size=self.args.per_device_eval_batch_size,
-                                             collate_fn=collate_blocks)
+                                             collate_fn=self.data_collator
+                                             if isinstance(self.data_collator, BlockCollator)
+                                             else collate_blocks)
         sums = torch.zeros(2, dtype=torch.float64, device=self.args.device)
         with torch.no_grad():
             for batch in loader:
