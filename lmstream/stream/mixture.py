@@ -30,7 +30,8 @@ log = logging.getLogger("lmstream")
 # "mix" in ASCII: keeps the source draws apart from the other RNG streams of the same seed
 DRAWS = 0x6D6978
 def source_arguments(args: DataArguments, src: dict) -> DataArguments:
-    return dataclasses.replace(args, dataset_mixture=None, dataset_name=src["name"],
+    return dataclasses.replace(args, dataset_mixture=None, dataset_mixture_schedule=None,
+                               dataset_name=src["name"],
                                dataset_config_name=src["config"], dataset_train_split=src["split"],
                                dataset_text_field=src["text_field"],
                                dataset_cycle=args.dataset_cycle and src["on_exhausted"] == "cycle")

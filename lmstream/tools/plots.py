@@ -52,12 +52,7 @@ def training_curves(output_dir: str, save: bool = True):
         ax.set_title(title)
         ax.set_ylabel(ylabel)
     if sources:
-        for key in sources:
-            axes[len(PANELS)].plot(*zip(*[(h["step"], h[key]) for h in hist if key in h]),
-                                   marker=".", label=key[4:][-30:])
-        axes[len(PANELS)].set_title("share of tokens per source")
-        axes[len(PANELS)].set_ylabel("share of this rank's tokens")
-        axes[len(PANELS)].legend(fontsize=7)
+        mixture_panel(axes[len(PANELS)], hist, sources, mixture_schedule(output_dir))
     for ax in axes[n:]:
         ax.axis("off")
     for ax in axes[:n]:
@@ -65,6 +60,51 @@ def training_curves(output_dir: str, save: bool = True):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, os.path.join(output_dir, "training_curves.png") if save else None)
+
+
+def mixture_schedule(output_dir: str) -> list | None:
+    """[(from step, schedule, source labels)] of each start of the run that had a
+    dataset_mixture_schedule (its lineage), oldest first; None without one."""
+    from ..mixspec import parse_mixture, parse_schedule, source_label
+    from ..training.lineage import RUN_LINEAGE, read
+    out = []
+    for seg in read(os.path.join(output_dir, RUN_LINEAGE)):
+        data = seg.get("data_args", {})
+        if data.get("dataset_mixture_schedule") and data.get("dataset_mixture"):
+            mix = parse_mixture(data["dataset_mixture"])
+            out.append((seg["from_step"], parse_schedule(data["dataset_mixture_schedule"], mix),
+                        [source_label(m) for m in mix]))
+    return out or None
+
+
+def mixture_panel(ax, hist: list, sources: list, schedule: list | None) -> None:
+    """Each source's share of the tokens over steps. With a schedule: the share of each logging
+    window (from the logged running shares: a rank trains as many tokens each step) against what
+    the schedule gave those steps on average (dashed)."""
+    import numpy as np
+
+    from ..mixspec import weights_at
+    for n, key in enumerate(sources):
+        pts = [(h["step"], h[key]) for h in hist if key in h]
+        color = f"C{n}"
+        if not schedule:
+            ax.plot(*zip(*pts), marker=".", label=key[4:][-30:], color=color)
+            continue
+        window = [(t2, (s2 * t2 - s1 * t1) / (t2 - t1))
+                  for (t1, s1), (t2, s2) in zip([(0, 0.0), *pts], pts) if t2 > t1]
+        ax.plot(*zip(*window), marker=".", label=f"{key[4:][-30:]} (each log window)", color=color)
+        planned = []
+        for t1, t2 in zip([0, *[t for t, _ in pts]], [t for t, _ in pts]):
+            segs = [seg for seg in schedule if seg[0] <= t1] or schedule[:1]
+            _, sched, labels = segs[-1]
+            if key[4:] in labels:
+                i = labels.index(key[4:])
+                planned.append((t2, np.mean([weights_at(sched, s)[i] for s in range(t1, t2)])))
+        if planned:
+            ax.plot(*zip(*planned), linestyle="--", color=color, label=f"{key[4:][-30:]} (schedule)")
+    ax.set_title("share of tokens per source" + (" against the schedule" if schedule else ""))
+    ax.set_ylabel("share of this rank's tokens")
+    ax.legend(fontsize=7)
 
 
 def length_histogram(lengths, marks: dict, path: str | None = None):
