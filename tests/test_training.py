@@ -195,6 +195,11 @@ def test_killed_runs_resume_from_the_last_complete_checkpoint(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     a, b = _losses(tmp_path / "straight"), _losses(out)
     assert [a[s] for s in range(1, 11)] == [b[s] for s in range(1, 11)]
+    # the finished run resumed again: the Trainer would take an 11th step of a 10-step run; refused instead
+    again = subprocess.run(_train_cmd(out, "--resume_from_checkpoint", "true"), capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert again.returncode == 2 and "already holds 10 steps, max_steps=10: pass a larger --max_steps" in again.stderr
+    assert not (out / "checkpoint-11").exists()
 
 
 def test_prepare_uses_processes_and_reports_its_rate(tmp_path, capsys):

@@ -54,7 +54,8 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
         state = os.path.join(folder, "trainer_state.json")
         try:
             with open(state) as f:
-                if not isinstance(json.load(f).get("global_step"), int):
+                step = json.load(f).get("global_step")
+                if not isinstance(step, int):
                     raise ValueError("no global_step")
         except FileNotFoundError:
             raise ConfigError(f"resume_from_checkpoint '{folder}' has no trainer_state.json: "
@@ -62,6 +63,10 @@ def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
         except (OSError, ValueError, AttributeError) as err:
             raise ConfigError(f"Checkpoint file '{state}' is unreadable ({err}): resume "
                               f"from an earlier checkpoint.") from None
+        if 0 < training_args.max_steps <= step:   # the Trainer would take one step more
+            raise ConfigError(f"resume_from_checkpoint '{folder}' already holds {step} steps, "
+                              f"max_steps={training_args.max_steps}: pass a larger --max_steps "
+                              "to go on.")
     return folder
 
 
