@@ -185,3 +185,23 @@ def train_recording(argv, monkeypatch, stop_at=None):
     metrics = lt.train(*parse_args(argv), callbacks=[_StopAt(stop_at)])
     monkeypatch.undo()
     return batches, metrics
+
+
+def train_fed(argv, monkeypatch):
+    """{step: [(input_ids, position_ids or None, loss) of each micro-batch]} the model was fed by
+    `python -m lmstream.train ARGV` run in process."""
+    import lmstream.train as lt
+    from lmstream.training.trainer import StreamingTrainer
+    seen, orig = {}, StreamingTrainer.compute_loss
+
+    def compute_loss(self, model, inputs, *a, **k):
+        loss = orig(self, model, inputs, *a, **k)
+        value = (loss[0] if isinstance(loss, tuple) else loss).item()
+        pos = inputs.get("position_ids")
+        seen.setdefault(self.state.global_step + 1, []).append(
+            (inputs["input_ids"].detach().cpu().clone(), None if pos is None else pos.detach().cpu().clone(), value))
+        return loss
+    monkeypatch.setattr(StreamingTrainer, "compute_loss", compute_loss)
+    lt.train(*lt.parse_args(argv))
+    monkeypatch.undo()
+    return seen

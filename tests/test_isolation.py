@@ -7,11 +7,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import lmstream
-import lmstream.train as lt
 from lmstream.config import ConfigError
 from lmstream.tokens.packing import document_positions
 from lmstream.training.models import isolate_documents
-from conftest import TINY_MODEL, make_docs, write_parquet
+from conftest import TINY_MODEL, make_docs, train_fed, write_parquet
 
 BLOCK = 64
 
@@ -101,25 +100,9 @@ def _argv(data, out, steps, workers, *extra):
             "--dataset_document_attention", "isolated", "--disable_tqdm", "true", "--report_to", "none", *extra]
 
 
-def _recorded(argv, monkeypatch):
-    """{step: (input_ids, position_ids, loss)} of each forward the training job made."""
-    from lmstream.training.trainer import StreamingTrainer
-    seen, orig = {}, StreamingTrainer.compute_loss
-
-    def compute_loss(self, model, inputs, *a, **k):
-        loss = orig(self, model, inputs, *a, **k)
-        value = loss[0] if isinstance(loss, tuple) else loss
-        seen[self.state.global_step + 1] = (inputs["input_ids"].clone(), inputs.get("position_ids"), value.item())
-        return loss
-    monkeypatch.setattr(StreamingTrainer, "compute_loss", compute_loss)
-    lt.train(*lt.parse_args(argv))
-    monkeypatch.undo()
-    return seen
-
-
 def _check_positions(seen, eos):
     restarts = 0
-    for ids, pos, _ in seen.values():
+    for ids, pos, _ in (mb for micro in seen.values() for mb in micro):
         assert pos is not None and pos.tolist() == document_positions(ids.numpy(), eos).tolist()
         restarts += int((pos[:, 1:] == 0).sum())
     assert restarts > 0
@@ -132,23 +115,23 @@ def test_isolated_runs_resume_bitwise_elastically_and_from_prepared_blocks(tmp_p
     import lmstream.tools.prepare as lp
     write_parquet(tmp_path / "pq", make_docs(200, seed=4), shards=3, rows_per_group=8)
     data, eos = tmp_path / "pq", tokenizer.eos_token_id
-    straight = _recorded(_argv(data, tmp_path / "a", 6, 2), monkeypatch)
+    straight = train_fed(_argv(data, tmp_path / "a", 6, 2), monkeypatch)
     _check_positions(straight, eos)
-    resumed = _recorded(_argv(data, tmp_path / "a", 6, 2, "--resume_from_checkpoint",
+    resumed = train_fed(_argv(data, tmp_path / "a", 6, 2, "--resume_from_checkpoint",
                               str(tmp_path / "a" / "checkpoint-3"), "--output_dir", str(tmp_path / "b")), monkeypatch)
     for step in (4, 5, 6):
-        a, b = straight[step], resumed[step]
+        (a,), (b,) = straight[step], resumed[step]
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2], step
     report = lmstream.inspect_step(str(tmp_path / "a"), 5)    # replayed: the blocks the model saw
-    assert [b["input_ids"] for b in report["micro_batches"][0]["blocks"]] == straight[5][0].tolist()
-    elastic = _recorded(_argv(data, tmp_path / "a", 6, 1, "--resume_from_checkpoint",
+    assert [b["input_ids"] for b in report["micro_batches"][0]["blocks"]] == straight[5][0][0].tolist()
+    elastic = train_fed(_argv(data, tmp_path / "a", 6, 1, "--resume_from_checkpoint",
                               str(tmp_path / "a" / "checkpoint-3"), "--output_dir", str(tmp_path / "c")), monkeypatch)
     _check_positions(elastic, eos)
     mixture = ('[{"name": "%s", "weight": 0.5}, {"name": "%s", "weight": 0.5}]' % (data, data))
-    mixed = _recorded(_argv(None, tmp_path / "d", 3, 2, "--dataset_mixture", mixture), monkeypatch)
+    mixed = train_fed(_argv(None, tmp_path / "d", 3, 2, "--dataset_mixture", mixture), monkeypatch)
     _check_positions(mixed, eos)
     blocks = tmp_path / "blocks"
     assert lp.main(["--dataset_name", str(data), "--config_name", TINY_MODEL, "--dataset_block_size", str(BLOCK),
                     "--tokenized_dataset_save_dir", str(blocks)]) == 0
-    loaded = _recorded(_argv(data, tmp_path / "e", 3, 0, "--tokenized_dataset_load_dir", str(blocks)), monkeypatch)
+    loaded = train_fed(_argv(data, tmp_path / "e", 3, 0, "--tokenized_dataset_load_dir", str(blocks)), monkeypatch)
     _check_positions(loaded, eos)

@@ -10,7 +10,7 @@ import pytest
 import lmstream
 from lmstream.config import ConfigError
 from lmstream.mixspec import parse_mixture, parse_schedule, weights_at
-from conftest import TINY_MODEL, make_docs, write_parquet
+from conftest import TINY_MODEL, make_docs, train_fed, write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -139,22 +139,6 @@ def _job(web, code, out, schedule, *extra, steps=8):
             "--seed", "3", "--dataloader_num_workers", "2", "--disable_tqdm", "true", "--report_to", "none", *extra]
 
 
-def _fed(argv, monkeypatch):
-    """{step: [input_ids of each micro-batch]} the model was fed, and the loss of each step."""
-    import lmstream.train as lt
-    from lmstream.training.trainer import StreamingTrainer
-    seen, orig = {}, StreamingTrainer.compute_loss
-
-    def compute_loss(self, model, inputs, *a, **k):
-        loss = orig(self, model, inputs, *a, **k)
-        seen.setdefault(self.state.global_step + 1, []).append((inputs["input_ids"].tolist(), float(loss.detach())))
-        return loss
-    monkeypatch.setattr(StreamingTrainer, "compute_loss", compute_loss)
-    lt.train(*lt.parse_args(argv))
-    monkeypatch.undo()
-    return seen
-
-
 def _sources_of_step(out, step):
     report = lmstream.inspect_step(str(out), step)
     return {s["source"] for mb in report["micro_batches"] for b in mb["blocks"] for s in b["segments"]}, report
@@ -168,23 +152,25 @@ def test_the_job_follows_the_schedule_resumes_in_it_and_changes_it_only_when_tol
     from lmstream.training import lineage
     web, code = sources
     jump = [{"step": 0, "weights": [1, 0]}, {"step": 3, "weights": [1, 0]}, {"step": 4, "weights": [0, 1]}]
-    straight = _fed(_job(web, code, tmp_path / "a", jump), monkeypatch)
+    straight = train_fed(_job(web, code, tmp_path / "a", jump), monkeypatch)
     for step in range(1, 9):
         names, report = _sources_of_step(tmp_path / "a", step)
         assert names == {web if step <= 4 else code}, (step, names)
         assert [b["input_ids"] for mb in report["micro_batches"] for b in mb["blocks"]] == \
-            [row for ids, _ in straight[step] for row in ids]
-    resumed = _fed(_job(web, code, tmp_path / "b", jump, "--resume_from_checkpoint",
+            [row for ids, _, _ in straight[step] for row in ids.tolist()]
+    resumed = train_fed(_job(web, code, tmp_path / "b", jump, "--resume_from_checkpoint",
                         str(tmp_path / "a" / "checkpoint-4")), monkeypatch)
-    assert {s: straight[s] for s in range(5, 9)} == resumed
+    for step in range(5, 9):
+        assert [(ids.tolist(), loss) for ids, _, loss in straight[step]] == \
+            [(ids.tolist(), loss) for ids, _, loss in resumed[step]], step
     flat = [{"step": 0, "weights": [1, 0]}]
     shutil.copytree(tmp_path / "a", tmp_path / "c")      # the run, resumed in its own folder from step 4
     shutil.rmtree(tmp_path / "c" / "checkpoint-8")
     with pytest.raises(ConfigError, match="another dataset_mixture_schedule: resume with the same ones, or pass "
                                           "--dataset_accept_mixture_change true"):
-        _fed(_job(web, code, tmp_path / "c", flat, "--resume_from_checkpoint", str(tmp_path / "c" / "checkpoint-4")),
+        train_fed(_job(web, code, tmp_path / "c", flat, "--resume_from_checkpoint", str(tmp_path / "c" / "checkpoint-4")),
              monkeypatch)
-    changed = _fed(_job(web, code, tmp_path / "c", flat, "--resume_from_checkpoint",
+    changed = train_fed(_job(web, code, tmp_path / "c", flat, "--resume_from_checkpoint",
                         str(tmp_path / "c" / "checkpoint-4"), "--dataset_accept_mixture_change", "true"), monkeypatch)
     segments = lineage.read(str(tmp_path / "c" / lineage.RUN_LINEAGE))
     assert [s["from_step"] for s in segments] == [0, 4]
@@ -193,4 +179,4 @@ def test_the_job_follows_the_schedule_resumes_in_it_and_changes_it_only_when_tol
         names, report = _sources_of_step(tmp_path / "c", step)
         assert names == {web}
         assert [b["input_ids"] for mb in report["micro_batches"] for b in mb["blocks"]] == \
-            [row for ids, _ in changed[step] for row in ids]
+            [row for ids, _, _ in changed[step] for row in ids.tolist()]
