@@ -1,6 +1,8 @@
 """--dataset_document_attention isolated: position_ids that restart at each document of a packed block, so that
 no token attends to another document (lmstream.tokens.packing.document_positions,
 lmstream.training.models.isolate_documents)."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 import lmstream
 from lmstream.config import ConfigError
 from lmstream.tokens.packing import document_positions
-from lmstream.training.models import isolate_documents
+from lmstream.training.models import as_configured, isolate_documents
 from conftest import TINY_MODEL, make_docs, train_fed, write_parquet
 
 BLOCK = 64
@@ -83,6 +85,9 @@ def test_without_a_cache_off_transformers_would_not_isolate(tokenizer):
     position_ids unmasked: isolate_documents turns it off (and refuses a model without position_ids)."""
     model = _model("sdpa")
     assert model.config.use_cache is False
+    with as_configured(model):
+        assert model.config.use_cache is True
+    assert model.config.use_cache is False
 
     class NoPositions(torch.nn.Module):
         def forward(self, input_ids, labels=None):
@@ -117,6 +122,8 @@ def test_isolated_runs_resume_bitwise_elastically_and_from_prepared_blocks(tmp_p
     data, eos = tmp_path / "pq", tokenizer.eos_token_id
     straight = train_fed(_argv(data, tmp_path / "a", 6, 2), monkeypatch)
     _check_positions(straight, eos)
+    for folder in (tmp_path / "a", tmp_path / "a" / "checkpoint-3"):   # saved as configured: generation keeps its cache
+        assert json.loads((folder / "config.json").read_text())["use_cache"] is True
     resumed = train_fed(_argv(data, tmp_path / "a", 6, 2, "--resume_from_checkpoint",
                               str(tmp_path / "a" / "checkpoint-3"), "--output_dir", str(tmp_path / "b")), monkeypatch)
     for step in (4, 5, 6):

@@ -5,6 +5,7 @@ config_overrides).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -105,4 +106,21 @@ def isolate_documents(model) -> None:
     if "position_ids" not in inspect.signature(model.forward).parameters:
         raise ConfigError(f"dataset_document_attention=isolated needs a model whose forward takes "
                           f"position_ids; {type(model).__name__} does not: use shared.")
+    if getattr(model, "lmstream_use_cache", None) is None:   # what the saved config keeps
+        model.lmstream_use_cache = getattr(model.config, "use_cache", None)
     model.config.use_cache = False
+
+
+@contextlib.contextmanager
+def as_configured(model):
+    """Around a save: the config as the user's (use_cache as it was before isolate_documents),
+    so that a saved model generates with its cache."""
+    kept = getattr(model, "lmstream_use_cache", None)
+    if kept is None:
+        yield
+        return
+    model.config.use_cache = kept
+    try:
+        yield
+    finally:
+        model.config.use_cache = False

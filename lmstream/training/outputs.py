@@ -16,6 +16,7 @@ import re
 import shutil
 
 from ..errors import ConfigError
+from .models import as_configured
 
 
 # what to do about a path the file system refuses, by errno (network errors are not these)
@@ -63,7 +64,8 @@ def save_final(trainer, output_dir: str) -> None:
     scratch = os.path.join(output_dir, ".lmstream", f"final-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        trainer.save_model(scratch)
+        with as_configured(trainer.model):
+            trainer.save_model(scratch)
         if trainer.args.should_save:
             for name in os.listdir(scratch):
                 os.replace(os.path.join(scratch, name), os.path.join(output_dir, name))

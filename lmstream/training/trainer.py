@@ -25,6 +25,7 @@ from ..stream.loader import PREFETCH_FACTOR, build_loader
 from ..stream.mixture import MixtureBlocks
 from ..stream.blocks import StreamingBlocks
 from . import lineage
+from .models import as_configured
 from ..corpus.planfile import save as save_plan
 from ..stream.state import merge_stats, stream_epoch
 from ..tokens.packing import document_positions
@@ -156,7 +157,8 @@ class StreamingTrainer(Trainer):
         marker = os.path.join(folder, COMPLETE)
         if self.args.should_save and os.path.exists(marker):
             os.remove(marker)   # rewriting this step's checkpoint: incomplete until the end
-        super()._save_checkpoint(model, trial)
+        with as_configured(self.model):
+            super()._save_checkpoint(model, trial)
         if self.loader is not None:
             atomic_json(data_state_path(folder, self.args.process_index), self.loader.state_dict())
             plan = getattr(self.train_dataset, "plan", None)
