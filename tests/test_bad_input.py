@@ -59,8 +59,10 @@ def test_checkpoint_from_another_dataset_or_block_size_is_refused(tmp_path):
     before = sorted(os.listdir(out))
     ckpt = str(out / "checkpoint-2")
     with pytest.raises(ConfigError, match="other data settings.*block_size"):
-        lt.train(*lt.parse_args(_flags(out, "--dataset_block_size", "32", "--resume_from_checkpoint", ckpt)))
+        lt.train(*lt.parse_args(_flags(out, "--dataset_block_size", "32", "--resume_from_checkpoint", ckpt,
+                                       "--max_steps", "4")))
     write_parquet(tmp_path / "other", ["another dataset " * 50] * 20, shards=2)
     with pytest.raises(ConfigError, match="other data settings.*shards"):
-        lt.train(*lt.parse_args(_flags(out, "--resume_from_checkpoint", ckpt, data=("--dataset_name", str(tmp_path / "other")))))
+        lt.train(*lt.parse_args(_flags(out, "--resume_from_checkpoint", ckpt, "--max_steps", "4",
+                                       data=("--dataset_name", str(tmp_path / "other")))))
     assert sorted(os.listdir(out)) == before   # nothing written

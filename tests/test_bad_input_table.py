@@ -133,13 +133,18 @@ def _case(w, name):
         "output_holds_a_run": _flags(run),
         "resume_missing_folder": _flags(run, "--resume_from_checkpoint", str(w / "no-checkpoint")),
         "resume_true_without_checkpoints": _flags(w / "empty_out", "--resume_from_checkpoint", "true"),
-        "resume_other_block_size": _flags(run, "--resume_from_checkpoint", ck("run"), "--dataset_block_size", "32"),
-        "resume_other_dataset": _flags(run, "--resume_from_checkpoint", ck("run"), data=("--dataset_name", str(w / "plain"))),
-        "resume_other_seed": _flags(run, "--resume_from_checkpoint", ck("run"), "--seed", "7"),
-        "resume_truncated_position": _flags(w / "ck_truncated_rank", "--resume_from_checkpoint", ck("ck_truncated_rank")),
+        "resume_other_block_size": _flags(run, "--resume_from_checkpoint", ck("run"), "--dataset_block_size", "32",
+                                          "--max_steps", "4"),
+        "resume_other_dataset": _flags(run, "--resume_from_checkpoint", ck("run"), "--max_steps", "4",
+                                       data=("--dataset_name", str(w / "plain"))),
+        "resume_other_seed": _flags(run, "--resume_from_checkpoint", ck("run"), "--seed", "7", "--max_steps", "4"),
+        "resume_truncated_position": _flags(w / "ck_truncated_rank", "--resume_from_checkpoint", ck("ck_truncated_rank"),
+                                            "--max_steps", "4"),
         "resume_damaged_trainer_state": _flags(w / "ck_bad_state", "--resume_from_checkpoint", ck("ck_bad_state")),
         "resume_incomplete_checkpoint": _flags(w / "ck_no_marker", "--resume_from_checkpoint", ck("ck_no_marker")),
-        "resume_without_rank_files": _flags(w / "ck_no_rank_files", "--resume_from_checkpoint", ck("ck_no_rank_files")),
+        "resume_finished": _flags(run, "--resume_from_checkpoint", ck("run")),   # max_steps reached already
+        "resume_without_rank_files": _flags(w / "ck_no_rank_files", "--resume_from_checkpoint", ck("ck_no_rank_files"),
+                                            "--max_steps", "4"),
     }
     return table[name]
 
@@ -186,6 +191,7 @@ CASES = {
     "resume_damaged_trainer_state": r"trainer_state.json' is unreadable",
     "resume_incomplete_checkpoint": r"Checkpoint '.*checkpoint-2' is incomplete",
     "resume_without_rank_files": r"has data positions of ranks \[\]",
+    "resume_finished": r"already holds 2 steps, max_steps=2: pass a larger --max_steps",
 }
 
 

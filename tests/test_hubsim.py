@@ -12,13 +12,14 @@ def _run(**kw):
 
 def test_512_gpus_fit_the_anonymous_quota_with_urls_expiring_mid_run():
     # URLs live 5 minutes here (an hour on the Hub), so each file's is refreshed several times
+    folder = signed.shared_folder()    # a run earlier in this process may have set one
     got = _run(minutes=20, url_lifetime=300)
     assert got["reads"] > 90_000 and got["failed_reads"] == 0 and got["refused_429"] == 0
     assert got["resolves"] / got["reads"] <= 0.05
     assert got["max_per_window"] <= 100            # quota 3,000
     assert got["resolves"] > got["files_resolved"]      # refreshed as they expired
     assert signed.lookup(fineweb_like(SimShape(files=1)).shards[0].url) is None
-    assert signed.shared_folder() is None    # nothing leaks out
+    assert signed.shared_folder() == folder    # nothing leaks out
 
 
 def test_without_reuse_the_same_run_is_refused():
