@@ -15,14 +15,18 @@ from .errors import ConfigError
 SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
 
 
-def parse_mixture(spec) -> list[dict]:
-    """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
+def _json(spec, flag: str, example: str):
     if isinstance(spec, str):
         try:
-            spec = json.loads(spec)
+            return json.loads(spec)
         except ValueError as err:
-            raise ConfigError(f"dataset_mixture is not valid JSON ({err}): pass a list like "
-                              '[{"name": "...", "weight": 0.7}, ...].') from None
+            raise ConfigError(f"{flag} is not valid JSON ({err}): pass a list like {example}.") from None
+    return spec
+
+
+def parse_mixture(spec) -> list[dict]:
+    """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
+    spec = _json(spec, "dataset_mixture", '[{"name": "...", "weight": 0.7}, ...]')
     if not isinstance(spec, list) or not spec:
         raise ConfigError("dataset_mixture must be a non-empty list of sources, each "
                           "with a name and a weight.")
@@ -46,15 +50,6 @@ def parse_mixture(spec) -> list[dict]:
         sources.append({"config": None, "split": "train", "text_field": "text",
                         "on_exhausted": "cycle", **src})
     return sources
-
-
-def _json(spec, flag: str, example: str):
-    if isinstance(spec, str):
-        try:
-            return json.loads(spec)
-        except ValueError as err:
-            raise ConfigError(f"{flag} is not valid JSON ({err}): pass a list like {example}.") from None
-    return spec
 
 
 def source_label(src: dict) -> str:

@@ -63,6 +63,9 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         # dataset_mixture_schedule: [(step, weights)], the weights of each block those of the
         # optimizer step it feeds (step_of); None: the fixed weights above
         self.schedule, self.accept_change = schedule, accept_change
+        # as a state's settings hold it (JSON: lists)
+        self.schedule_json = ([[s, list(w)] for s, w in schedule] if schedule is not None
+                              else None)
         # what maps a reader's block count to the optimizer step: blocks per batch (the loader's,
         # build_loader sets it) and batches per step (the Trainer's gradient accumulation)
         self.batch_size, self.accumulation = 1, 1
@@ -144,7 +147,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                  "mixture_gen": self._gen, "sources": states, "stats": stats}
         if self.schedule is not None:
             slot = self.streams[0].identity().slot
-            state["settings"]["schedule"] = [[s, list(w)] for s, w in self.schedule]
+            state["settings"]["schedule"] = self.schedule_json
             state.update(mixture_base=list(self._base), mixture_shape=list(self._shape()),
                          mixture_step=self.step_of(slot, self._n))
         return state
@@ -167,7 +170,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
             raise ConfigError(f"The data state was saved for another dataset_mixture ({saved}): "
                               "resume with the same sources.")
         saved = state["settings"].get("schedule")
-        mine = [[s, list(w)] for s, w in self.schedule] if self.schedule is not None else None
+        mine = self.schedule_json
         same = (saved == mine if saved is not None or mine is not None
                 else np.allclose(state["settings"]["cum"], self.cum))
         if same:
