@@ -15,21 +15,22 @@ from .errors import ConfigError
 SOURCE_KEYS = {"name", "config", "split", "text_field", "weight", "on_exhausted"}
 
 
-def _json(spec, flag: str, example: str):
+def _list(spec, flag: str, example: str, items: str) -> list:
+    """`spec` (JSON text, or a list from a YAML file) as a non-empty list, else one sentence."""
     if isinstance(spec, str):
         try:
-            return json.loads(spec)
+            spec = json.loads(spec)
         except ValueError as err:
             raise ConfigError(f"{flag} is not valid JSON ({err}): pass a list like {example}.") from None
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(f"{flag} must be a non-empty list of {items}.")
     return spec
 
 
 def parse_mixture(spec) -> list[dict]:
     """The sources of `dataset_mixture` (a JSON string or a list of mappings), checked."""
-    spec = _json(spec, "dataset_mixture", '[{"name": "...", "weight": 0.7}, ...]')
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError("dataset_mixture must be a non-empty list of sources, each "
-                          "with a name and a weight.")
+    spec = _list(spec, "dataset_mixture", '[{"name": "...", "weight": 0.7}, ...]',
+                 "sources, each with a name and a weight")
     sources = []
     for i, src in enumerate(spec):
         if not isinstance(src, dict) or "name" not in src or "weight" not in src:
@@ -83,10 +84,8 @@ def _point_weights(weights, sources: list, i: int) -> list[float]:
 
 def parse_schedule(spec, sources: list) -> list[tuple[int, list[float]]]:
     """dataset_mixture_schedule as [(step, normalised weights), ...] in step order, checked."""
-    spec = _json(spec, "dataset_mixture_schedule", '[{"step": 0, "weights": {"name": 0.9, ...}}, ...]')
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError("dataset_mixture_schedule must be a non-empty list of points, each with "
-                          "a step and weights.")
+    spec = _list(spec, "dataset_mixture_schedule", '[{"step": 0, "weights": {"name": 0.9, ...}}, ...]',
+                 "points, each with a step and weights")
     points = []
     for i, p in enumerate(spec):
         if not isinstance(p, dict) or set(p) != {"step", "weights"}:
