@@ -122,6 +122,11 @@ class DataArguments:
                                              metadata={"help": "Documents per tokenizer call."})
     dataset_cycle: bool = field(default=True, metadata={"help": (
         "Start the next epoch (new shuffle) when the training stream ends.")})
+    dataset_logical_readers: Optional[int] = field(default=None, metadata={"help": (
+        "Logical readers of the training stream, fixed when a run starts: each optimizer step "
+        "trains on the same blocks whatever the processes and workers (a resume on another "
+        "topology included). Default: a power of two up to 256 and up to the data's pieces, a "
+        "multiple of the processes; 0: one reader per process and worker (lmstream before 0.9).")})
     dataset_max_retries: int = field(default=30, metadata={"help": (
         "Attempts per remote read before giving up (transient faults).")})
     dataset_retry_budget: float = field(default=600.0, metadata={"help": (
@@ -177,6 +182,9 @@ class DataArguments:
         if self.dataset_max_seq_length is not None and self.dataset_max_seq_length < 2:
             raise ConfigError(f"dataset_max_seq_length={self.dataset_max_seq_length} is "
                               f"too small: use at least 2.")
+        if self.dataset_logical_readers is not None and self.dataset_logical_readers < 0:
+            raise ConfigError(f"dataset_logical_readers={self.dataset_logical_readers} must be "
+                              "0 (one reader per process and worker) or more.")
         if self.dataset_shuffle_buffer < 1:
             raise ConfigError(f"dataset_shuffle_buffer={self.dataset_shuffle_buffer} "
                               f"must be at least 1.")

@@ -17,6 +17,8 @@ state_dict holds them all. `resume_elastic` continues a checkpoint saved with an
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import os
 
@@ -62,6 +64,8 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         self._state: ReaderState | None = None
         # slot -> initial state (elastic resume, or a new iterator)
         self._starts: dict[int, ReaderState] = {}
+        # a logical reader (lmstream.stream.logical): reader `rank` of `world_size` wherever it runs
+        self.logical = False
 
     def __repr__(self) -> str:
         if self.max_samples:
@@ -88,9 +92,23 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
     # -- topology -------------------------------------------------------------------------------
     def identity(self) -> Identity:
         """Which reader the calling process is: this rank, or one of its DataLoader workers."""
+        if self.logical:
+            return self._identity(self.rank, 1)
         info = torch.utils.data.get_worker_info()
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         return self._identity(self.rank * workers + wid, workers)
+
+    def as_reader(self, index: int, share: int = 1) -> StreamingBlocks:
+        """Logical reader `index` of `world_size` (lmstream.stream.logical), fresh, the same reader
+        in any process; `share`: logical readers in its process (they split the read-ahead
+        budget)."""
+        s = copy.copy(self)
+        s.rank, s.logical, s._state, s._starts = index, True, None, {}
+        if share > 1:
+            s.args = dataclasses.replace(self.args, dataset_readahead_bytes=max(
+                1 << 20, self.args.dataset_readahead_bytes // share))
+            s.reader = dataclasses.replace(self.reader, args=s.args)
+        return s
 
     def _identity(self, slot: int, workers: int) -> Identity:
         return Identity(self.settings, self.rank, self.world_size, workers, slot,

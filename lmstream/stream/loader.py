@@ -23,6 +23,8 @@ from ..tokens import backends
 from .batches import Grouped, Handout, group_size, saved_group
 from .collate import ArrayBatch, Arrays, collate_arrays, collate_tensors
 from ..errors import ConfigError
+from .logical import LogicalStream
+from .serving import LogicalLoader
 from .state import find_dicts, reader_states
 from .workers import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
 from ..tokens.tokenize import settle
@@ -202,6 +204,10 @@ def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> Bl
     if batch_size < 1:
         raise ConfigError(f"per_device_train_batch_size={batch_size} must be at least 1.")
     group = kwargs.pop("group", None)
+    if isinstance(dataset, LogicalStream):   # every step the same blocks on any topology
+        return LogicalLoader(dataset, batch_size, num_workers,
+                             prefetch_factor=kwargs.get("prefetch_factor") or PREFETCH_FACTOR,
+                             worker_init_fn=kwargs.get("worker_init_fn", init_worker))
     if hasattr(dataset, "set_batches"):   # a mixture's schedule counts steps in batches
         dataset.set_batches(batch_size)
     if num_workers == 0:

@@ -13,6 +13,7 @@ logged.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 
@@ -71,6 +72,8 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         self.batch_size, self.accumulation = 1, 1
         self._base = (0, 0)                      # (n, step) the step count starts from
         self._saved_shape, self._saved_step = None, 0   # a resumed state's (batch, accumulation)
+        # step_fn(slot, n) -> optimizer step: a logical reader's (lmstream.stream.logical)
+        self.step_fn = None
         self.block_size = streams[0].block_size
         # one that holds every source's ids
         self.id_type = np.result_type(*[s.id_type for s in streams]).type
@@ -92,10 +95,24 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         """The optimizer step (0: the first update) that block `n` of reader `slot` feeds: the
         loader hands out its workers' batches in turn, so on every rank batch j of worker w is the
         rank's batch j * workers + w."""
+        if self.step_fn is not None:
+            return self.step_fn(slot, n)
         workers = self.streams[0].identity().workers
         n0, step0 = self._base
         batch = ((n - n0) // self.batch_size) * workers + slot % workers
         return step0 + batch // self.accumulation
+
+    def as_reader(self, index: int, share: int = 1) -> MixtureBlocks:
+        """Logical reader `index` (lmstream.stream.logical): every source's, fresh."""
+        m = copy.copy(self)
+        m.streams = [s.as_reader(index, share) for s in self.streams]
+        m._n, m._counts, m._gen, m._base, m._starts = 0, [0] * len(self.streams), 0, (0, 0), {}
+        return m
+
+    @property
+    def cycles(self) -> bool:
+        """Whether no source ever ends the mixture."""
+        return all(s.cycle for s in self.streams)
 
     def _pick(self, slot: int, n: int) -> int:
         key = [self.seed, DRAWS, slot, n] + ([self._gen] if self._gen else [])

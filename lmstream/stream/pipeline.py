@@ -7,8 +7,12 @@ A run's train and evaluation data (streamed, materialized or loaded) is lmstream
 """
 from __future__ import annotations
 
+import os
+
 from ..config import DataArguments
+from ..errors import ConfigError
 from .blocks import build_stream
+from .logical import LogicalStream
 from .mixture import build_mixture
 
 
@@ -18,7 +22,29 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
                    encoder=None):
     """The blocks of `rank` of `world_size` (default: RANK/WORLD_SIZE env): a MixtureBlocks for
     dataset_mixture, else one source's StreamingBlocks (see lmstream.stream.blocks.build_stream for
-    the arguments)."""
+    the arguments). With dataset_logical_readers N > 0 the training blocks are a LogicalStream
+    (lmstream.stream.logical): the same blocks every optimizer step, on any topology."""
+    readers = args.dataset_logical_readers
+    if split == "train" and readers:
+        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+        if max_samples is not None or not args.dataset_cycle:
+            raise ConfigError("dataset_logical_readers serves a training stream that cycles its "
+                              "epochs: drop --max_train_samples and --dataset_cycle false, or pass "
+                              "--dataset_logical_readers 0.")
+        template = _build(args, tokenizer, seed, 0, readers, split, max_positions, None, plan,
+                          encoder)
+        if not getattr(template, "cycles", True):
+            raise ConfigError("dataset_logical_readers needs every dataset_mixture source to cycle "
+                              "(on_exhausted: cycle): change the source, or pass "
+                              "--dataset_logical_readers 0.")
+        return LogicalStream(template, readers, rank, world_size)
+    return _build(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples,
+                  plan, encoder)
+
+
+def _build(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan,
+           encoder):
     if args.dataset_mixture:
         return build_mixture(args, tokenizer, seed, rank, world_size, split, max_positions,
                              max_samples)
