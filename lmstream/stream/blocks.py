@@ -98,12 +98,13 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         workers, wid = (info.num_workers, info.id) if info else (1, 0)
         return self._identity(self.rank * workers + wid, workers)
 
-    def as_reader(self, index: int, share: int = 1) -> StreamingBlocks:
-        """Logical reader `index` of `world_size` (lmstream.stream.logical), fresh, the same reader
-        in any process; `share`: logical readers in its process (they split the read-ahead
-        budget)."""
+    def as_reader(self, index: int, share: int = 1, world_size: int | None = None) -> StreamingBlocks:
+        """Logical reader `index` of `world_size` (lmstream.stream.logical; default: this stream's),
+        fresh, the same reader in any process; `share`: logical readers in its process (they split
+        the read-ahead budget)."""
         s = copy.copy(self)
         s.rank, s.logical, s._state, s._starts = index, True, None, {}
+        s.world_size = world_size or self.world_size
         if share > 1:
             s.args = dataclasses.replace(self.args, dataset_readahead_bytes=max(
                 1 << 20, self.args.dataset_readahead_bytes // share))

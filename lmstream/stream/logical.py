@@ -71,8 +71,9 @@ class LogicalStream(torch.utils.data.IterableDataset):
     world_size R); `as_reader(l)` gives the others."""
 
     def __init__(self, template, readers: int, rank: int, world_size: int):
-        self.template, self.readers, self.rank, self.world_size = template, readers, rank, world_size
         serving_workers(readers, world_size, 0)   # refuse a world size that does not divide R
+        self.template = template.as_reader(0, world_size=readers)
+        self.readers, self.rank, self.world_size = readers, rank, world_size
         self.plan = getattr(template, "plan", None)
         self.block_size, self.id_type = template.block_size, template.id_type
         self.names = getattr(template, "names", None)
@@ -110,7 +111,7 @@ class LogicalStream(torch.utils.data.IterableDataset):
     def reader(self, index: int, share: int = 1):
         """Logical reader `index`, at its saved position; `share`: readers in this process (they
         split the read-ahead budget)."""
-        stream = self.template.as_reader(index, share)
+        stream = self.template.as_reader(index, share=share)
         if hasattr(stream, "step_fn"):
             stream.step_fn = functools.partial(step_of, self.readers, self.origin,
                                                self.global_batch)
@@ -204,6 +205,15 @@ class LogicalStream(torch.utils.data.IterableDataset):
                               "job does).")
         self.base, self.origin, self.handed = head["base"], tuple(head["origin"]), head["handed"]
         self.starts = {st_reader(st): st for st in state["readers"]}
+
+    @property
+    def min_epoch(self) -> int:
+        return getattr(self.template, "min_epoch", 0)
+
+    @min_epoch.setter
+    def min_epoch(self, epoch: int) -> None:
+        """Changed data accepted at a resume: every reader starts this epoch again."""
+        self.template.min_epoch = epoch
 
     def __iter__(self):
         for _, _, sample, _ in self.blocks(0, 1):

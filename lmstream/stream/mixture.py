@@ -102,10 +102,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         batch = ((n - n0) // self.batch_size) * workers + slot % workers
         return step0 + batch // self.accumulation
 
-    def as_reader(self, index: int, share: int = 1) -> MixtureBlocks:
+    def as_reader(self, index: int, share: int = 1, world_size: int | None = None) -> MixtureBlocks:
         """Logical reader `index` (lmstream.stream.logical): every source's, fresh."""
         m = copy.copy(self)
-        m.streams = [s.as_reader(index, share) for s in self.streams]
+        m.streams = [s.as_reader(index, share, world_size) for s in self.streams]
         m._n, m._counts, m._gen, m._base, m._starts = 0, [0] * len(self.streams), 0, (0, 0), {}
         return m
 

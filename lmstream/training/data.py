@@ -25,13 +25,14 @@ from ..stream.pipeline import build_pipeline
 
 def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int, rank: int,
                    world_size: int, max_positions: int | None, do_eval: bool, plan=None,
-                   output_dir: str | None = None):
+                   output_dir: str | None = None, auto_readers: bool = False):
     """(train, eval) datasets for this rank; eval is None unless requested. Blocks made before
     training (dataset_streaming false) are kept in output_dir/.lmstream while the process runs.
 
     `plan`: the training data's plan when already known (a resume: the checkpoint's). Otherwise rank
     0 plans and sends the plan to the other ranks: startup requests do not grow with the number of
-    processes."""
+    processes. `auto_readers`: a new run, whose logical readers (dataset_logical_readers None) the
+    pipeline chooses."""
     if args.tokenized_dataset_load_dir:
         train = load_blocks(args.tokenized_dataset_load_dir,
                             args.dataset_block_size).with_format("torch")
@@ -66,7 +67,7 @@ def build_datasets(args: DataArguments, run: RunArguments, tokenizer, seed: int,
             plan = shared_plan(lambda: plan_dataset(args))
         train = build_pipeline(args, tokenizer, seed=seed, rank=rank, world_size=world_size,
                                max_positions=max_positions, max_samples=run.max_train_samples,
-                               plan=plan)
+                               plan=plan, auto_readers=auto_readers)
     eval_ds = None
     if do_eval:
         eval_ds = _eval_pipeline(args, run, tokenizer, seed, rank, world_size, max_positions,

@@ -15,6 +15,7 @@ import os
 from transformers import TrainingArguments
 
 from ..corpus import planfile
+from ..stream.logical import logical_readers_of, with_readers
 from .checkpoints import DATA_STATE_DIR, is_cut_short, last_complete_checkpoint, read_data_states
 from ..config import DataArguments, RunArguments
 from ..errors import ConfigError
@@ -145,3 +146,27 @@ def data_states_to_load(checkpoint: str, training_args: TrainingArguments, strea
     log.warning("Checkpoint %s holds no lmstream data position (saved by another script?): %s",
                 checkpoint, then)
     return None
+
+
+def readers_to_resume(checkpoint: str | None, data_args, world_size: int):
+    """(data arguments, auto) for this start: a resumed run keeps the logical readers its checkpoint
+    was saved with (lmstream.stream.logical; 0 for per-process readers); a topology that cannot
+    serve them falls back to the elastic resume, said in a warning. `auto`: a new run, whose
+    default the pipeline chooses."""
+    states = read_data_states(checkpoint) if checkpoint else None
+    saved = logical_readers_of(states)
+    asked = data_args.dataset_logical_readers
+    if saved is None:
+        return data_args, asked is None
+    if asked is not None and asked != saved:
+        raise ConfigError(f"Checkpoint {checkpoint} was saved with dataset_logical_readers="
+                          f"{saved}, this run asks {asked}: a run keeps its readers (drop the "
+                          "flag), or start a new run.")
+    if saved and saved % world_size:
+        log.warning("Elastic resume: the checkpoint's %d logical readers cannot be split evenly "
+                    "between %d processes, so the run goes on with one reader per process and "
+                    "worker: every document of the current epoch not yet trained on is dealt to "
+                    "them (none twice, none skipped; the order differs from an uninterrupted run).",
+                    saved, world_size)
+        saved = 0
+    return with_readers(data_args, saved), False

@@ -33,11 +33,13 @@ from . import lineage
 from .data import build_datasets
 from ..errors import ConfigError
 from ..stream.loader import build_loader
+from ..stream.logical import with_readers
 from .models import isolate_documents, load_model_and_tokenizer
 from .outputs import read_metrics, save_final, step
 from .progress import (BarOnly, TerminalProgress, TiedWeightsFilter, final_numbers, run_banner,
                        say, summary)
-from .resume import check_output_dir, data_states_to_load, pinned_plan, resolve_checkpoint
+from .resume import (check_output_dir, data_states_to_load, pinned_plan, readers_to_resume,
+                     resolve_checkpoint)
 from .runlock import output_lock
 from .signals import StopAtStepBoundary, Stopped, stop_on_signals
 from .trainer import StreamingTrainer, block_collator, is_stream, place_loader
@@ -131,10 +133,15 @@ class Run:
         rank, world = self.rank_and_world
         self.data_args = lineage.with_listed_documents(self.checkpoint, self.data_args,
                                                        a.output_dir)
+        self.data_args, auto = readers_to_resume(self.checkpoint if resuming else None,
+                                                 self.data_args, world)
         self.train_dataset, self.eval_dataset = build_datasets(self.data_args, self.run_args,
                                                                self.tokenizer, seed, rank,
                                                                world, positions, a.do_eval,
-                                                               plan=plan, output_dir=a.output_dir)
+                                                               plan=plan, output_dir=a.output_dir,
+                                                               auto_readers=auto)
+        # the lineage records the readers chosen (0: one per process and worker)
+        self.data_args = with_readers(self.data_args, getattr(self.train_dataset, "readers", 0))
         if hasattr(self.train_dataset, "set_batches"):   # a mixture's schedule: optimizer steps
             self.train_dataset.set_batches(a.per_device_train_batch_size,
                                            a.gradient_accumulation_steps)

@@ -22,7 +22,9 @@ from transformers import Trainer, default_data_collator
 from .checkpoints import COMPLETE, DATA_STATE_DIR, atomic_json, data_state_path, saved_shape
 from ..errors import ConfigError
 from ..stream.loader import PREFETCH_FACTOR, build_loader
+from ..stream.logical import LogicalStream, logical_readers_of
 from ..stream.mixture import MixtureBlocks
+from ..stream.serving import LogicalLoader
 from ..stream.blocks import StreamingBlocks
 from . import lineage
 from .models import as_configured
@@ -43,7 +45,7 @@ def source_shares(stats: dict) -> dict:
 def is_stream(ds) -> bool:
     """A rank-local resumable stream (StreamingBlocks or a mixture of them), not a map-style
     dataset."""
-    return isinstance(ds, (StreamingBlocks, MixtureBlocks))
+    return isinstance(ds, (StreamingBlocks, MixtureBlocks, LogicalStream))
 
 
 class BlockCollator:
@@ -81,8 +83,11 @@ def place_loader(loader, dataset, data_states: list[dict] | None, rank: int, wor
     with the same number of processes and workers, else an elastic resume."""
     if data_states is None:
         return
+    if isinstance(loader, LogicalLoader):   # any topology that divides the readers
+        loader.place(data_states)
+        return
     (world, workers), now = saved_shape(data_states), (world_size, max(1, num_workers))
-    if (world, workers) == now:
+    if (world, workers) == now and logical_readers_of(data_states) == 0:
         loader.load_state_dict(data_states[rank])
         return
     log.warning("Elastic resume: the data position was saved by %d process(es) x %d worker(s), "
