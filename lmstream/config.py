@@ -182,9 +182,6 @@ class DataArguments:
         if self.dataset_max_seq_length is not None and self.dataset_max_seq_length < 2:
             raise ConfigError(f"dataset_max_seq_length={self.dataset_max_seq_length} is "
                               f"too small: use at least 2.")
-        if self.dataset_logical_readers is not None and self.dataset_logical_readers < 0:
-            raise ConfigError(f"dataset_logical_readers={self.dataset_logical_readers} must be "
-                              "0 (one reader per process and worker) or more.")
         if self.dataset_shuffle_buffer < 1:
             raise ConfigError(f"dataset_shuffle_buffer={self.dataset_shuffle_buffer} "
                               f"must be at least 1.")

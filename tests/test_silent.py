@@ -28,12 +28,11 @@ def _tiny(out, *extra, steps=4):
 
 
 def _reader(obj):
-    """The reader state (the dict with data settings) inside a saved loader state."""
-    if isinstance(obj, dict):
-        if "settings" in obj:
-            return obj
-        return next((r for r in map(_reader, obj.values()) if r is not None), None)
-    return None
+    """The first reader state (the dict with data settings) inside a saved loader state."""
+    if isinstance(obj, dict) and "settings" in obj:
+        return obj
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else []
+    return next((r for r in map(_reader, values) if r is not None), None)
 
 
 def _tree(folder):
@@ -121,8 +120,10 @@ def test_a_non_text_column_is_refused_and_null_rows_are_counted(tmp_path, tokeni
     ("truncated", r"rank-0.json' is unreadable \(JSONDecodeError"),
 ])
 def test_a_damaged_data_position_is_refused_naming_the_file(tmp_path, damage, message):
+    """With one reader per process (a resumed reader reads at once; a logical reader checks its position when its
+    next block comes, and the checkpoint's block counts at once: tests/test_logical.py)."""
     out = tmp_path / "run"
-    lt.train(*lt.parse_args(_tiny(out, steps=4)))
+    lt.train(*lt.parse_args(_tiny(out, "--dataset_logical_readers", "0", steps=4)))
     path = out / "checkpoint-2" / "lmstream_data" / "rank-0.json"
     raw = path.read_text()
     if damage == "empty":

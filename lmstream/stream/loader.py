@@ -11,7 +11,6 @@ import collections
 import copy
 import functools
 import os
-import re
 import threading
 import time
 import warnings
@@ -26,7 +25,7 @@ from ..errors import ConfigError
 from .logical import LogicalStream
 from .serving import LogicalLoader
 from .state import find_dicts, reader_states
-from .workers import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit
+from .workers import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit, own_message
 from ..tokens.tokenize import settle
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's
@@ -61,23 +60,6 @@ class _TimedIterator:
             raise own_message(err) from None
         finally:
             self.loader.wait_seconds += time.perf_counter() - t0
-
-
-def own_message(err: ConfigError) -> ConfigError:
-    """An lmstream error re-raised by a DataLoader worker ("Caught Unreadable in DataLoader worker
-    process 1. Original Traceback ...") as its own sentence first, the worker named after it."""
-    text = str(err)
-    m = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.", text)
-    if not m:
-        return err
-    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
-    at = text.rfind(prefix)
-    body = text[at + len(prefix):] if at >= 0 else text.strip().splitlines()[-1]
-    sentence = " ".join(line.strip() for line in body.strip().splitlines())
-    try:
-        return type(err)(f"{sentence} (in {m.group(1)})")
-    except TypeError:
-        return ConfigError(f"{sentence} (in {m.group(1)})")
 
 
 class BlockLoader(StatefulDataLoader):

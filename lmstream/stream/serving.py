@@ -25,8 +25,8 @@ from ..errors import ConfigError
 from ..tokens.tokenize import settle
 from .batches import GROUP_TOKENS, MAX_GROUP
 from .collate import PROVENANCE, PinnedBatch, collate_arrays, collate_tensors
-from .logical import KEY, LogicalStream, serving_workers
-from .workers import FORKED_BY, kill_workers_at_exit
+from .logical import LogicalStream, serving_workers
+from .workers import FORKED_BY, kill_workers_at_exit, own_message
 
 log = logging.getLogger("lmstream")
 
@@ -155,7 +155,10 @@ class LogicalLoader:
         while True:
             q = queues[i % self.num_workers]
             while not q:
-                chunk = next(chunks, None)
+                try:
+                    chunk = next(chunks, None)
+                except ConfigError as err:   # a worker's, as its own sentence
+                    raise own_message(err) from None
                 if chunk is None:
                     return
                 queues[chunk.worker].extend(chunk.items())

@@ -11,9 +11,12 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # noqa: F401 - its exit handler is registered before ours, so ours runs first
 import os
+import re
 import signal
 import sys
 import threading
+
+from ..errors import ConfigError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -76,3 +79,20 @@ def _kill_daemonic_children() -> None:
             child.join(5)
         except Exception:  # noqa: BLE001 - exiting: nothing to do about a child that will not be reaped
             pass
+
+
+def own_message(err: ConfigError) -> ConfigError:
+    """An lmstream error re-raised by a DataLoader worker ("Caught Unreadable in DataLoader worker
+    process 1. Original Traceback ...") as its own sentence first, the worker named after it."""
+    text = str(err)
+    m = re.match(r"Caught \w+ in (DataLoader worker process \d+)\.", text)
+    if not m:
+        return err
+    prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+    at = text.rfind(prefix)
+    body = text[at + len(prefix):] if at >= 0 else text.strip().splitlines()[-1]
+    sentence = " ".join(line.strip() for line in body.strip().splitlines())
+    try:
+        return type(err)(f"{sentence} (in {m.group(1)})")
+    except TypeError:
+        return ConfigError(f"{sentence} (in {m.group(1)})")

@@ -136,22 +136,34 @@ def _replay_segment(output_dir: str, seg: dict, first: int, last: int, ranks):
     skips = {lo: hi for lo, hi in seg["skip_steps"] if lo > start}
     topology = {k: seg[k] for k in ("from_step", "world_size", "workers", "batch_size",
                                     "grad_accum", "skip_steps")}
-    for rank in range(world) if ranks is None else ranks:
-        ds = build_pipeline(args, tokenizer, seed=seg["seed"], rank=rank, world_size=world,
+    # logical readers: the step's blocks in their global order, in one process, then each rank's
+    logical = args.dataset_logical_readers
+    batch, per_step = ((seg["batch_size"] * world * ga, 1) if logical else (seg["batch_size"], ga))
+    for rank in [0] if logical else (range(world) if ranks is None else ranks):
+        ds = build_pipeline(args, tokenizer, seed=seg["seed"], rank=rank,
+                            world_size=1 if logical else world,
                             max_positions=seg["max_positions"], max_samples=seg["max_samples"],
                             plan=plan)
         if hasattr(ds, "set_batches"):   # a mixture's schedule, keyed to the optimizer step
-            ds.set_batches(seg["batch_size"], ga)
-        loader = build_loader(ds, seg["batch_size"], workers)
+            ds.set_batches(batch, per_step)
+        loader = build_loader(ds, batch, 0 if logical else workers)
         place_loader(loader, ds, states, rank, world, workers)
         ctx = {"checkpoint": ckpt, "topology": topology, "describe": Describer(ds, tokenizer, args)}
         batches = _Batches(loader)
         for step in range(start + 1, last + 1):
             if step in skips:
-                batches.take((skips[step] - step + 1) * ga)
-            for micro, (ids, prov) in enumerate(batches.take(ga)):
-                if step >= first:
+                batches.take((skips[step] - step + 1) * per_step)
+            for micro, (ids, prov) in enumerate(batches.take(per_step)):
+                if step < first:
+                    continue
+                if not logical:
                     yield step, rank, micro, ids, prov, ctx
+                    continue
+                for r in range(world) if ranks is None else ranks:   # rank r: every world-th
+                    mine, rows = ids[r::world], prov[r::world]
+                    for m in range(0, len(mine), seg["batch_size"]):
+                        yield (step, r, m // seg["batch_size"], mine[m:m + seg["batch_size"]],
+                               rows[m:m + seg["batch_size"]], ctx)
         batches.close()
 
 

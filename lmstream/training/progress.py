@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from ..stream.logical import KEY as LOGICAL, serving_workers
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -121,17 +123,29 @@ def banner(model, data_args, training_args, plan, block_size: int | None, checkp
                 * (block_size or 0))
     lines = [f"model {type(model).__name__}, {params / 1e6:,.2f} M parameters",
              f"data  {source}",
-             f"run   {a.world_size} process(es) x {workers} reader(s) each"
-             f"{'' if a.dataloader_num_workers else ' (in-process)'}, device {a.device.type}"]
+             run_line(a, data_args.dataset_logical_readers)]
     if a.max_steps > 0 and block_size:
         lines.append(f"plan  {a.max_steps:,} steps x {per_step:,} tokens = "
                      f"{_count(a.max_steps * per_step)} tokens, checkpoint every {a.save_steps} "
                      f"steps, into {a.output_dir}")
     if plan is not None and any(s.name and "@" in s.name for s in plan.shards):
-        lines.append(hub_line(plan, a.world_size * workers))
+        lines.append(hub_line(plan, a.world_size * workers if not data_args.dataset_logical_readers
+                              else data_args.dataset_logical_readers))
     if checkpoint:
         lines.append(f"from  {checkpoint}")
     return lines
+
+
+def run_line(a, logical: int | None) -> str:
+    """The topology: processes and readers (logical ones served by workers), and the device."""
+    where = "" if a.dataloader_num_workers else " (in-process)"
+    if not logical:
+        return (f"run   {a.world_size} process(es) x {max(1, a.dataloader_num_workers)} reader(s) "
+                f"each{where}, device {a.device.type}")
+    workers = serving_workers(logical, a.world_size, a.dataloader_num_workers)
+    return (f"run   {a.world_size} process(es) x {max(1, workers)} worker(s){where} serving "
+            f"{logical} logical readers (each step the same blocks on any topology), device "
+            f"{a.device.type}")
 
 
 def hub_line(plan, readers: int) -> str:
@@ -151,6 +165,11 @@ def resume_line(checkpoint: str, states: list[dict]) -> str:
     name = os.path.basename(os.path.normpath(checkpoint))
     if not readers:
         return f"resumed from {name}"
+    head = states[0].get(LOGICAL)
+    if head:
+        total = head["base"] + head["handed"] * head["world_size"]
+        return (f"resumed from {name}: global block {total:,} of {head['readers']} logical "
+                f"readers ({head['global_batch']} a step), each at its own position")
     st = readers[0]
     done = st.get("stats", {})
     return (f"resumed from {name}: data epoch {st['epoch']}, window {st['window']}, document "
