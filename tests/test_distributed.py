@@ -114,8 +114,10 @@ def test_logical_readers_train_the_same_steps_after_a_resume_on_another_topology
     assert "2 worker(s) serving 8 logical readers" in proc.stdout
     shutil.copytree(out, tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoint-6")
+    flags = _cmd(tmp_path / "resumed")[_cmd(out).index("lmstream.train") + 1:]
+    at = flags.index("--ddp_backend")
     one = [sys.executable, os.path.join(os.path.dirname(__file__), "capture_train.py"),
-           *_cmd(tmp_path / "resumed")[_cmd(out).index("lmstream.train") + 1:], *NO_DROPOUT,
+           *flags[:at], *flags[at + 2:], *NO_DROPOUT,
            "--dataloader_num_workers", "4", "--gradient_accumulation_steps", "2", "--resume_from_checkpoint", "true"]
     proc = subprocess.run(one, capture_output=True, text=True, timeout=300,
                           env={**env, "CAPTURE_DIR": str(tmp_path / "c1x4")})
@@ -125,4 +127,4 @@ def test_logical_readers_train_the_same_steps_after_a_resume_on_another_topology
     assert sorted(resumed) == [4, 5, 6] and all(resumed[s] == straight[s] for s in (4, 5, 6))
     a, b = _losses(out), _losses(tmp_path / "resumed")
     for s in (4, 5, 6):
-        assert abs(a[s] - b[s]) <= 1e-5 * abs(a[s]), (s, a[s], b[s])
+        assert abs(a[s] - b[s]) <= 1e-6 * abs(a[s]), (s, a[s], b[s])   # measured: at most 9e-8 (float32)

@@ -2,15 +2,18 @@
 processes, DataLoader workers, batch size and gradient accumulation that make up the same global batch, fresh or
 resumed on another topology, inside a shuffle window and across an epoch boundary, for a plain stream and a
 mixture with a schedule."""
+import dataclasses
 import json
 import logging
+import os
 
 import pytest
 
 import lmstream
-from conftest import make_docs, write_parquet
+from conftest import BLOCK, account, check_once, make_docs, write_parquet
 from lmstream.errors import ConfigError
-from lmstream.stream.logical import default_readers, serving_workers
+from lmstream.stream.logical import default_readers, logical_readers_of, serving_workers
+from lmstream.training.resume import readers_to_resume
 from lmstream.stream.serving import LogicalLoader
 
 READERS = 4
@@ -155,3 +158,51 @@ def test_what_logical_readers_refuse_in_one_sentence(data, tokenizer):
                                                            dataset_logical_readers=2), tokenizer, rank=0, world_size=1)
     with pytest.raises(ConfigError, match="saved with 4 logical readers, this run asks 2"):
         lmstream.build_loader(other, 2, 0).place(states)
+
+
+def test_a_topology_that_cannot_serve_the_readers_falls_back_to_the_elastic_resume(corpus, tokenizer, tmp_path,
+                                                                                   caplog):
+    """A checkpoint of 4 logical readers resumed by 3 processes: the job says so and resumes elastically (one
+    reader per process and worker); within the epoch every document is trained on once."""
+    folder, lengths, owner = corpus
+    logical = lmstream.DataArguments(dataset_name=folder, dataset_block_size=BLOCK, dataset_shuffle_buffer=5,
+                                     dataset_logical_readers=4)
+    loader = lmstream.build_loader(lmstream.build_pipeline(logical, tokenizer, seed=3, rank=0, world_size=1), 2, 2)
+    it = iter(loader)
+    before = [next(it)["input_ids"] for _ in range(7)]
+    saved = [json.loads(json.dumps(loader.state_dict()))]
+    del it
+    os.makedirs(tmp_path / "checkpoint-7" / "lmstream_data")
+    (tmp_path / "checkpoint-7" / "lmstream_data" / "rank-0.json").write_text(json.dumps(saved[0]))
+    with caplog.at_level(logging.WARNING, logger="lmstream"):
+        args, auto = readers_to_resume(str(tmp_path / "checkpoint-7"), dataclasses.replace(logical,
+                                       dataset_logical_readers=None), 3)
+    assert (args.dataset_logical_readers, auto) == (0, False)
+    assert "the checkpoint's 4 logical readers cannot be split evenly between 3 processes" in caplog.text
+    with pytest.raises(ConfigError, match="was saved with dataset_logical_readers=4, this run asks 8: a run keeps "
+                                          "its readers"):
+        readers_to_resume(str(tmp_path / "checkpoint-7"), dataclasses.replace(logical, dataset_logical_readers=8), 1)
+    after = []
+    for rank in range(3):
+        ds = lmstream.build_pipeline(dataclasses.replace(args, dataset_cycle=False), tokenizer, seed=3, rank=rank,
+                                     world_size=3)
+        ds.resume_elastic(saved, 1)
+        after += [b["input_ids"] for b in lmstream.build_loader(ds, 2, 1)]
+    # logical readers started epoch 0 with 4 readers; the rest of it on 3
+    check_once(account(before + after, lengths, owner), lengths, 4 + 3)
+
+
+def test_a_new_run_chooses_its_readers_and_an_old_checkpoint_keeps_its_path(corpus, tokenizer, tmp_path):
+    folder = corpus[0]
+    fresh = lmstream.DataArguments(dataset_name=folder, dataset_block_size=BLOCK)
+    assert readers_to_resume(None, fresh, 2) == (fresh, True)
+    ds = lmstream.build_pipeline(fresh, tokenizer, rank=0, world_size=1, auto_readers=True)
+    assert ds.readers == 8   # 3 shards of 20 documents in 4-row groups: 15 row groups
+    old = lmstream.build_loader(lmstream.build_pipeline(fresh, tokenizer, rank=0, world_size=1), 2, 0)
+    next(iter(old))
+    os.makedirs(tmp_path / "checkpoint-1" / "lmstream_data")
+    (tmp_path / "checkpoint-1" / "lmstream_data" / "rank-0.json").write_text(json.dumps(old.state_dict()))
+    args, auto = readers_to_resume(str(tmp_path / "checkpoint-1"), fresh, 4)
+    assert (args.dataset_logical_readers, auto) == (0, False)
+    with pytest.raises(ConfigError, match="saved with dataset_logical_readers=0, this run asks 4"):
+        readers_to_resume(str(tmp_path / "checkpoint-1"), dataclasses.replace(fresh, dataset_logical_readers=4), 1)
