@@ -2,7 +2,8 @@
 # The training job itself on a GPU (run from the repository root on a lent GPU machine):
 # GPT-2 small from config, bf16, SDPA, batch 8 x 1024, 8 workers, `python -m lmstream.train` on
 # make_corpus.py's corpus (bench/data/corpus), then two resumes from the step-STEPS/2 checkpoint:
-# the same shape (exact path) and 4 workers (elastic). Prints tokens/s and data wait from the logs.
+# the same shape (exact path) and 4 workers (another topology: logical readers serve the same blocks).
+# Prints tokens/s, data wait and each resume's loss against the straight run's from the logs.
 # Needs torchdata (wheel in bench/wheels/, as for gpu_check.sh). SMALL=1: tiny sizes on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,12 +36,12 @@ job straight "$workers"
 mv "$runs/run/checkpoint-$steps" "$runs/straight-end"
 job exact "$workers" --resume_from_checkpoint "$runs/run/checkpoint-$half"
 rm -rf "$runs/run/checkpoint-$steps"
-job elastic "$fewer" --resume_from_checkpoint "$runs/run/checkpoint-$half"
+job fewer "$fewer" --resume_from_checkpoint "$runs/run/checkpoint-$half"
 python3 - "$out" "$half" <<'PY'
 import json, sys
 out, half = sys.argv[1], int(sys.argv[2])
 logs = {n: [h for h in json.load(open(f"{out}/{n}.trainer_state.json"))["log_history"] if "loss" in h]
-        for n in ("straight", "exact", "elastic")}
+        for n in ("straight", "exact", "fewer")}
 for n, hs in logs.items():
     tps = [h["tokens_per_second"] for h in hs if "tokens_per_second" in h and h["step"] > 20]
     wait = [h["data_wait_fraction"] for h in hs if "data_wait_fraction" in h and h["step"] > 20]
@@ -48,7 +49,7 @@ for n, hs in logs.items():
     print(f"{n:9s} steps {hs[0]['step']}-{hs[-1]['step']}  tokens/s {rate}  "
           f"data wait {max(wait) if wait else float('nan'):.4f} max  loss {hs[-1]['loss']:.4f}")
 a = {h["step"]: h["loss"] for h in logs["straight"]}
-for n in ("exact", "elastic"):
+for n in ("exact", "fewer"):
     b = {h["step"]: h["loss"] for h in logs[n]}
     common = sorted(s for s in set(a) & set(b) if s > half)
     print(f"{n}: |loss - straight| max over steps {common[0]}-{common[-1]}: "

@@ -32,7 +32,8 @@ def test_gpu_check_dry_runs_on_the_cpu(tmp_path):
 
 
 def test_gpu_job_script_dry_runs_on_the_cpu(tmp_path):
-    """bench/gpu_job.sh with tiny sizes: straight, exact and elastic resume, and its summary."""
+    """bench/gpu_job.sh with tiny sizes: straight, exact resume and resume with fewer workers (logical readers: the
+    same blocks, so the same losses), and its summary."""
     import os
     import subprocess
     root = os.path.join(os.path.dirname(__file__), "..")
@@ -42,4 +43,5 @@ def test_gpu_job_script_dry_runs_on_the_cpu(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     assert "exact: |loss - straight| max over steps 20-20: 0.00e+00" in proc.stdout
-    assert "Elastic resume" in (tmp_path / "out" / "elastic.log").read_text()
+    assert "fewer: |loss - straight| max over steps 20-20: 0.00e+00" in proc.stdout
+    assert "1 worker(s) serving 8 logical readers" in (tmp_path / "out" / "fewer.log").read_text()

@@ -86,11 +86,16 @@ def _corpus(tmp_path, name="pq", seed=5):
 
 
 @pytest.mark.slow
-def test_inspect_gives_the_tensors_each_rank_trained_on(tmp_path):
+@pytest.mark.parametrize("readers", ["0", "default"])
+def test_inspect_gives_the_tensors_each_rank_trained_on(tmp_path, readers):
     """torchrun, 2 processes x 2 workers: every step's blocks as replayed are the tensors the model was fed; then
-    after an elastic resume (2 x 2 -> 2 x 1 from checkpoint 4) the steps after it replay with the new topology."""
+    after a resume on 2 x 1 from checkpoint 4 the steps after it replay too. With one reader per process and worker
+    ("0") that resume is elastic and replays with the new topology; with logical readers every step is replayed in
+    one process from the checkpoint alone, then dealt to the ranks."""
     data, out = _corpus(tmp_path), tmp_path / "out"
-    seen, _ = _train(_argv(data, out, 10, 2), tmp_path / "cap", procs=2)
+    extra = ["--dataset_logical_readers", "0"] if readers == "0" else []
+    seen, proc = _train(_argv(data, out, 10, 2, *extra), tmp_path / "cap", procs=2)
+    assert ("logical readers" in proc.stdout) == (readers == "default")
     for step in (1, 4, 5, 7, 10):
         per, report = _inspected(out, step)
         assert per == {r: seen[r][step] for r in (0, 1)}, step
@@ -99,7 +104,7 @@ def test_inspect_gives_the_tensors_each_rank_trained_on(tmp_path):
         shutil.rmtree(out / name)
     seen2, proc = _train(_argv(data, out, 10, 1, "--resume_from_checkpoint", str(out / "checkpoint-4")),
                          tmp_path / "cap2", procs=2)
-    assert "Elastic resume" in proc.stderr
+    assert ("Elastic resume" in proc.stderr) == (readers == "0")
     for step in (5, 6, 9, 10):
         per, report = _inspected(out, step)
         assert per == {r: seen2[r][step] for r in (0, 1)}, step

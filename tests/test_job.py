@@ -56,7 +56,7 @@ def test_the_console_entry_shows_progress_live_refuses_a_rerun_and_resumes(tmp_p
             "--resume_from_checkpoint", "true", "--max_steps", "8"]
     lines, _, rc, err = _live(more, _env(home), tmp_path)
     assert rc == 0, err[-3000:]
-    assert any(line.startswith("lmstream: resumed from checkpoint-6: data epoch 0") for line in lines), lines
+    assert any(line.startswith("lmstream: resumed from checkpoint-6: global block ") for line in lines), lines
     assert "missing keys" not in err and (tmp_path / "out" / "report.ipynb").read_bytes() == report
 
 

@@ -118,8 +118,9 @@ def test_refusals(tmp_path, monkeypatch):
 
 def test_checkpoint_without_data_state_warns_and_skips(tmp_path, monkeypatch, caplog):
     import shutil
-    straight, _ = _run(_tiny(tmp_path / "a"), monkeypatch)
-    _run(_tiny(tmp_path / "b"), monkeypatch, stop_at=4)
+    # another script's order is one reader per process (lmstream resumes such a checkpoint with those readers)
+    straight, _ = _run(_tiny(tmp_path / "a", "--dataset_logical_readers", "0"), monkeypatch)
+    _run(_tiny(tmp_path / "b", "--dataset_logical_readers", "0"), monkeypatch, stop_at=4)
     shutil.rmtree(tmp_path / "b" / "checkpoint-4" / "lmstream_data")   # as if saved by another script
     with pytest.raises(ConfigError, match="dataloader_num_workers 0"):   # workers send batch groups: no skip there
         lt.train(*lt.parse_args(_tiny(tmp_path / "b", "--resume_from_checkpoint",

@@ -31,7 +31,7 @@ from ..corpus.plan import Plan
 from ..corpus.planfile import fingerprint
 from .reader import Reader
 from ..corpus.sources import plan_dataset
-from .state import READABLE_VERSIONS, Identity, ReaderState, reader_states, share
+from .state import Identity, ReaderState, check_settings, reader_states, share
 from ..tokens.packing import resolve_block_size
 from ..tokens.tokenize import Encoder, encoder_for
 
@@ -129,38 +129,9 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
             return self._initial(self.identity()).to_json()
         return self._state.to_json()
 
-    def _check_saved(self, state: dict) -> None:
-        """Refuse a reader state of another format version or other data settings."""
-        if state.get("version") not in READABLE_VERSIONS:
-            raise ConfigError(f"The data state has version {state.get('version')}, this lmstream "
-                              f"reads {' and '.join(map(str, READABLE_VERSIONS))}.")
-        # "data" and "tokenizer" (content fingerprints) are absent from states saved by earlier
-        # lmstream versions
-        diff = [k for k in self.settings if state["settings"].get(k) != self.settings[k]
-                and not (k in ("data", "tokenizer") and k not in state["settings"])]
-        if diff == ["tokenizer"]:
-            raise ConfigError("The data position was saved with another tokenizer (same vocabulary "
-                              "size and EOS, other ids: fingerprint "
-                              f"{state['settings']['tokenizer']} then, "
-                              f"{self.settings['tokenizer']} now): resume with the tokenizer the "
-                              "run was trained with (tokenizer_name / the checkpoint's tokenizer "
-                              "files), or start a new run.")
-        if diff == ["data"]:
-            raise ConfigError("The data changed since this data position was saved (same files, "
-                              f"other content: fingerprint {state['settings']['data']} then, "
-                              f"{self.settings['data']} now): resume on the data it was trained "
-                              "on, or pass --dataset_accept_changed_data true to start the epoch "
-                              "again on the new data.")
-        if diff:
-            saved = {k: state["settings"].get(k) for k in diff}
-            now = {k: self.settings[k] for k in diff}
-            raise ConfigError(f"The data state was saved with other data settings ({saved} then, "
-                              f"{now} now): resume with the same dataset arguments, seed and "
-                              "tokenizer, or start a new run.")
-
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly after the last sample of the run that saved `state`."""
-        self._check_saved(state)
+        check_settings(self.settings, state)
         if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
             raise ConfigError(f"The data state belongs to rank {state['rank']} of "
                               f"{state['world_size']}, not rank {self.rank} of {self.world_size}: "
@@ -176,7 +147,7 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         if not old:
             raise ConfigError("The checkpoint holds no lmstream data position to resume from.")
         for st in old:
-            self._check_saved(st)
+            check_settings(self.settings, st)
         workers = max(1, num_workers)
 
         def regular_cap(st: ReaderState):

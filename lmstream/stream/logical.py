@@ -158,9 +158,9 @@ class LogicalStream(torch.utils.data.IterableDataset):
                 "readers": [states.get(i) or self.initial_state(i) for i in self.mine()]}
 
     def place(self, rank_states: list[dict]) -> None:
-        """Continue from every rank's saved state, on this topology: at a step boundary (every rank
-        handed out as many blocks) from the global position; else (a loop that saved mid-step)
-        exactly where this rank stood, with the same processes."""
+        """Continue from every rank's saved state: on the processes and global batch that saved it,
+        each rank exactly where it stood; on others, from the global position (a step boundary:
+        every rank handed out as many blocks)."""
         heads = [s.get(KEY) for s in rank_states]
         if any(h is None for h in heads):
             raise ConfigError("The checkpoint's data positions were saved without logical readers: "
@@ -176,15 +176,19 @@ class LogicalStream(torch.utils.data.IterableDataset):
                               "another run): resume from a complete checkpoint.")
         h = heads[0]
         self.origin = tuple(h["origin"])
+        same = h["world_size"] == self.world_size and h["global_batch"] == self.global_batch
+        if same and all(x["rank"] == r for r, x in enumerate(heads)):
+            # the processes that saved it: each rank exactly where it stood
+            self.place_rank(rank_states[self.rank])
+            check_counts(by_reader, h["base"] + h["handed"] * h["world_size"]
+                         if len({x["handed"] for x in heads}) == 1 else None, self.readers)
+            self.starts = by_reader
+            return
         if len({x["handed"] for x in heads}) == 1 and len({x["base"] for x in heads}) == 1:
             total = h["base"] + h["handed"] * h["world_size"]
             self.base, self.handed = total, 0
             if h["global_batch"] != self.global_batch:   # steps of another size from here on
                 self.origin = (total, step_of(1, self.origin, h["global_batch"], total, 0))
-        elif h["world_size"] == self.world_size:
-            self.place_rank(rank_states[self.rank])
-            self.starts = by_reader
-            return
         else:
             raise ConfigError("The data position was saved in the middle of an optimizer step: "
                               "resume it with the processes that saved it, or from a checkpoint "

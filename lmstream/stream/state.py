@@ -252,3 +252,34 @@ def check_start(start, pieces: list) -> None:
         raise ConfigError(f"The data position is corrupt: window start (piece {p}, row {row}) lies "
                           f"outside the reader's {len(pieces)} pieces: resume from another "
                           "checkpoint.")
+
+
+def check_settings(settings: dict, state: dict) -> None:
+    """Refuse a saved reader state of another format version or other data settings than
+    `settings` (a stream's)."""
+    if state.get("version") not in READABLE_VERSIONS:
+        raise ConfigError(f"The data state has version {state.get('version')}, this lmstream "
+                          f"reads {' and '.join(map(str, READABLE_VERSIONS))}.")
+    # "data" and "tokenizer" (content fingerprints) are absent from states saved by earlier
+    # lmstream versions
+    diff = [k for k in settings if state["settings"].get(k) != settings[k]
+            and not (k in ("data", "tokenizer") and k not in state["settings"])]
+    if diff == ["tokenizer"]:
+        raise ConfigError("The data position was saved with another tokenizer (same vocabulary "
+                          "size and EOS, other ids: fingerprint "
+                          f"{state['settings']['tokenizer']} then, "
+                          f"{settings['tokenizer']} now): resume with the tokenizer the "
+                          "run was trained with (tokenizer_name / the checkpoint's tokenizer "
+                          "files), or start a new run.")
+    if diff == ["data"]:
+        raise ConfigError("The data changed since this data position was saved (same files, "
+                          f"other content: fingerprint {state['settings']['data']} then, "
+                          f"{settings['data']} now): resume on the data it was trained "
+                          "on, or pass --dataset_accept_changed_data true to start the epoch "
+                          "again on the new data.")
+    if diff:
+        saved = {k: state["settings"].get(k) for k in diff}
+        now = {k: settings[k] for k in diff}
+        raise ConfigError(f"The data state was saved with other data settings ({saved} then, "
+                          f"{now} now): resume with the same dataset arguments, seed and "
+                          "tokenizer, or start a new run.")

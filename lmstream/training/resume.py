@@ -157,6 +157,8 @@ def readers_to_resume(checkpoint: str | None, data_args, world_size: int):
     saved = logical_readers_of(states)
     asked = data_args.dataset_logical_readers
     if saved is None:
+        if checkpoint:   # another script's checkpoint: the Trainer skips its batches by reading
+            return with_readers(data_args, asked or 0), False
         return data_args, asked is None
     if asked is not None and asked != saved:
         raise ConfigError(f"Checkpoint {checkpoint} was saved with dataset_logical_readers="
