@@ -8,6 +8,7 @@ import logging
 import os
 
 import pytest
+import torch
 
 import lmstream
 from conftest import BLOCK, account, check_once, make_docs, write_parquet
@@ -206,3 +207,17 @@ def test_a_new_run_chooses_its_readers_and_an_old_checkpoint_keeps_its_path(corp
     assert (args.dataset_logical_readers, auto) == (0, False)
     with pytest.raises(ConfigError, match="saved with dataset_logical_readers=0, this run asks 4"):
         readers_to_resume(str(tmp_path / "checkpoint-1"), dataclasses.replace(fresh, dataset_logical_readers=4), 1)
+
+
+@pytest.mark.parametrize("kw", [{"dataset_group_text": False, "dataset_max_seq_length": 48},
+                                {"dataset_document_attention": "isolated"}], ids=["padded", "isolated"])
+def test_workers_and_one_process_hand_out_the_same_tensors(data, tokenizer, kw):
+    """Padded documents (labels -100 at the padding, an attention mask) and isolated documents (position_ids): the
+    batches that workers send are the batches made in one process, key for key."""
+    args = _args(data, False, **kw)
+    a, b = (iter(lmstream.build_loader(lmstream.build_pipeline(args, tokenizer, seed=7, rank=0, world_size=1), 3, w))
+            for w in (2, 0))
+    for _ in range(6):
+        x, y = next(a), next(b)
+        assert sorted(x) == sorted(y) and all(torch.equal(x[k], y[k]) for k in x), sorted(x)
+    assert ("attention_mask" in x) == ("dataset_group_text" in kw) and ("position_ids" in x) != ("dataset_group_text" in kw)

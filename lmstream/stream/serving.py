@@ -76,12 +76,12 @@ def whole(item):
     return item
 
 
-def rows_batch(rows: list, labels_are_inputs: bool) -> PinnedBatch:
-    """Blocks from worker chunks as one micro-batch of int64 tensors, their provenance beside."""
-    arrays = {k: torch.from_numpy(np.stack([r[3][k] for r in rows]).astype(np.int64))
-              for k in rows[0][3]}
-    if labels_are_inputs:
-        arrays["labels"] = arrays["input_ids"].clone()
+def rows_batch(rows: list) -> PinnedBatch:
+    """Blocks from worker chunks as one micro-batch of int64 tensors, their provenance beside; a
+    block sent without labels (collate_arrays leaves out labels equal to the ids) gets its ids."""
+    keys = {k for r in rows for k in r[3]} | {"labels"}
+    arrays = {k: torch.from_numpy(np.stack([r[3].get(k, r[3]["input_ids"]) for r in rows])
+                                  .astype(np.int64)) for k in sorted(keys)}
     return PinnedBatch(arrays, [r[4] for r in rows])
 
 
@@ -162,7 +162,6 @@ class LogicalLoader:
                 if chunk is None:
                     return
                 queues[chunk.worker].extend(chunk.items())
-                self.labels_are_inputs = chunk.batch.labels_are_inputs
             yield q.popleft()
             i += 1
 
@@ -182,7 +181,7 @@ class LogicalLoader:
             if not rows:
                 return
             batch = (collate_tensors([r[3] for r in rows]) if in_process
-                     else rows_batch(rows, self.labels_are_inputs))
+                     else rows_batch(rows))
             for _, r, st, _, _ in rows:
                 self.states[r] = st
             self.handed += len(rows)
