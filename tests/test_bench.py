@@ -45,3 +45,15 @@ def test_gpu_job_script_dry_runs_on_the_cpu(tmp_path):
     assert "exact: |loss - straight| max over steps 20-20: 0.00e+00" in proc.stdout
     assert "fewer: |loss - straight| max over steps 20-20: 0.00e+00" in proc.stdout
     assert "1 worker(s) serving 8 logical readers" in (tmp_path / "out" / "fewer.log").read_text()
+
+
+def test_the_logical_readers_benchmark_runs_its_variants_side_by_side(tmp_path):
+    from conftest import SAMPLE, TINY_MODEL
+    from lmstream.tools import bench_logical
+    report = bench_logical.main([SAMPLE, "--config", "python-docs", "--tokenizer", TINY_MODEL, "--readers", "2",
+                                 "--workers", "0", "--blocks", "40", "--block_size", "64", "--rounds", "1",
+                                 "--json", str(tmp_path / "r.json")])
+    rows = {(r["logical_readers"], r["workers"]): r for r in report["results"]}
+    assert sorted(rows) == [(0, 0), (2, 0)] and rows[(0, 0)]["tokens_per_s_vs_per_process"] == 1.0
+    assert all(r["tokens_per_s"] > 0 and r["first_batch_s"] > 0 and r["resume_first_batch_s"] > 0 for r in rows.values())
+    assert json.loads((tmp_path / "r.json").read_text())["results"] == report["results"]

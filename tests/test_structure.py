@@ -33,8 +33,8 @@ WINGS = {
                  ["outputs", "lineage", "resume"],
                  ["trainer"], ["run"], ["job"]],
     "tools": [["plots", "localserve", "reference", "prepare", "grouping", "kernel"],
-              ["explore", "resuming", "bench_pipeline", "bench_logical", "inspect", "hubplan"],
-              ["bench_prepare", "gpucheck", "render", "hubsim"], ["bench"]],
+              ["explore", "resuming", "bench_pipeline", "inspect", "hubplan"],
+              ["bench_prepare", "bench_logical", "gpucheck", "render", "hubsim"], ["bench"]],
     "doors": [["train", "prepare", "inspect", "bench", "plan"], ["cli", "__init__"]],
 }
 NO_TRANSFORMERS = ("corpus", "tokens", "stream")

@@ -122,6 +122,11 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
         return ReaderState(who=who)
 
     # -- state ----------------------------------------------------------------------------------
+    def position(self) -> ReaderState | dict:
+        """Where the stream stands, as it is kept (state_dict gives its JSON form): what a logical
+        reader sends with each block, converted only when a checkpoint asks."""
+        return self._state if self._state is not None else self.state_dict()
+
     def state_dict(self) -> dict:
         """Where this rank's (or this worker's) stream stands, JSON-serializable."""
         # not started: the initial position (not kept: set_epoch may still move it)

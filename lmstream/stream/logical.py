@@ -28,7 +28,7 @@ import math
 import torch
 
 from ..errors import ConfigError
-from .state import find_dicts
+from .state import ReaderState, find_dicts
 
 log = logging.getLogger("lmstream")
 MAX_READERS = 256    # the default's ceiling (see `default_readers`)
@@ -120,7 +120,7 @@ class LogicalStream(torch.utils.data.IterableDataset):
         return stream
 
     def blocks(self, worker: int, workers: int):
-        """(rank index i, logical reader, sample, its state after it) for physical reader `worker`
+        """(rank index i, logical reader, sample, its position after it) for physical reader `worker`
         of `workers` (1: the training process), from this rank's position on."""
         step = self.world_size
         i = self.handed + (worker - self.handed) % workers
@@ -135,7 +135,7 @@ class LogicalStream(torch.utils.data.IterableDataset):
             sample = next(it, None)
             if sample is None:
                 return   # a mixture source with on_exhausted=stop ended the data
-            yield i, index, sample, stream.state_dict()
+            yield i, index, sample, stream.position()
             i += workers
 
     def initial_state(self, index: int) -> dict:
@@ -155,7 +155,7 @@ class LogicalStream(torch.utils.data.IterableDataset):
         return {KEY: {"readers": self.readers, "rank": self.rank, "world_size": self.world_size,
                       "base": self.base, "origin": list(self.origin), "handed": handed,
                       "global_batch": self.global_batch},
-                "readers": [states.get(i) or self.initial_state(i) for i in self.mine()]}
+                "readers": [as_json(states.get(i)) or self.initial_state(i) for i in self.mine()]}
 
     def place(self, rank_states: list[dict]) -> None:
         """Continue from every rank's saved state: on the processes and global batch that saved it,
@@ -222,6 +222,12 @@ class LogicalStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         for _, _, sample, _ in self.blocks(0, 1):
             yield sample
+
+
+def as_json(position) -> dict | None:
+    """A reader's position as its state's JSON form (a ReaderState is converted here, when a
+    checkpoint asks, not with every block)."""
+    return position.to_json() if isinstance(position, ReaderState) else position
 
 
 def st_reader(state: dict) -> int:

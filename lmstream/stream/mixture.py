@@ -153,6 +153,10 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                 sample["provenance"] = with_source(sample["provenance"], k)
             yield sample
 
+    def position(self) -> dict:
+        """Where the mixture stands (what a logical reader sends with each block)."""
+        return self.state_dict()
+
     def state_dict(self) -> dict:
         states = [s.state_dict() for s in self.streams]
         stats = sum_counters(st["stats"] for st in states)

@@ -23,9 +23,9 @@ import torch
 
 from ..errors import ConfigError
 from ..tokens.tokenize import settle
-from .batches import GROUP_TOKENS, MAX_GROUP
+from .batches import GROUP_TOKENS
 from .collate import PROVENANCE, PinnedBatch, collate_arrays, collate_tensors
-from .logical import LogicalStream, serving_workers
+from .logical import LogicalStream, as_json, serving_workers
 from .workers import FORKED_BY, kill_workers_at_exit, own_message
 
 log = logging.getLogger("lmstream")
@@ -105,7 +105,9 @@ class LogicalLoader:
         self.handed, self.states = stream.handed, {}
         self.wait_seconds, self.provenance = 0.0, None
         self.taken = collections.deque(maxlen=1024)
-        self.group = max(1, min(MAX_GROUP, GROUP_TOKENS // max(1, stream.block_size)))
+        # blocks per message: about GROUP_TOKENS tokens (each block's position is a ReaderState,
+        # pickled small: the settings it refers to go once per message)
+        self.group = max(1, GROUP_TOKENS // max(1, stream.block_size))
 
     def __len__(self) -> int:
         raise TypeError("a stream of logical readers has no length")
@@ -131,7 +133,7 @@ class LogicalLoader:
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self):
         # a new iterator goes on from the last block handed out
-        self.stream.starts.update(self.states)
+        self.stream.starts.update({r: as_json(st) for r, st in self.states.items()})
         self.stream.handed = self.handed
         return self._batches()
 
