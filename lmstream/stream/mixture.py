@@ -110,8 +110,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         return m
 
     @property
-    def cycles(self) -> bool:
-        """Whether no source ever ends the mixture."""
+    def cycles(self) -> bool:   # no source ever ends the mixture
         return all(s.cycle for s in self.streams)
 
     def _pick(self, slot: int, n: int) -> int:
@@ -153,8 +152,7 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
                 sample["provenance"] = with_source(sample["provenance"], k)
             yield sample
 
-    def position(self) -> dict:
-        """Where the mixture stands (what a logical reader sends with each block)."""
+    def position(self) -> dict:   # what a logical reader sends with each block
         return self.state_dict()
 
     def state_dict(self) -> dict:
@@ -251,7 +249,6 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
     @property
     def stats(self) -> dict:
         return self.state_dict()["stats"]
-
 
 
 def _mixture_states(obj) -> list[dict]:
