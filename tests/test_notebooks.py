@@ -104,6 +104,7 @@ def test_resume_notebook_run_all_twice(tmp_path):
         assert "batch 5 after the resume equals batch 5 of the uninterrupted stream: True" in text
         assert "steps 5-8: identical losses: True" in text
         assert "every token of every document once, trained or dropped at the end: True" in text
+        assert "on 1 worker instead of 2, the next batch is the same: True" in text
         assert "Trainer skip, reference pipeline (s)" in text and "reference skip / position" in text
         assert "ms per batch already trained on" in text and "re-reads nothing already trained on" in text
     assert (tmp_path / "runs" / "resume-demo" / "resume_losses.png").stat().st_size > 5000
