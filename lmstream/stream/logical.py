@@ -103,11 +103,6 @@ class LogicalStream(torch.utils.data.IterableDataset):
         return self.world_size * self.batch_size * self.accumulation
 
     # -- readers --------------------------------------------------------------------------------
-    def owns(self, reader: int, worker: int, workers: int) -> bool:
-        """Whether physical reader (this rank, `worker` of `workers`) serves logical `reader`."""
-        p = worker * self.world_size + self.rank
-        return (reader - self.base - p) % (self.world_size * workers) == 0
-
     def reader(self, index: int, share: int = 1):
         """Logical reader `index`, at its saved position; `share`: readers in this process (they
         split the read-ahead budget)."""
