@@ -213,6 +213,12 @@ class Grouped(torch.utils.data.IterableDataset):
         return len(self.stream)
 
 
+def whole(item):
+    """The collate_fn of a loader whose workers send whole messages (Grouped's BatchGroups, a
+    logical loader's chunks): the item as it came."""
+    return item
+
+
 def saved_group(state: dict) -> int | None:
     """The batches per group a worker's saved state was made with (None: saved before groups
     existed)."""

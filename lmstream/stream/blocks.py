@@ -249,6 +249,15 @@ class StreamingBlocks(torch.utils.data.IterableDataset):
                 for w in range(workers)]
 
 
+def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's rank and the number of processes: as given, else RANK and WORLD_SIZE."""
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world_size {world_size}.")
+    return rank, world_size
+
+
 def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None = None,
                  world_size: int | None = None, split: str = "train",
                  max_positions: int | None = None, max_samples: int | None = None,
@@ -269,10 +278,7 @@ def build_stream(args: DataArguments, tokenizer, seed: int = 0, rank: int | None
         encoder: the Encoder `encoder_for(args, tokenizer)` gives, when already at hand (it reads
         the tokenizer's JSON: tens of milliseconds for GPT-2's, more for larger vocabularies).
     """
-    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-    world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ConfigError(f"rank {rank} is outside world_size {world_size}.")
+    rank, world_size = rank_and_world(rank, world_size)
     block_size = resolve_block_size(args, tokenizer, max_positions)
     mode = "train"
     if split == "eval":

@@ -10,8 +10,6 @@ from __future__ import annotations
 import collections
 import copy
 import functools
-import os
-import threading
 import time
 import warnings
 
@@ -19,14 +17,13 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..tokens import backends
-from .batches import Grouped, Handout, group_size, saved_group
+from .batches import Grouped, Handout, group_size, saved_group, whole
 from .collate import ArrayBatch, Arrays, collate_arrays, collate_tensors
 from ..errors import ConfigError
 from .logical import LogicalStream
 from .serving import LogicalLoader
 from .state import find_dicts, reader_states
-from .workers import FORKED_BY, ignore_signals_in_worker, kill_workers_at_exit, own_message
-from ..tokens.tokenize import settle
+from .workers import before_fork, ignore_signals_in_worker, kill_workers_at_exit, own_message
 
 # torchdata's StatefulDataLoader calls a deprecated torch API on every iterator: not the user's
 # concern
@@ -93,9 +90,7 @@ class BlockLoader(StatefulDataLoader):
             # batch handed out) with their counters, as a re-iterated in-process stream continues
             self.stream.carry_over(self.state_dict())
         if self.num_workers > 0:
-            settle()    # before the workers fork: no tokenizer call under way on another thread
-            main = threading.current_thread() is threading.main_thread()
-            FORKED_BY[0] = os.getpid() if main else None
+            before_fork()
         it = super().__iter__()
         handout = None
         if self.num_workers > 0 and isinstance(self.dataset, Grouped):
@@ -169,12 +164,6 @@ def init_worker(worker_id: int) -> None:
     ignore_signals_in_worker(worker_id)
     info = torch.utils.data.get_worker_info()
     backends.limit_threads(backends.reader_threads(info.num_workers))
-
-
-def whole(item):
-    """The collate_fn of a loader over batch groups (made by lmstream.stream.batches.Grouped): the
-    item as it came."""
-    return item
 
 
 def build_loader(dataset, batch_size: int, num_workers: int = 0, **kwargs) -> BlockLoader:

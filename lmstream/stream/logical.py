@@ -2,7 +2,7 @@
 DataLoader workers that serve them.
 
     blocks = build_pipeline(dataclasses.replace(args, dataset_logical_readers=64), tokenizer)
-    loader = build_loader(blocks, batch_size=8, num_workers=8)   # lmstream.stream.steps
+    loader = build_loader(blocks, batch_size=8, num_workers=8)   # lmstream.stream.serving
 
 A run has R logical readers, fixed when it starts for the first time. Reader l of R is a stream of
 blocks that is a pure function of the seed, the plan and l (lmstream.corpus.documents deals it the
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 
 import torch
@@ -30,7 +29,6 @@ import torch
 from ..errors import ConfigError
 from .state import ReaderState, find_dicts
 
-log = logging.getLogger("lmstream")
 MAX_READERS = 256    # the default's ceiling (see `default_readers`)
 KEY = "logical"      # a rank's loader state: {"logical": {...}, "readers": [reader states]}
 
@@ -67,8 +65,8 @@ def step_of(readers: int, origin: tuple, global_batch: int, slot: int, n: int) -
 class LogicalStream(torch.utils.data.IterableDataset):
     """The blocks a rank hands out, drawn from the logical readers its workers serve.
 
-    `template` is the stream of reader 0 of R (a StreamingBlocks or MixtureBlocks built with rank 0,
-    world_size R); `as_reader(l)` gives the others."""
+    `template` is a StreamingBlocks or MixtureBlocks of the data (built for any rank); its
+    `as_reader(l, world_size=R)` is logical reader l."""
 
     def __init__(self, template, readers: int, rank: int, world_size: int):
         serving_workers(readers, world_size, 0)   # refuse a world size that does not divide R
@@ -171,16 +169,14 @@ class LogicalStream(torch.utils.data.IterableDataset):
                               "another run): resume from a complete checkpoint.")
         h = heads[0]
         self.origin = tuple(h["origin"])
-        same = h["world_size"] == self.world_size and h["global_batch"] == self.global_batch
-        if same and all(x["rank"] == r for r, x in enumerate(heads)):
+        at_step = len({(x["base"], x["handed"]) for x in heads}) == 1   # every rank as far
+        total = global_blocks(h) if at_step else None
+        if (h["world_size"], h["global_batch"]) == (self.world_size, self.global_batch) and all(
+                x["rank"] == r for r, x in enumerate(heads)):
             # the processes that saved it: each rank exactly where it stood
-            self.place_rank(rank_states[self.rank])
-            check_counts(by_reader, h["base"] + h["handed"] * h["world_size"]
-                         if len({x["handed"] for x in heads}) == 1 else None, self.readers)
-            self.starts = by_reader
-            return
-        if len({x["handed"] for x in heads}) == 1 and len({x["base"] for x in heads}) == 1:
-            total = h["base"] + h["handed"] * h["world_size"]
+            mine = heads[self.rank]
+            self.base, self.handed = mine["base"], mine["handed"]
+        elif at_step:
             self.base, self.handed = total, 0
             if h["global_batch"] != self.global_batch:   # steps of another size from here on
                 self.origin = (total, step_of(1, self.origin, h["global_batch"], total, 0))
@@ -188,7 +184,7 @@ class LogicalStream(torch.utils.data.IterableDataset):
             raise ConfigError("The data position was saved in the middle of an optimizer step: "
                               "resume it with the processes that saved it, or from a checkpoint "
                               "the Trainer wrote.")
-        check_counts(by_reader, self.base if self.handed == 0 else None, self.readers)
+        check_counts(by_reader, total, self.readers)
         self.starts = by_reader
 
     def place_rank(self, state: dict) -> None:
@@ -217,6 +213,12 @@ class LogicalStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         for _, _, sample, _ in self.blocks(0, 1):
             yield sample
+
+
+def global_blocks(head: dict) -> int:
+    """The global blocks handed out by the run whose rank saved `head` (a rank state's KEY part),
+    when every rank had handed out as many."""
+    return head["base"] + head["handed"] * head["world_size"]
 
 
 def as_json(position) -> dict | None:

@@ -109,10 +109,6 @@ class MixtureBlocks(torch.utils.data.IterableDataset):
         m._n, m._counts, m._gen, m._base, m._starts = 0, [0] * len(self.streams), 0, (0, 0), {}
         return m
 
-    @property
-    def cycles(self) -> bool:   # no source ever ends the mixture
-        return all(s.cycle for s in self.streams)
-
     def _pick(self, slot: int, n: int) -> int:
         key = [self.seed, DRAWS, slot, n] + ([self._gen] if self._gen else [])
         u = np.random.default_rng(key).random()

@@ -7,11 +7,10 @@ A run's train and evaluation data (streamed, materialized or loaded) is lmstream
 """
 from __future__ import annotations
 
-import os
-
 from ..config import DataArguments
 from ..errors import ConfigError
-from .blocks import build_stream
+from ..mixspec import parse_mixture
+from .blocks import build_stream, rank_and_world
 from .logical import LogicalStream, default_readers
 from .mixture import build_mixture
 
@@ -27,29 +26,35 @@ def build_pipeline(args: DataArguments, tokenizer, seed: int = 0, rank: int | No
     `auto_readers` (the training job's new runs): with dataset_logical_readers None, logical readers
     as many as `default_readers` gives, where the stream cycles."""
     readers = args.dataset_logical_readers
-    if split == "train" and (readers or (auto_readers and readers is None)):
-        rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        world_size = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-        cycles = max_samples is None and args.dataset_cycle
-        if readers and not cycles:
+    if split == "train" and (readers or (auto_readers and readers is None)) and cycles(
+            args, max_samples, readers):
+        rank, world_size = rank_and_world(rank, world_size)
+        template = _build(args, tokenizer, seed, 0, 1, split, max_positions, None, plan, encoder)
+        pieces = min(len(s.plan.pieces) for s in getattr(template, "streams", [template]))
+        return LogicalStream(template, readers or default_readers(pieces, world_size), rank,
+                             world_size)
+    return _build(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples,
+                  plan, encoder)
+
+
+def cycles(args: DataArguments, max_samples: int | None, readers: int | None) -> bool:
+    """Whether the training stream cycles its epochs, which logical readers need: asked for
+    (`readers`), they are refused in one sentence where it does not; by default the stream keeps one
+    reader per process and worker there."""
+    if max_samples is not None or not args.dataset_cycle:
+        if readers:
             raise ConfigError("dataset_logical_readers serves a training stream that cycles its "
                               "epochs: drop --max_train_samples and --dataset_cycle false, or pass "
                               "--dataset_logical_readers 0.")
-        template = _build(args, tokenizer, seed, 0, 1, split, max_positions, max_samples, plan,
-                          encoder) if cycles else None
-        if template is not None and not getattr(template, "cycles", True):
-            if readers:
-                raise ConfigError("dataset_logical_readers needs every dataset_mixture source to "
-                                  "cycle (on_exhausted: cycle): change the source, or pass "
-                                  "--dataset_logical_readers 0.")
-            template = None
-        if template is not None:
-            readers = readers or default_readers(min(len(s.plan.pieces) for s in
-                                                     getattr(template, "streams", [template])),
-                                                 world_size)
-            return LogicalStream(template, readers, rank, world_size)
-    return _build(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples,
-                  plan, encoder)
+        return False
+    if args.dataset_mixture and any(src["on_exhausted"] != "cycle"
+                                    for src in parse_mixture(args.dataset_mixture)):
+        if readers:
+            raise ConfigError("dataset_logical_readers needs every dataset_mixture source to "
+                              "cycle (on_exhausted: cycle): change the source, or pass "
+                              "--dataset_logical_readers 0.")
+        return False
+    return True
 
 
 def _build(args, tokenizer, seed, rank, world_size, split, max_positions, max_samples, plan,

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
-import threading
 import time
 
 import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..tokens.tokenize import settle
-from .batches import GROUP_TOKENS
+from .batches import GROUP_TOKENS, whole
 from .collate import PROVENANCE, PinnedBatch, collate_arrays, collate_tensors
 from .logical import LogicalStream, as_json, serving_workers
-from .workers import FORKED_BY, kill_workers_at_exit, own_message
+from .workers import before_fork, kill_workers_at_exit, own_message
 
 log = logging.getLogger("lmstream")
 
@@ -72,10 +69,6 @@ class Served(torch.utils.data.IterableDataset):
                      [st for *_, st in rows], batch)
 
 
-def whole(item):
-    return item
-
-
 def rows_batch(rows: list) -> PinnedBatch:
     """Blocks from worker chunks as one micro-batch of int64 tensors, their provenance beside; a
     block sent without labels (collate_arrays leaves out labels equal to the ids) gets its ids."""
@@ -92,9 +85,8 @@ class LogicalLoader:
 
     def __init__(self, stream: LogicalStream, batch_size: int, num_workers: int = 0,
                  prefetch_factor: int | None = None, worker_init_fn=None, **_):
-        self.stream, self.batch_size, self.micro_batch = stream, batch_size, batch_size
+        self.stream, self.batch_size = stream, batch_size
         stream.set_batches(batch_size)
-        self.asked = num_workers
         self.num_workers = serving_workers(stream.readers, stream.world_size, num_workers)
         if self.num_workers < num_workers:
             log.warning("dataloader_num_workers=%d serves the %d logical readers of this process "
@@ -143,9 +135,7 @@ class LogicalLoader:
             for i, r, sample, state in self.stream.blocks(0, 1):
                 yield i, r, state, sample, sample.get(PROVENANCE)
             return
-        settle()    # before the workers fork: no tokenizer call under way on another thread
-        FORKED_BY[0] = os.getpid() if threading.current_thread() is threading.main_thread() \
-            else None
+        before_fork()
         kill_workers_at_exit()
         loader = torch.utils.data.DataLoader(
             Served(self.stream, self.num_workers, self.group), batch_size=None,

@@ -17,6 +17,7 @@ import sys
 import threading
 
 from ..errors import ConfigError
+from ..tokens.tokenize import settle
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -32,6 +33,14 @@ def ignore_signals_in_worker(_worker_id: int) -> None:
 
 # the loader's process id when its main thread forks the workers (they read their copy), or None
 FORKED_BY = [None]
+
+
+def before_fork() -> None:
+    """Call right before a loader starts its DataLoader workers: no tokenizer call under way on
+    another thread (a child would start holding its locks), and the workers told who forked them."""
+    settle()
+    main = threading.current_thread() is threading.main_thread()
+    FORKED_BY[0] = os.getpid() if main else None
 
 
 def _die_with_parent(parent: int) -> None:

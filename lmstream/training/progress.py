@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from ..stream.logical import KEY as LOGICAL, serving_workers
+from ..stream.logical import KEY as LOGICAL, global_blocks, serving_workers
 
 
 def _duration(seconds: float) -> str:
@@ -167,8 +167,7 @@ def resume_line(checkpoint: str, states: list[dict]) -> str:
         return f"resumed from {name}"
     head = states[0].get(LOGICAL)
     if head:
-        total = head["base"] + head["handed"] * head["world_size"]
-        return (f"resumed from {name}: global block {total:,} of {head['readers']} logical "
+        return (f"resumed from {name}: global block {global_blocks(head):,} of {head['readers']} logical "
                 f"readers ({head['global_batch']} a step), each at its own position")
     st = readers[0]
     done = st.get("stats", {})
